@@ -1,0 +1,116 @@
+"""The catalog of real models: their upstream ``config.json`` fields, with provenance.
+
+Each entry is a JSON file in ``data/`` holding ``name``, ``family``, ``hf_id``, ``source``
+(the URL of the upstream config), ``published_params`` (what the model card states, or null)
+and ``config`` (the real config.json fields). Files are read on demand, never at import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..arch import ModelSpec, from_hf_config, read_config
+from ..errors import MemfitError
+
+__all__ = ["CatalogEntry", "entry_names", "get_entry", "all_entries", "resolve_model",
+           "parse_count"]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One catalog model and where its config came from."""
+
+    name: str
+    family: str
+    hf_id: str
+    source: str
+    published_params: str | None
+    published_params_source: str | None
+    notes: str
+    config: Mapping[str, Any]
+    # Where the published count covers something else (a vision tower, an MTP module):
+    # {"reason": ..., "max_relative_gap": ...}; None when it should match.
+    published_differs: Mapping[str, Any] | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return from_hf_config(self.config, name=self.name)
+
+
+def _data_dir() -> Any:
+    return resources.files(__package__).joinpath("data")
+
+
+@lru_cache(maxsize=1)
+def entry_names() -> tuple[str, ...]:
+    """Every catalog name, sorted."""
+    return tuple(sorted(p.name[:-5] for p in _data_dir().iterdir() if p.name.endswith(".json")))
+
+
+@lru_cache(maxsize=None)
+def get_entry(name: str) -> CatalogEntry:
+    """The catalog entry called ``name`` (case-insensitive), with close-match suggestions."""
+    key = name.strip().lower()
+    names = entry_names()
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise MemfitError(
+            f"model: {name!r} is not a catalog name, a config.json or a folder holding one; "
+            f"{hint}allowed: a catalog name (see `memfit models`) or a path",
+            field="model", value=name, allowed="catalog names")
+    raw = json.loads(_data_dir().joinpath(f"{key}.json").read_text(encoding="utf-8"))
+    return CatalogEntry(name=raw["name"], family=raw["family"], hf_id=raw.get("hf_id", ""),
+                        source=raw["source"], published_params=raw.get("published_params"),
+                        published_params_source=raw.get("published_params_source"),
+                        notes=raw.get("notes", ""), config=raw["config"],
+                        published_differs=raw.get("published_differs"))
+
+
+def all_entries() -> list[CatalogEntry]:
+    """Every catalog entry, sorted by name."""
+    return [get_entry(n) for n in entry_names()]
+
+
+def resolve_model(model: str | Path | Mapping[str, Any] | ModelSpec) -> tuple[ModelSpec, dict[str, Any] | None]:
+    """Turn what a user gives as MODEL into a :class:`ModelSpec` and its config dict.
+
+    Accepts a :class:`ModelSpec`, a config dict, a catalog name, a ``config.json`` path or a
+    folder holding one. The config dict is None for a hand-built ``ModelSpec``.
+    """
+    if isinstance(model, ModelSpec):
+        return model, None
+    if isinstance(model, Mapping):
+        config = dict(model)
+        return from_hf_config(config, name=str(config.get("_name_or_path", "config"))), config
+    if not isinstance(model, (str, Path)):
+        raise MemfitError.bad_value("model", type(model).__name__,
+                                    "a catalog name, a path, a config dict or a ModelSpec")
+    text = str(model)
+    path = Path(text).expanduser()
+    looks_like_path = path.exists() or "/" in text or text.endswith(".json")
+    if not looks_like_path:
+        entry = get_entry(text)
+        return entry.spec, dict(entry.config)
+    config = read_config(path)
+    name = path.parent.name if path.is_file() else path.name
+    return from_hf_config(config, name=name or text), config
+
+
+_SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+
+
+def parse_count(text: str) -> tuple[int, int]:
+    """``'8.03B'`` -> (8030000000, 5000000): the value and half a unit of its last digit."""
+    text = text.strip().upper()
+    mult = _SUFFIX.get(text[-1], 1)
+    digits = text[:-1] if text[-1] in _SUFFIX else text
+    decimals = len(digits.split(".")[1]) if "." in digits else 0
+    value = round(float(digits) * mult)
+    return value, (mult // 10**decimals) // 2

@@ -1,0 +1,188 @@
+"""Scenario options: what the user runs, as frozen dataclasses checked at construction.
+
+These are the single definition of every option: the CLI flags, the web API's fields and the
+Python keyword arguments are all generated from the field metadata below (``help``,
+``choices``, ``min``), so the three never drift. Defaults describe what a user of Hugging Face
+transformers on PyTorch gets (see ``shared/CONTRACT.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import MemfitError
+
+__all__ = [
+    "InferenceOptions",
+    "TrainingOptions",
+    "PRECISIONS",
+    "OPTIMIZERS",
+    "OPTIMIZER_IMPLS",
+    "CHECKPOINTING",
+    "ATTN_IMPLS",
+    "ENGINES",
+    "FSDP_MODES",
+    "OFFLOAD",
+    "option_fields",
+    "make_options",
+]
+
+PRECISIONS = ("fp32", "bf16-true", "fp16-true", "bf16-mixed", "fp16-mixed", "bf16-master")
+OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+OPTIMIZER_IMPLS = ("foreach", "fused", "forloop")
+CHECKPOINTING = ("none", "full", "selective")
+ATTN_IMPLS = ("sdpa", "eager")
+LOGITS = ("last", "all")
+ENGINES = ("hf", "vllm", "llamacpp")
+FSDP_MODES = ("full", "grad-op", "hybrid")
+OFFLOAD = ("none", "optimizer", "params")
+ZERO_STAGES = (0, 1, 2, 3)
+
+# The largest size any count option accepts: far beyond any real run, small enough that the
+# byte arithmetic stays exact and fast.
+MAX_COUNT = 2**40
+
+
+def _opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,
+         min: int | float | None = None, max: int | float | None = None,
+         flag: bool = False, nullable: bool = False) -> Any:
+    """A dataclass field carrying its CLI/web metadata."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "flag": flag,
+            "nullable": nullable}
+    return field(default=default, metadata=meta)
+
+
+def _check(obj: Any) -> None:
+    """Validate every field of ``obj`` against its metadata; raise :class:`MemfitError`."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        meta = f.metadata
+        name = f.name.replace("_", "-")
+        if value is None:
+            if meta.get("nullable"):
+                continue
+            raise MemfitError.bad_value(name, value, "a value")
+        if meta.get("flag"):
+            if not isinstance(value, bool):
+                raise MemfitError.bad_value(name, value, "true or false")
+            continue
+        choices = meta.get("choices")
+        if choices is not None:
+            if value not in choices:
+                raise MemfitError.bad_value(name, value, ", ".join(map(str, choices)))
+            continue
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is None and hi is None:
+            continue
+        if isinstance(f.default, float) or isinstance(lo, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            kind = "a number"
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            kind = "an integer"
+        if not ok:
+            raise MemfitError.bad_value(name, value, f"{kind} in [{lo}, {hi}]")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise MemfitError.bad_value(name, value, f"{kind} in [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """One inference scenario: a prefill of ``prompt`` tokens, then ``generate`` decode steps."""
+
+    batch: int = _opt(1, "sequences decoded together", min=1, max=MAX_COUNT)
+    prompt: int = _opt(1024, "prompt tokens per sequence (the prefill)", min=1, max=MAX_COUNT)
+    generate: int = _opt(128, "tokens generated per sequence after the prefill", min=0,
+                         max=MAX_COUNT)
+    weights: str | None = _opt(None, "weight format (see `memfit formats`); default: the "
+                               "config's torch_dtype, bf16 when absent", nullable=True)
+    kv_dtype: str | None = _opt(None, "KV cache dtype; default: the weights' 16-bit dtype",
+                                nullable=True)
+    attn: str = _opt("sdpa", "attention implementation", choices=ATTN_IMPLS)
+    logits: str = _opt("last", "positions whose logits the prefill computes", choices=LOGITS)
+    engine: str = _opt("hf", "serving engine", choices=ENGINES)
+    tp: int = _opt(1, "tensor-parallel degree", min=1, max=4096)
+    pp: int = _opt(1, "pipeline-parallel degree", min=1, max=4096)
+    ep: int = _opt(1, "expert-parallel degree (MoE)", min=1, max=4096)
+    gpu: str | None = _opt(None, "GPU to check the fit against (see `memfit gpus`)",
+                           nullable=True)
+    gpu_memory_utilization: float = _opt(0.9, "vllm: fraction of the GPU it reserves",
+                                         min=0.01, max=1.0)
+    block_size: int = _opt(16, "vllm: KV cache block size in tokens", min=1, max=1 << 20)
+    n_gpu_layers: int | None = _opt(None, "llamacpp: layers offloaded to the GPU (default all)",
+                                    min=0, max=1 << 20, nullable=True)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """One training step of a causal-LM loss over ``batch`` x ``seq`` tokens per GPU."""
+
+    batch: int = _opt(1, "micro-batch size per data-parallel rank", min=1, max=MAX_COUNT)
+    seq: int = _opt(2048, "sequence length in tokens", min=1, max=MAX_COUNT)
+    precision: str = _opt("bf16-mixed", "precision recipe", choices=PRECISIONS)
+    optimizer: str = _opt("adamw", "optimizer", choices=OPTIMIZERS)
+    optimizer_impl: str = _opt("foreach", "optimizer implementation", choices=OPTIMIZER_IMPLS)
+    checkpointing: str = _opt("none", "activation checkpointing", choices=CHECKPOINTING)
+    attn: str = _opt("sdpa", "attention implementation", choices=ATTN_IMPLS)
+    dp: int = _opt(1, "data-parallel degree", min=1, max=1 << 20)
+    zero: int = _opt(0, "DeepSpeed ZeRO stage", choices=ZERO_STAGES)
+    fsdp: str | None = _opt(None, "PyTorch FSDP2 sharding", choices=FSDP_MODES + (None,),
+                            nullable=True)
+    tp: int = _opt(1, "tensor-parallel degree", min=1, max=4096)
+    sp: bool = _opt(False, "sequence parallelism (with --tp)", flag=True)
+    pp: int = _opt(1, "pipeline-parallel degree", min=1, max=4096)
+    microbatches: int = _opt(1, "micro-batches per step (pipeline / accumulation)", min=1,
+                             max=1 << 20)
+    cp: int = _opt(1, "context-parallel degree", min=1, max=4096)
+    ep: int = _opt(1, "expert-parallel degree (MoE)", min=1, max=4096)
+    lora_rank: int | None = _opt(None, "LoRA rank (frozen base, trainable adapters)", min=1,
+                                 max=1 << 16, nullable=True)
+    qlora: bool = _opt(False, "QLoRA: base linears in bitsandbytes NF4", flag=True)
+    offload: str = _opt("none", "offload to CPU memory", choices=OFFLOAD)
+    gpu: str | None = _opt(None, "GPU to check the fit against (see `memfit gpus`)",
+                           nullable=True)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.qlora and self.lora_rank is None:
+            object.__setattr__(self, "lora_rank", 16)
+        if self.zero and self.fsdp:
+            raise MemfitError.bad_value("zero", self.zero, "0 when --fsdp is given "
+                                        "(ZeRO and FSDP are alternatives)")
+        if self.sp and self.tp == 1:
+            raise MemfitError.bad_value("sp", True, "only with --tp > 1")
+        if self.qlora and self.precision in ("fp32",):
+            raise MemfitError.bad_value("precision", self.precision,
+                                        "a 16-bit recipe with --qlora")
+
+    @property
+    def world_size(self) -> int:
+        """GPUs in the layout: DP x TP x PP x CP (EP reuses the DP x CP ranks)."""
+        return self.dp * self.tp * self.pp * self.cp
+
+
+def option_fields(cls: type) -> list[Any]:
+    """The dataclass fields of an options class, in declaration order (for CLI and web)."""
+    return list(fields(cls))
+
+
+def make_options(cls: type, **kwargs: Any) -> Any:
+    """Build ``cls`` from keyword options, naming any unknown option and the valid ones."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise MemfitError.bad_value("option", unknown[0], ", ".join(sorted(names)))
+    return cls(**kwargs)
+
+
+def with_changes(options: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` that re-validates (solvers use it to step one option)."""
+    return replace(options, **changes)
+
+
+_ = MISSING  # re-exported for the CLI generator's default handling
