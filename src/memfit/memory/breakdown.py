@@ -1,0 +1,141 @@
+"""The result of an estimate: named parts per phase, the peak, and how each number was made.
+
+An estimate is a timeline of phases (inference: load, prefill, decode; training: forward,
+backward, optimizer). Each phase lists what is live at its own peak as named components in
+bytes; the estimate's peak is the largest phase. Every number comes with a :class:`Term`
+that states its formula in symbols, the same formula with the numbers substituted, and its
+source, so ``--explain`` can show how to redo it by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["Term", "Phase", "Estimate", "REQUIRED_COMPONENTS", "freeze"]
+
+# The contract's components: always present in ``components`` (0 where they do not apply).
+REQUIRED_COMPONENTS = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
+
+
+def freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A read-only copy of ``mapping`` (results are immutable)."""
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One named number and its derivation."""
+
+    name: str  # e.g. "kv_cache"
+    bytes: int
+    formula: str  # in symbols: "2 * L * a_kv * d * (P + G) * B * b_kv"
+    substituted: str  # the same with numbers: "2 * 32 * 8 * 128 * 2048 * 1 * 2"
+    source: str  # paper or framework file
+    note: str = ""  # e.g. where the seed's rule of thumb differs and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "bytes": self.bytes, "formula": self.formula,
+                "substituted": self.substituted, "source": self.source, "note": self.note}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What is live at one phase's own peak, by component (bytes)."""
+
+    name: str
+    components: Mapping[str, int]
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.components.values())
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per-GPU memory of one scenario on its most loaded GPU.
+
+    ``peak_bytes`` is what ``torch.cuda.max_memory_allocated()`` would report; ``total_bytes``
+    adds the runtime overheads outside tensors (``overheads``), what ``nvidia-smi`` would show.
+    ``components`` is the peak phase's breakdown and sums to ``peak_bytes``.
+    """
+
+    mode: str  # "infer" or "train"
+    model: str
+    options: Mapping[str, Any]
+    phases: tuple[Phase, ...]
+    overheads: Mapping[str, int]
+    terms: tuple[Term, ...] = ()
+    assumptions: Mapping[str, Any] = field(default_factory=dict)
+    gpu: str | None = None
+    gpu_memory_bytes: int | None = None
+    host_bytes: int = 0  # CPU memory used by offload (ZeRO-Offload, llama.cpp layers on CPU)
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.phases, "an estimate has at least one phase"
+        for phase in self.phases:
+            assert all(isinstance(v, int) and v >= 0 for v in phase.components.values()), phase
+        object.__setattr__(self, "options", freeze(self.options))
+        object.__setattr__(self, "overheads", freeze(self.overheads))
+        object.__setattr__(self, "assumptions", freeze(self.assumptions))
+        object.__setattr__(self, "extras", freeze(self.extras))
+
+    @property
+    def peak_phase(self) -> Phase:
+        """The phase with the largest peak (the first one on a tie)."""
+        return max(self.phases, key=lambda p: p.peak_bytes)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak_phase.peak_bytes
+
+    @property
+    def components(self) -> Mapping[str, int]:
+        out = {name: 0 for name in REQUIRED_COMPONENTS}
+        out.update(self.peak_phase.components)
+        return freeze(out)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.peak_bytes + sum(self.overheads.values())
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether ``total_bytes`` fits the GPU; None without one."""
+        if self.gpu_memory_bytes is None:
+            return None
+        return self.total_bytes <= self.gpu_memory_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        if self.gpu_memory_bytes is None:
+            return None
+        return self.gpu_memory_bytes - self.total_bytes
+
+    def term(self, name: str) -> Term | None:
+        return next((t for t in self.terms if t.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's JSON: peak_bytes, total_bytes, components, fits, and the details."""
+        return {
+            "mode": self.mode,
+            "model": self.model,
+            "peak_bytes": self.peak_bytes,
+            "total_bytes": self.total_bytes,
+            "components": dict(self.components),
+            "fits": self.fits,
+            "peak_phase": self.peak_phase.name,
+            "phases": {p.name: {"peak_bytes": p.peak_bytes, "components": dict(p.components)}
+                       for p in self.phases},
+            "overheads": dict(self.overheads),
+            "gpu": self.gpu,
+            "gpu_memory_bytes": self.gpu_memory_bytes,
+            "headroom_bytes": self.headroom_bytes,
+            "host_bytes": self.host_bytes,
+            "options": dict(self.options),
+            "assumptions": dict(self.assumptions),
+            "extras": dict(self.extras),
+            "terms": [t.to_dict() for t in self.terms],
+        }
