@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import MemfitError
+from .report import table
 from .workload import InferenceOptions, TrainingOptions
 
 __all__ = ["main", "build_parser"]
@@ -68,8 +69,9 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             continue
         kind = _float_arg if isinstance(f.default, float) else (
             _int_arg if meta.get("min") is not None else str)
+        shown_default = "" if default is None else f" (default: {default})"
         parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                            help=f"{help_text} (default: {default})")
+                            help=help_text + shown_default)
 
 
 def options_from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -81,17 +83,6 @@ def options_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
-    """Plain aligned text table (no third-party renderer: the CLI must start fast)."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    out = [line(headers), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in rows]
-    return "\n".join(out)
 
 
 def _fmt_params(n: int) -> str:
@@ -123,7 +114,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    print(_table(["model", "family", "total params", "active params", "Hugging Face id"],
+    print(table(["model", "family", "total params", "active params", "Hugging Face id"],
                  [[r["name"], r["family"], _fmt_params(r["total_params"]),
                    _fmt_params(r["active_params"]), r["hf_id"]] for r in rows], right=(2, 3)))
     return 0
@@ -140,7 +131,43 @@ def cmd_params(args: argparse.Namespace) -> int:
     rows = [[name, f"{n:,}", f"{100 * n / total:.1f}%"] for name, n in result.components.items()]
     print(f"{result.model} ({result.model_type}): {total:,} parameters "
           f"({_fmt_params(total)}), {result.active_params:,} active per token")
-    print(_table(["component", "parameters", "share"], rows, right=(1, 2)))
+    print(table(["component", "parameters", "share"], rows, right=(1, 2)))
+    return 0
+
+
+def cmd_formats(args: argparse.Namespace) -> int:
+    from .dtypes import FORMATS, GGUF_FILE_TYPES
+
+    rows = [{"name": f.name, "kind": f.kind, "bits_per_element": float(f.bits_per_element),
+             "block_size": f.block_size, "unquantized": list(f.unquantized),
+             "source": f.source} for f in FORMATS]
+    files = [{"name": t.name, "default_type": t.default_type, "description": t.description}
+             for t in GGUF_FILE_TYPES]
+    if args.json:
+        _print_json({"formats": rows, "gguf_file_types": files})
+        return 0
+    print(table(["format", "kind", "bits/element", "block", "left unquantized"],
+                [[r["name"], r["kind"], f"{r['bits_per_element']:.4f}", r["block_size"],
+                  ", ".join(r["unquantized"]) or "-"] for r in rows], right=(2, 3)))
+    print()
+    print(table(["GGUF file type", "main tensor type"],
+                [[t["name"], t["default_type"]] for t in files]))
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    from .hardware import GPUS
+
+    rows = [{"name": g.name, "vendor": g.vendor, "memory_bytes": g.memory_bytes,
+             "usable_bytes": g.usable_bytes, "marketed": g.marketed,
+             "memory_basis": g.memory_basis} for g in GPUS]
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(table(["GPU", "vendor", "usable GiB", "usable MiB", "marketed", "figure from"],
+                [[r["name"], r["vendor"], f"{r['usable_bytes'] / 2**30:.2f}",
+                  f"{r['usable_bytes'] // 2**20:,}", r["marketed"], r["memory_basis"]]
+                 for r in rows], right=(2, 3)))
     return 0
 
 
@@ -170,8 +197,54 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print(f"{spec.name} {args.mode}: peak {format_bytes(out['peak_bytes'])} "
           f"in phase {out.get('peak_phase')} (traced on fake tensors, GiB = 2^30 bytes)")
     rows = [[k, format_bytes(v)] for k, v in out["components"].items()]
-    print(_table(["component", "GiB at peak"], rows, right=(1,)))
+    print(table(["component", "GiB at peak"], rows, right=(1,)))
     return 0
+
+
+def _estimate(args: argparse.Namespace, mode: str) -> Any:
+    if mode == "infer":
+        from .inference import infer
+
+        return infer(args.model, **vars(options_from_args(InferenceOptions, args)))
+    from .training import train
+
+    return train(args.model, **vars(options_from_args(TrainingOptions, args)))
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .report import render_estimate, render_explain
+
+    est = _estimate(args, args.command)
+    if args.json:
+        _print_json(est.to_dict())
+        return 0
+    print(render_estimate(est, args.units))
+    if args.explain:
+        print()
+        print(render_explain(est, args.units))
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    if args.mode == "infer":
+        from .inference import fit_infer as fit
+        options = options_from_args(InferenceOptions, args)
+    else:
+        from .training import fit_train as fit  # type: ignore[assignment]
+        options = options_from_args(TrainingOptions, args)
+    kwargs = {k: v for k, v in vars(options).items() if k != "gpu"}
+    result = fit(args.model, gpu=args.gpu, gpus=args.gpus, **kwargs)
+    data = result.to_dict()
+    if args.json:
+        _print_json(data)
+        return 0
+    print(result.render(args.units) if hasattr(result, "render") else json.dumps(data, indent=2))
+    return 0
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the contract's JSON")
+    p.add_argument("--units", default="GiB", help="GiB (default), GB, MiB, ...")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,10 +258,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("formats", help="the table of dtypes and weight formats (bits/element)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_formats)
+
+    p = sub.add_parser("gpus", help="the catalog of GPUs and their usable memory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_gpus)
+
     p = sub.add_parser("params", help="exact parameter counts by component")
     p.add_argument("model", metavar="MODEL", help="catalog name, config.json or folder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
+
+    for mode, cls, what in (("infer", InferenceOptions, "inference: a prefill, then decode"),
+                            ("train", TrainingOptions, "one training step")):
+        p = sub.add_parser(mode, help=f"memory per GPU for {what}")
+        p.add_argument("model", metavar="MODEL", help="catalog name, config.json or folder")
+        add_option_flags(p, cls)
+        _output_flags(p)
+        p.add_argument("--explain", action="store_true",
+                       help="show each number's formula, substituted values and source")
+        p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("fit", help="largest batch, longest context, fewest GPUs, layouts")
+    p.add_argument("model", metavar="MODEL", help="catalog name, config.json or folder")
+    fsub = p.add_subparsers(dest="mode", metavar="MODE", parser_class=_Parser, required=True)
+    for mode, cls in (("infer", InferenceOptions), ("train", TrainingOptions)):
+        q = fsub.add_parser(mode, help=f"what fits for {mode}")
+        add_option_flags(q, cls, skip=("gpu",))
+        q.add_argument("--gpu", required=True, help="GPU kind (see `memfit gpus`)")
+        q.add_argument("--gpus", type=_int_arg, default=None,
+                       help="number of GPUs (default: 1 for train; searched for infer)")
+        _output_flags(q)
+        q.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("trace", help="measure the true peak by running the real model code "
                        "on fake tensors (extra 'trace')")
