@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+# Far beyond any real model (the largest have ~130 layers); bounds the per-layer work.
+MAX_LAYERS = 100_000
+
+
 @dataclass(frozen=True)
 class MLASpec:
     """Multi-head latent attention (DeepSeek-V2/V3), per ``modeling_deepseek_v3.py``."""
@@ -58,7 +62,7 @@ class MoESpec:
     shared_expert_gate: bool = False  # Qwen2-MoE's sigmoid gate (h -> 1) on the shared expert
     router_bias: bool = False  # gpt-oss: the router Linear has a bias
     expert_bias: bool = False  # gpt-oss: experts' gate_up and down projections have biases
-    router_fp32: bool = False  # DeepSeek-V3 keeps gate.weight in fp32 (_keep_in_fp32_modules)
+    router_fp32: bool = False  # DeepSeek-V2/V3 keep gate.weight in fp32 (_keep_in_fp32_modules)
     router_score_bias: bool = False  # DeepSeek-V3's e_score_correction_bias (a fp32 buffer, E)
 
 
@@ -115,8 +119,8 @@ class ModelSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise MemfitError.bad_value(name, value, "a positive integer")
-        if self.num_layers > 100_000:
-            raise MemfitError.bad_value("num_layers", self.num_layers, "at most 100000")
+        if self.num_layers > MAX_LAYERS:
+            raise MemfitError.bad_value("num_layers", self.num_layers, f"at most {MAX_LAYERS}")
         for name in ("hidden_size", "vocab_size", "intermediate_size"):
             if getattr(self, name) > 10**8:
                 raise MemfitError.bad_value(name, getattr(self, name), "at most 100000000")
@@ -408,8 +412,9 @@ def _moe(r: _Reader, fam: Family, n_layers: int) -> tuple[MoESpec | None, list[b
                        router_bias=True, expert_bias=True)
         return spec, [True] * n_layers
     if fam.moe == "qwen":
-        n_exp = r.int("num_experts", default=60 if fam.model_type == "qwen2_moe" else 128,
-                      minimum=0)
+        # transformers 5 saves Qwen3-MoE's expert count as num_local_experts
+        n_exp = r.int("num_experts", "num_local_experts",
+                      default=60 if fam.model_type == "qwen2_moe" else 128, minimum=0)
         shared = (r.int("shared_expert_intermediate_size", default=5632, minimum=0)
                   if fam.model_type == "qwen2_moe" else 0)
         step = r.int("decoder_sparse_step", default=1)
@@ -433,7 +438,7 @@ def _moe(r: _Reader, fam: Family, n_layers: int) -> tuple[MoESpec | None, list[b
         first = r.int("first_k_dense_replace", default=3 if v3 else 0, minimum=0)
         spec = MoESpec(num_experts=n_exp, top_k=top_k, expert_intermediate_size=moe_i,
                        shared_intermediate_size=moe_i * n_shared,
-                       router_fp32=v3, router_score_bias=v3)
+                       router_fp32=True, router_score_bias=v3)
         return spec, [i >= first for i in range(n_layers)]
     raise AssertionError(fam.moe)
 
@@ -494,6 +499,8 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
     r = _Reader(config)
     gpt2 = model_type == "gpt2"
     L = r.int("n_layer" if gpt2 else "num_hidden_layers")
+    if L > MAX_LAYERS:  # before any per-layer list is built
+        raise MemfitError.bad_value("num_hidden_layers", L, f"at most {MAX_LAYERS}")
     h = r.int("n_embd" if gpt2 else "hidden_size")
     a = r.int("n_head" if gpt2 else "num_attention_heads")
     V = r.int("vocab_size")

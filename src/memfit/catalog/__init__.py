@@ -15,11 +15,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..arch import ModelSpec, from_hf_config, read_config
+from ..arch import ModelSpec, from_hf_config
 from ..errors import MemfitError
 
 __all__ = ["CatalogEntry", "entry_names", "get_entry", "all_entries", "resolve_model",
-           "parse_count"]
+           "resolve_model_full", "parse_count"]
 
 
 @dataclass(frozen=True)
@@ -81,26 +81,32 @@ def all_entries() -> list[CatalogEntry]:
 def resolve_model(model: str | Path | Mapping[str, Any] | ModelSpec) -> tuple[ModelSpec, dict[str, Any] | None]:
     """Turn what a user gives as MODEL into a :class:`ModelSpec` and its config dict.
 
-    Accepts a :class:`ModelSpec`, a config dict, a catalog name, a ``config.json`` path or a
-    folder holding one. The config dict is None for a hand-built ``ModelSpec``.
+    Accepts a :class:`ModelSpec`, a config dict, a catalog name, a ``config.json`` path, a
+    folder holding one (with or without safetensors), a ``.gguf`` file or ``hf:org/name``.
+    The config dict is None for a hand-built ``ModelSpec``.
     """
+    spec, config, _ = resolve_model_full(model)
+    return spec, config
+
+
+def resolve_model_full(model: str | Path | Mapping[str, Any] | ModelSpec) -> tuple[ModelSpec, dict[str, Any] | None, Any]:
+    """As :func:`resolve_model`, plus the checkpoint's :class:`memfit.inputs.WeightsInfo`
+    (exact dtypes and sizes read from safetensors/GGUF headers), or None without one."""
     if isinstance(model, ModelSpec):
-        return model, None
+        return model, None, None
     if isinstance(model, Mapping):
         config = dict(model)
-        return from_hf_config(config, name=str(config.get("_name_or_path", "config"))), config
+        name = str(config.get("_name_or_path", "config"))
+        return from_hf_config(config, name=name), config, None
     if not isinstance(model, (str, Path)):
         raise MemfitError.bad_value("model", type(model).__name__,
                                     "a catalog name, a path, a config dict or a ModelSpec")
-    text = str(model)
-    path = Path(text).expanduser()
-    looks_like_path = path.exists() or "/" in text or text.endswith(".json")
-    if not looks_like_path:
-        entry = get_entry(text)
-        return entry.spec, dict(entry.config)
-    config = read_config(path)
-    name = path.parent.name if path.is_file() else path.name
-    return from_hf_config(config, name=name or text), config
+    from ..inputs import is_input, load
+
+    if is_input(model):
+        return load(model)
+    entry = get_entry(str(model))
+    return entry.spec, dict(entry.config), None
 
 
 _SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}

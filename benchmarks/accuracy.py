@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""memfit's estimates against the tracer: one row per validation case, signed % errors.
+
+Reads ``validation/traced.json`` (the tracer's results on the validation suite), runs
+``memfit.infer`` for every inference case and, when ``memfit.training.train`` can be imported,
+``memfit.train`` for every training case, and prints estimate vs trace with the signed error
+of the peak (and of each component the trace splits out), then the median and the largest
+|error| per mode.
+
+    python benchmarks/accuracy.py                       # validation/traced.json
+    python benchmarks/accuracy.py --traced other.json --components
+    python benchmarks/accuracy.py --live                # no file: trace a default set now
+    python benchmarks/accuracy.py --gpu validation/gpu/h100-2026-11-26.json
+
+``--gpu`` compares with real CUDA runs instead (``max_memory_allocated``, which also counts
+PyTorch's cuBLAS workspace, ~32 MiB on Hopper, that the tracer and ``peak_bytes`` leave out;
+the GPU script resets the peak after loading, so the load phase is excluded there).
+
+The case reader accepts a list of cases or ``{"cases": [...]}``; each case gives its mode
+(``mode``/``workload``/``kind``, or ``scenario.workload``), its model (``model`` name or
+``config`` dict, at the top or in ``scenario``), its options (``options`` or the option fields
+of ``scenario``) and the traced peak (``peak_bytes`` at the top, or in ``trace``/``result``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from memfit.errors import MemfitError  # noqa: E402
+from memfit.inference import infer  # noqa: E402
+from memfit.workload import InferenceOptions, TrainingOptions  # noqa: E402
+
+try:  # the training estimator may not exist yet
+    from memfit.training import train  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the tree
+    train = None
+
+INFER_FIELDS = {f.name for f in fields(InferenceOptions)}
+TRAIN_FIELDS = {f.name for f in fields(TrainingOptions)}
+
+# Cases traced on the fly with --live (the validation suite's shapes).
+LIVE_CASES: list[dict[str, Any]] = [
+    {"model": "llama-3.2-1b", "batch": 32, "prompt": 4096, "generate": 32},
+    {"model": "mistral-7b-v0.1", "batch": 8, "prompt": 4096, "generate": 64},
+    {"model": "qwen2.5-0.5b", "batch": 16, "prompt": 2048, "generate": 16},
+    {"model": "qwen2.5-0.5b", "batch": 4, "prompt": 2048, "generate": 16, "attn": "eager",
+     "logits": "all"},
+    {"model": "llama-3.2-3b", "batch": 8, "prompt": 8192, "generate": 32},
+    {"model": "llama-3.2-1b", "batch": 1, "prompt": 32768, "generate": 8},
+    {"model": "llama-3.1-8b", "batch": 1, "prompt": 8192, "generate": 32},
+    {"model": "mistral-7b-v0.1", "batch": 1, "prompt": 16384, "generate": 16},
+    {"model": "gpt2", "batch": 8, "prompt": 992, "generate": 32},
+    {"model": "gemma-2-2b", "batch": 2, "prompt": 1024, "generate": 4},
+    {"model": "mixtral-8x7b", "batch": 4, "prompt": 2048, "generate": 2},
+    {"model": "deepseek-v2-lite", "batch": 1, "prompt": 4096, "generate": 2},
+    {"model": "gpt-oss-20b", "batch": 2, "prompt": 1024, "generate": 4},
+    {"model": "qwen3-30b-a3b", "batch": 2, "prompt": 1024, "generate": 4},
+]
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def read_cases(path: Path) -> Iterator[dict[str, Any]]:
+    """Normalised cases: {"id", "mode", "model", "options", "peak", "components", "phases"}."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    cases = data.get("cases", data.get("results", data)) if isinstance(data, dict) else data
+    if isinstance(cases, dict):
+        cases = [dict(v, id=k) if isinstance(v, dict) else v for k, v in cases.items()]
+    for i, c in enumerate(cases):
+        sc = c.get("scenario") or {}
+        res = c.get("trace") or c.get("result") or {}
+        mode = _first(c.get("mode"), c.get("workload"), c.get("kind"), sc.get("workload"),
+                      sc.get("kind"), res.get("workload"))
+        mode = {"inference": "infer", "training": "train"}.get(mode, mode)
+        model = _first(c.get("model"), c.get("config"), sc.get("model"), sc.get("config"))
+        allowed = INFER_FIELDS if mode == "infer" else TRAIN_FIELDS
+        opts = c.get("options") or {k: v for k, v in sc.items() if k in allowed}
+        opts = {k: v for k, v in opts.items() if k in allowed}
+        yield {
+            "id": _first(c.get("id"), c.get("name"), f"case{i}"),
+            "mode": mode, "model": model, "options": opts,
+            "peak": _first(c.get("peak_bytes"), res.get("peak_bytes")),
+            "components": _first(c.get("components"), res.get("components")) or {},
+            "phases": _first(c.get("phase_peaks"), res.get("phase_peaks")) or {},
+        }
+
+
+def live_cases() -> Iterator[dict[str, Any]]:
+    from memfit.catalog import get_entry
+    from memfit.trace import trace_inference
+
+    for c in LIVE_CASES:
+        opts = {k: v for k, v in c.items() if k != "model"}
+        r = trace_inference(dict(get_entry(c["model"]).config), InferenceOptions(**opts))
+        yield {"id": c["model"] + " " + " ".join(f"{k}={v}" for k, v in opts.items()),
+               "mode": "infer", "model": c["model"], "options": opts, "peak": r.peak_bytes,
+               "components": dict(r.components), "phases": dict(r.phase_peaks)}
+
+
+def gpu_cases(path: Path) -> Iterator[dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for c in data["cases"]:
+        sc = c["scenario"]
+        if c.get("status") != "ok" or sc.get("kind") != "infer":
+            continue
+        cfg = dict(sc["config_fields"], model_type=sc["model_type"])
+        cfg.setdefault("torch_dtype", sc.get("config_dtype"))
+        opts = {"batch": sc["batch"], "prompt": sc["prompt"], "generate": sc["generate"],
+                "attn": sc["attn"], "logits": sc["logits"], "weights": sc["dtype"]}
+        yield {"id": c["id"], "mode": "infer-gpu", "model": cfg, "options": opts,
+               "peak": c["max_memory_allocated"], "components": {}, "phases": {}}
+
+
+def estimate(case: dict[str, Any]) -> Any:
+    if case["mode"] in ("infer", "infer-gpu"):
+        return infer(case["model"], **case["options"])
+    if case["mode"] == "train" and train is not None:
+        return train(case["model"], **case["options"])
+    return None
+
+
+def pct(est: int, ref: int) -> float:
+    return 100.0 * (est - ref) / ref if ref else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--traced", type=Path, default=ROOT / "validation" / "traced.json")
+    p.add_argument("--live", action="store_true", help="trace a default set now")
+    p.add_argument("--gpu", type=Path, help="compare with a validation/gpu measurement file")
+    p.add_argument("--components", action="store_true", help="also per-component errors")
+    args = p.parse_args(argv)
+
+    if args.gpu:
+        cases = list(gpu_cases(args.gpu))
+    elif args.live:
+        cases = list(live_cases())
+    elif args.traced.is_file():
+        cases = list(read_cases(args.traced))
+    else:
+        print(f"{args.traced} not found; use --live to trace a default set", file=sys.stderr)
+        return 2
+
+    errors: dict[str, list[float]] = {}
+    skipped = 0
+    print(f"{'mode':9s} {'case':64s} {'trace':>15s} {'memfit':>15s} {'error':>8s}")
+    for case in cases:
+        if case["peak"] is None:
+            skipped += 1
+            continue
+        try:
+            est = estimate(case)
+        except MemfitError as exc:
+            print(f"{case['mode']:9s} {str(case['id'])[:64]:64s} error: {exc}")
+            continue
+        if est is None:
+            skipped += 1
+            continue
+        if case["mode"] == "infer-gpu":  # the GPU script resets the peak after loading
+            got = max(ph.peak_bytes for ph in est.phases if ph.name != "load")
+        else:
+            got = est.peak_bytes
+        e = pct(got, case["peak"])
+        errors.setdefault(case["mode"], []).append(e)
+        print(f"{case['mode']:9s} {str(case['id'])[:64]:64s} {case['peak']:>15,d} "
+              f"{got:>15,d} {e:>+7.2f}%")
+        if args.components and case["components"]:
+            comps = est.components
+            parts = []
+            for name, ref in case["components"].items():
+                if ref:
+                    parts.append(f"{name} {pct(comps.get(name, 0), ref):+.2f}%")
+            print(" " * 10 + "components: " + ", ".join(parts))
+    print()
+    for mode, errs in errors.items():
+        absolute = [abs(x) for x in errs]
+        worst = max(errs, key=abs)
+        print(f"{mode}: {len(errs)} cases, median |error| {statistics.median(absolute):.3f}%, "
+              f"max |error| {max(absolute):.3f}% (signed {worst:+.3f}%)")
+    if skipped:
+        print(f"skipped {skipped} cases (no traced peak, or no estimator for the mode)")
+    if train is None:
+        print("memfit.training.train not importable: training cases skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

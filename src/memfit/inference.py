@@ -1,0 +1,279 @@
+"""Inference memory: ``infer(model, **options)`` and the inverse questions of ``fit_infer``.
+
+``infer`` returns an :class:`~memfit.memory.breakdown.Estimate` with the phases ``load``,
+``prefill`` and ``decode`` (``serve`` for vLLM), each the live tensors at its own peak, by
+component (``weights``, ``kv_cache``, ``activations``, ``logits``). The engine models are in
+:mod:`memfit.engines`; the formulas in :mod:`memfit.memory.weights`, ``kv_cache`` and
+``inference_activations``.
+
+``fit_infer`` answers, for one GPU model: the largest batch at the given context, the longest
+prompt at the given batch, the fewest GPUs (with a valid TP/PP split) and, for vLLM, the KV
+cache capacity. Every boundary is exact: the answer fits and one more does not
+(:func:`memfit.solve.largest_true` on a monotone predicate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .arch import ModelSpec
+from .catalog import resolve_model, resolve_model_full
+from .engines import ENGINE_FUNCS
+from .errors import MemfitError
+from .memory.breakdown import Estimate, Phase, Term
+from .parallel import ParallelPlan
+from .solve import largest_true
+from .workload import MAX_COUNT, InferenceOptions, make_options
+
+__all__ = ["infer", "estimate_inference", "fit_infer", "FitResult"]
+
+ModelLike = str | Path | Mapping[str, Any] | ModelSpec
+
+
+def estimate_inference(spec: ModelSpec, options: InferenceOptions,
+                       config: Mapping[str, Any] | None = None) -> Estimate:
+    """The estimate for an already resolved model and validated options."""
+    if spec.moe is None and options.ep > 1:
+        raise MemfitError.bad_value("ep", options.ep, "1 for a dense model")
+    ParallelPlan(tp=options.tp, pp=options.pp, ep=options.ep).validate(spec)
+    if spec.moe is not None and options.ep > 1 and spec.moe.num_experts % options.ep:
+        raise MemfitError.bad_value("ep", options.ep,
+                                    f"a divisor of the expert count {spec.moe.num_experts}")
+    return ENGINE_FUNCS[options.engine](spec, options, config)
+
+
+def infer(model: ModelLike, **options: Any) -> Estimate:
+    """Per-GPU memory of one inference scenario on its most loaded GPU.
+
+    ``model``: a catalog name, a ``config.json`` path or folder, a config dict or a
+    :class:`~memfit.arch.ModelSpec`. ``options``: the fields of
+    :class:`~memfit.workload.InferenceOptions` (the CLI's flags with underscores):
+    ``batch, prompt, generate, weights, kv_dtype, attn, logits, engine, tp, pp, ep, gpu,
+    gpu_memory_utilization, block_size, n_gpu_layers``.
+    """
+    spec, config, checkpoint = resolve_model_full(model)
+    opts = make_options(InferenceOptions, **options)
+    est = estimate_inference(spec, opts, config)
+    return est if checkpoint is None else apply_checkpoint(est, spec, opts, checkpoint)
+
+
+_PLAIN_FLOATS = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+
+
+def apply_checkpoint(est: Estimate, spec: ModelSpec, opts: InferenceOptions,
+                     info: Any) -> Estimate:
+    """Use the exact weight bytes read from a checkpoint's headers instead of the formula's.
+
+    Which bytes the GPU holds: llama.cpp keeps a GGUF's tensors as stored; transformers and
+    vLLM keep pre-quantized checkpoints (GPTQ, AWQ, FP8, bitsandbytes, MXFP4) as stored and
+    cast plain float parameters to the load dtype (``weight_bytes_as``). The formula stays
+    where the headers cannot say: a GGUF under transformers (dequantized on load), another
+    ``--weights`` than the checkpoint's, split layouts (tp/pp/ep > 1) and llama.cpp offload.
+    The gap between formula and headers is reported in ``extras['checkpoint']``.
+    """
+    from .memory.params import buffer_elements
+
+    method = info.quant_method
+    summary: dict[str, Any] = {"source": info.source, "stored_weight_bytes": info.weight_bytes,
+                               "quantization": method, "notes": list(info.notes)}
+    split = opts.tp > 1 or opts.pp > 1 or opts.ep > 1 or opts.n_gpu_layers is not None
+    header: int | None = None
+    if split:
+        summary["used"] = "formula (the headers are not split per GPU here)"
+    elif method == "gguf":
+        if opts.engine == "llamacpp" and opts.weights is None:
+            header = info.weight_bytes
+        else:
+            summary["used"] = "formula (transformers and vLLM dequantize GGUF on load)"
+    elif method is not None:
+        if opts.weights is None:
+            header = info.weight_bytes + 4 * buffer_elements(spec)
+        else:
+            summary["used"] = f"formula (--weights {opts.weights} overrides the checkpoint)"
+    elif opts.weights is None or opts.weights.lower() in _PLAIN_FLOATS:
+        dtype = (opts.weights or spec.dtype).lower()
+        header = info.weight_bytes_as(dtype) + 4 * buffer_elements(spec)
+    else:
+        summary["used"] = f"formula (--weights {opts.weights} quantizes on load)"
+    if header is None:
+        return replace(est, extras={**est.extras, "checkpoint": summary})
+    formula = est.peak_phase.components.get("weights", 0)
+    delta = header - formula
+    summary.update(used="checkpoint headers", weight_bytes=header, formula_bytes=formula)
+    phases = tuple(
+        Phase(p.name, {**p.components, "weights": p.components["weights"] + delta})
+        if "weights" in p.components else p for p in est.phases)
+    term = Term("weights (checkpoint)", header, "sum of stored tensor bytes (+ fp32 buffers)",
+                f"{header:,} (formula: {formula:,}, gap {delta:+,})",
+                f"headers of {info.source}")
+    return replace(est, phases=phases, terms=(*est.terms, term),
+                   extras={**est.extras, "checkpoint": summary})
+
+
+# ------------------------------------------------------------------------------------------
+# fit_infer
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FitResult:
+    """The inverse questions for one model, scenario and GPU model.
+
+    ``max_batch`` fits at the scenario's prompt + generate and ``max_batch + 1`` does not;
+    ``max_prompt`` likewise at the scenario's batch; ``min_gpus`` is the fewest GPUs of this
+    kind (``tp x pp``, the split in ``layout``) on which the scenario fits; ``None`` where
+    nothing fits. For vLLM, ``kv_cache_tokens`` / ``kv_cache_blocks`` are the KV pool of the
+    scenario's layout and ``max_concurrency`` the sequences of ``prompt + generate`` tokens it
+    holds at once. For llama.cpp, ``max_gpu_layers`` is the largest ``n_gpu_layers`` that fits
+    (``n_layer + 1`` puts the output layer on the GPU too).
+    """
+
+    model: str
+    gpu: str
+    gpu_memory_bytes: int
+    engine: str
+    options: Mapping[str, Any]
+    fits: bool | None
+    max_batch: int | None
+    max_prompt: int | None
+    min_gpus: int | None
+    layout: Mapping[str, int] | None
+    kv_cache_tokens: int | None = None
+    kv_cache_blocks: int | None = None
+    max_concurrency: int | None = None
+    max_gpu_layers: int | None = None  # llama.cpp: the most --n-gpu-layers that fit
+    total_bytes: int | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["options"] = dict(self.options)
+        out["layout"] = dict(self.layout) if self.layout is not None else None
+        out["notes"] = list(self.notes)
+        return out
+
+
+def _fits(est: Estimate) -> bool:
+    """The fit predicate: nvidia-smi total within the card (vLLM: and every sequence's blocks
+    in its pool at once)."""
+    if est.extras.get("fits_concurrently") is False:
+        return False
+    ok = est.fits
+    return bool(ok)
+
+
+def _layouts(spec: ModelSpec, n: int, engine: str) -> list[tuple[int, int]]:
+    """Valid (tp, pp) with tp * pp == n, TP first (TP within a node is the usual choice).
+    llama.cpp's multi-GPU layer split is not modelled: one GPU only."""
+    if engine == "llamacpp":
+        return [(1, 1)] if n == 1 else []
+    out = []
+    for tp in range(n, 0, -1):
+        if n % tp:
+            continue
+        pp = n // tp
+        try:
+            ParallelPlan(tp=tp, pp=pp).validate(spec)
+        except MemfitError:
+            continue
+        out.append((tp, pp))
+    return out
+
+
+def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: Any) -> FitResult:
+    """Largest batch, longest prompt, fewest GPUs (and vLLM's KV capacity) on ``gpu``.
+
+    ``gpus``: the number of GPUs to use for the batch and prompt questions (default: the
+    ``tp * pp`` of ``options``, or the fewest that fit when that layout does not).
+    """
+    spec, config = resolve_model(model)
+    if gpu is None:
+        raise MemfitError.bad_value("gpu", gpu, "a GPU name (see `memfit gpus`)")
+    opts = make_options(InferenceOptions, **{**options, "gpu": gpu})
+    from .hardware import get_gpu
+
+    card = get_gpu(gpu)
+    notes: list[str] = []
+
+    def est(o: InferenceOptions) -> Estimate:
+        return estimate_inference(spec, o, config)
+
+    def ok(o: InferenceOptions) -> bool:
+        try:
+            return _fits(est(o))
+        except MemfitError:
+            return False
+
+    # fewest GPUs: 1, 2, 4, ... then exact counts between (monotone in practice; each count
+    # tries every valid TP x PP split)
+    min_gpus = layout = None
+    limit = 4096
+    n = 1
+    tried: dict[int, tuple[int, int] | None] = {}
+
+    def best_layout(count: int) -> tuple[int, int] | None:
+        if count not in tried:
+            tried[count] = next((lay for lay in _layouts(spec, count, opts.engine)
+                                 if ok(replace(opts, tp=lay[0], pp=lay[1]))), None)
+        return tried[count]
+
+    if gpus is not None:
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+            raise MemfitError.bad_value("gpus", gpus, "a positive integer")
+    hi = None
+    while n <= limit:
+        if best_layout(n) is not None:
+            hi = n
+            break
+        n *= 2
+    if hi is not None:
+        lo = hi // 2 + 1 if hi > 1 else 1
+        for c in range(lo, hi + 1):
+            if best_layout(c) is not None:
+                min_gpus, layout = c, best_layout(c)
+                break
+    # the layout for the batch / prompt questions
+    if gpus is not None:
+        lay = next((x for x in _layouts(spec, gpus, opts.engine)
+                    if ok(replace(opts, tp=x[0], pp=x[1]))), None)
+        if lay is None:
+            lays = _layouts(spec, gpus, opts.engine)
+            if not lays:
+                raise MemfitError.bad_value("gpus", gpus,
+                                            "a GPU count with a valid tp x pp split for "
+                                            f"{spec.name}")
+            lay = lays[0]
+        base = replace(opts, tp=lay[0], pp=lay[1])
+    elif ok(opts) or layout is None:
+        base = opts
+    else:
+        base = replace(opts, tp=layout[0], pp=layout[1])
+        notes.append(f"the scenario does not fit tp={opts.tp} x pp={opts.pp}: batch and prompt "
+                     f"answers use the fewest GPUs, tp={layout[0]} x pp={layout[1]}")
+    fits_now = ok(base)
+    max_batch = largest_true(lambda x: ok(replace(base, batch=x)), 1, MAX_COUNT)
+    max_prompt = largest_true(lambda x: ok(replace(base, prompt=x)), 1, _prompt_cap(spec, base))
+    max_layers = None
+    if base.engine == "llamacpp":
+        max_layers = largest_true(lambda x: ok(replace(base, n_gpu_layers=x)), 0,
+                                  spec.num_layers + 1)
+    e = est(base)
+    kv_tokens = e.extras.get("kv_cache_tokens")
+    kv_blocks = e.extras.get("kv_cache_blocks")
+    conc = e.extras.get("max_concurrency")
+    return FitResult(model=spec.name, gpu=card.name, gpu_memory_bytes=card.usable_bytes,
+                     engine=base.engine, options=asdict(base), fits=fits_now,
+                     max_batch=max_batch, max_prompt=max_prompt, min_gpus=min_gpus,
+                     layout={"tp": layout[0], "pp": layout[1]} if layout else None,
+                     kv_cache_tokens=kv_tokens, kv_cache_blocks=kv_blocks, max_concurrency=conc,
+                     max_gpu_layers=max_layers, total_bytes=e.total_bytes, notes=tuple(notes))
+
+
+def _prompt_cap(spec: ModelSpec, o: InferenceOptions) -> int:
+    """The longest prompt worth searching: the learned position table bounds GPT-2-style
+    models; otherwise the option's own bound."""
+    if spec.learned_positions:
+        return max(1, spec.learned_positions - o.generate)
+    return MAX_COUNT
