@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import MemfitError
@@ -182,12 +183,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MemfitError(f"trace: needs the 'trace' extra (pip install 'memfit[trace]'): {exc}",
                           field="trace", value=None, allowed="memfit[trace] installed") from None
-    if args.mode == "infer":
-        options = options_from_args(InferenceOptions, args)
-        result = tracer.trace_inference(config, options)
-    else:
-        options = options_from_args(TrainingOptions, args)
-        result = tracer.trace_training(config, options)
+    from .report import Progress
+
+    with Progress(f"tracing {spec.name} {args.mode}"):
+        if args.mode == "infer":
+            result = tracer.trace_inference(config, options_from_args(InferenceOptions, args))
+        else:
+            result = tracer.trace_training(config, options_from_args(TrainingOptions, args))
     out = result.to_dict()
     if args.json:
         _print_json(out)
@@ -220,8 +222,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         return 0
     print(render_estimate(est, args.units))
     if args.explain:
+        from .catalog import resolve_model
+
         print()
-        print(render_explain(est, args.units))
+        print(render_explain(est, args.units, spec=resolve_model(args.model)[0]))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .web import serve
+
+    serve(args.host, args.port, allow_paths=args.allow_paths, allow_hub=args.allow_hub)
     return 0
 
 
@@ -232,14 +243,147 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         from .training import fit_train as fit  # type: ignore[assignment]
         options = options_from_args(TrainingOptions, args)
-    kwargs = {k: v for k, v in vars(options).items() if k != "gpu"}
-    result = fit(args.model, gpu=args.gpu, gpus=args.gpus, **kwargs)
+    cls = InferenceOptions if args.mode == "infer" else TrainingOptions
+    given = {f.name for f in fields(cls) if getattr(args, f.name, None) is not None}
+    kwargs = {k: v for k, v in vars(options).items() if k in given and k != "gpu"}
+    gpus = args.gpus if args.gpus is not None or args.mode == "infer" else 1
+    result = fit(args.model, gpu=args.gpu, gpus=gpus, **kwargs)
     data = result.to_dict()
     if args.json:
         _print_json(data)
         return 0
-    print(result.render(args.units) if hasattr(result, "render") else json.dumps(data, indent=2))
+    from .report import render_fit
+
+    print(render_fit(result, args.units))
     return 0
+
+
+# -- compare and plot: scenario sets written as comma lists (see memfit.compare) -----------
+
+_COMPARE_EXAMPLES = """examples:
+  memfit compare llama-3.1-8b train --precision bf16-mixed,bf16-true,fp32
+  memfit compare llama-3.1-8b train --dp 8 --zero 0,1,2,3 --gpu h100
+  memfit compare llama-3.1-8b,qwen2.5-7b infer --prompt 8192
+  memfit compare llama-3.1-8b train --lora-rank none,16 --qlora false,true
+
+MODEL and every option take a comma list; the scenarios are their cross product (at most 64).
+'none' unsets an optional value (--lora-rank none,16; --fsdp none,full)."""
+
+_PLOT_EXAMPLES = """examples:
+  memfit plot llama-3.1-8b train --precision bf16-mixed,bf16-true,fp32 -o breakdown.png
+  memfit plot llama-3.1-8b infer --sweep batch --prompt 4096 --gpu a100-80gb -o batch.svg
+  memfit plot llama-3.1-8b train --sweep seq --precision bf16-mixed,bf16-true --gpu h100 -o s.png
+  memfit plot llama-3.1-8b train --fit --gpus 8 --gpu h100 -o layouts.png
+
+Without --sweep or --fit: one stacked bar per scenario. The format follows the extension
+(.png or .svg). Needs the 'plot' extra: pip install 'memfit[plot]'."""
+
+
+def _scenario_lists(args: argparse.Namespace) -> dict[str, list[Any]]:
+    from .compare import lists_from_args, options_class
+
+    return lists_from_args(options_class(args.mode), args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_json, expand, render_compare, run
+    from .units import check_unit
+
+    unit = check_unit(args.units)
+    results = run(expand(args.model, args.mode, _scenario_lists(args)))
+    if args.json:
+        _print_json(compare_json(results))
+        return 0
+    print(render_compare(results, unit))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plot
+    from .compare import expand, run
+    from .report import Progress
+    from .units import check_unit
+
+    unit = check_unit(args.units)
+    out = plot.check_output(args.output)
+    lists = _scenario_lists(args)
+    if args.sweep and args.fit:
+        raise MemfitError.bad_value("sweep", args.sweep, "no --sweep together with --fit")
+    if args.sweep:
+        axes = plot.SWEEP_AXES[args.mode]
+        if args.sweep not in axes:
+            raise MemfitError.bad_value("sweep", args.sweep, ", ".join(axes))
+        values = lists.pop(args.sweep, None)
+        if values is not None and len(values) < 2:
+            values = None  # one value is no grid: sweep the default one
+        scenarios = expand(args.model, args.mode, lists, limit=8)
+        sweeps = plot.sweep(scenarios, args.sweep, values)
+        path = plot.plot_sweep(sweeps, out, unit)
+    elif args.fit:
+        scenarios = expand(args.model, args.mode, lists, limit=1)
+        s = scenarios[0]
+        gpu = s.options.get("gpu")
+        if not gpu:
+            raise MemfitError.bad_value("gpu", None, "a GPU name with --fit (see `memfit gpus`)")
+        opts = {k: v for k, v in s.options.items() if k != "gpu"}
+        with Progress(f"searching the layouts of {s.model} on {gpu}"):
+            if args.mode == "train":
+                from .training import fit_train
+
+                result: Any = fit_train(s.model, gpu=gpu, gpus=args.gpus or 1, **opts)
+            else:
+                from .inference import fit_infer
+
+                counts: Any = args.gpus or plot.infer_gpu_counts(
+                    fit_infer(s.model, gpu=gpu, **opts).min_gpus)
+                result = (s, counts, plot.infer_layouts(s, counts))
+        path = plot.plot_layouts(result, out, unit, scenario=s)
+    else:
+        path = plot.plot_breakdown(run(expand(args.model, args.mode, lists)), out, unit)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_compare_and_plot(sub: Any) -> None:
+    """The parsers of ``compare`` and ``plot``: MODEL[,MODEL...] MODE, then every option of
+    the mode as a comma list."""
+    from .compare import add_list_flags
+
+    for name, helptext, epilog in (
+            ("compare", "several scenarios side by side (comma lists on MODEL or any option)",
+             _COMPARE_EXAMPLES),
+            ("plot", "pictures: stacked breakdowns, sweeps vs the GPU, fit layouts (extra "
+             "'plot')", _PLOT_EXAMPLES)):
+        p = sub.add_parser(name, help=helptext, description=helptext, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("model", metavar="MODEL[,MODEL...]",
+                       help="one or more models (catalog names, config.json or folders)")
+        msub = p.add_subparsers(dest="mode", metavar="MODE", parser_class=_Parser,
+                                required=True)
+        for mode, cls in (("infer", InferenceOptions), ("train", TrainingOptions)):
+            q = msub.add_parser(mode, help=f"{name} {mode} scenarios", epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+            add_list_flags(q, cls)
+            q.add_argument("--units", default="GiB", help="GiB (default), GB, MiB, ...")
+            if name == "compare":
+                q.add_argument("--json", action="store_true",
+                               help="print a list of the contract's objects, each with "
+                               "'varied' and 'scenario'")
+                q.set_defaults(func=cmd_compare)
+                continue
+            q.add_argument("-o", "--output", required=True, metavar="FILE",
+                           help="the picture to write: FILE.png or FILE.svg")
+            q.add_argument("--sweep", metavar="OPTION",
+                           help="memory against this option: "
+                           + ", ".join(("batch", "prompt", "generate") if mode == "infer"
+                                       else ("batch", "seq"))
+                           + " (its values: the option's list, or powers of two past the fit)")
+            q.add_argument("--fit", action="store_true",
+                           help="the layouts of `memfit fit` ranked by peak (needs --gpu)")
+            q.add_argument("--gpus", type=_int_arg, default=None,
+                           help="GPUs for --fit (default: 1 for train, the fewest that fit "
+                           "for infer)")
+            q.set_defaults(func=cmd_plot)
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
@@ -292,6 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="number of GPUs (default: 1 for train; searched for infer)")
         _output_flags(q)
         q.set_defaults(func=cmd_fit)
+
+    _add_compare_and_plot(sub)
+
+    p = sub.add_parser("serve", help="the web page and HTTP API (extra 'web')")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_int_arg, default=8000, help="port (default 8000)")
+    p.add_argument("--allow-paths", action="store_true",
+                   help="accept MODEL paths on this machine (off by default)")
+    p.add_argument("--allow-hub", action="store_true",
+                   help="accept hf: models, fetching configs and headers from the Hub")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("trace", help="measure the true peak by running the real model code "
                        "on fake tensors (extra 'trace')")
