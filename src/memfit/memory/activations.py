@@ -1,0 +1,475 @@
+"""Training activations: what autograd saves for backward, layer by layer, from the real code.
+
+Each formula lists the tensors a transformers 5.x decoder layer saves for its backward (read
+off ``modeling_<type>.py`` and checked tensor by tensor with ``saved_tensors_hooks`` on the
+tracer), per token, in bytes. Symbols: T = B*S tokens on this rank, h hidden, a (a_kv) query
+(KV) heads on this rank, d head dim, q = a*d, kv = a_kv*d, I MLP width (per TP rank), V
+vocabulary (per TP rank), E experts, k experts per token, I_e expert width; b the compute
+dtype's bytes (2, or 4 for fp32), b_r the residual stream's (4 under autocast or fp32).
+
+Per layer, per token (llama-style RMSNorm, SwiGLU, SDPA, 16-bit):
+
+* each RMSNorm: its input in fp32 (4h: ``x.to(float32)`` saved by ``pow``), 1/rms (4), the
+  normalised value (b_r h, saved by ``weight * x``);
+* q/k/v's input (b h; under autocast each projection saves its own 16-bit cast, 2h each);
+* attention (SDPA, flash/memory-efficient kernels): rotated q and k, v, the output
+  (b (2q + 2kv)) and the fp32 log-sum-exp (4a); eager: the fp32 softmax (4aS), its 16-bit
+  cast (b aS), q, k and v repeated to a heads, the transposed output;
+* SwiGLU: gate output, act(gate), up output, their product (4 b I);
+* o_proj's input is the attention output (shared); down's input the product (shared).
+
+That is ``S*B*h*(34 + 5*a*S/h)`` bytes per layer in Korthikanti et al. (2022, eq. 1) for a
+GPT layer without flash attention and with dropout masks; :func:`korthikanti_per_layer` is
+kept as the cross-check and ``docs/training.md`` explains the differences (fp32 norm inputs,
+no dropout, SwiGLU's 4I, the kernel's log-sum-exp instead of the S x S softmax).
+
+Where a GPU run differs from the tracer's CPU run: LayerNorm's mean/rstd are fp32 on CUDA
+(the CPU kernel keeps them in the input dtype), dropout masks are 1-byte bool (the tracer
+calls ``native_dropout`` like CUDA), SDPA's log-sum-exp is (B, a, S) fp32 on both (the CUDA
+memory-efficient kernel pads S to a multiple of 32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from ..arch import LayerSpec, ModelSpec
+from .model_states import fused_projections
+
+__all__ = [
+    "ActivationSetup", "LayerActivations", "layer_activations", "head_activations",
+    "embedding_activations", "rotary_bytes", "mask_bytes", "korthikanti_per_layer",
+    "dropout_config", "softcap_config", "NORM_STYLES", "NO_SDPA",
+]
+
+# How each family's RMSNorm computes (transformers 5.x):
+# "llama": w * x_norm.to(dtype)  (x in fp32, x_norm cast back, weight in param dtype)
+# "gemma": (x_norm * (1 + w.float())).type_as(x)  (all in fp32, output cast back)
+# "olmo2": (w * x_norm).to(dtype)  (the product in fp32)
+# "layernorm": F.layer_norm (GPT-2, GPT-NeoX)
+NORM_STYLES: dict[str, str] = {
+    "gemma": "gemma", "gemma2": "gemma", "gemma3_text": "gemma", "olmo2": "olmo2",
+    "gpt_oss": "olmo2",
+    "gpt2": "layernorm", "gpt_neox": "layernorm",
+}
+
+# Families whose rotary embedding concatenates the rotated and pass-through halves
+# (partial rotary): q is (B, a, S, d)-contiguous, so the attention output is copied for o_proj.
+_ROTARY_CAT = frozenset({"gpt_neox", "phi3"})
+
+# Dropout probabilities: config keys and their transformers defaults, per family.
+_DROPOUT_KEYS: dict[str, tuple[tuple[str, float], tuple[str, float], tuple[str, float]]] = {
+    # (embedding dropout, residual dropout (after attention and after MLP), attention dropout)
+    "gpt2": (("embd_pdrop", 0.1), ("resid_pdrop", 0.1), ("attn_pdrop", 0.1)),
+    "phi3": (("embd_pdrop", 0.0), ("resid_pdrop", 0.0), ("attention_dropout", 0.0)),
+}
+_DEFAULT_DROPOUT = (("", 0.0), ("", 0.0), ("attention_dropout", 0.0))
+
+
+def softcap_config(spec: ModelSpec, config: Mapping[str, Any] | None) -> tuple[bool, bool]:
+    """(attention, final logits) tanh soft-capping: Gemma 2's ``attn_logit_softcapping``
+    (default 50) and ``final_logit_softcapping`` (default 30); null turns one off."""
+    if spec.model_type != "gemma2":
+        return False, False
+    cfg = config or {}
+    return (cfg.get("attn_logit_softcapping", 50.0) is not None,
+            cfg.get("final_logit_softcapping", 30.0) is not None)
+
+
+#: Families transformers cannot run with SDPA (Gemma 2's soft-capping): they fall back to
+#: eager attention, as ``from_pretrained`` does when no implementation is named.
+NO_SDPA = frozenset({"gemma2", "gpt_oss"})
+
+
+def dropout_config(spec: ModelSpec, config: Mapping[str, Any] | None) -> tuple[bool, bool, bool]:
+    """(embedding, residual, attention) dropout active, from the config with the family's
+    transformers defaults (GPT-2: 0.1 everywhere; others: 0 unless the config says)."""
+    keys = _DROPOUT_KEYS.get(spec.model_type, _DEFAULT_DROPOUT)
+    cfg = config or {}
+    out = []
+    for key, default in keys:
+        value = cfg.get(key, default) if key else 0.0
+        try:
+            out.append(float(value or 0.0) > 0.0)
+        except (TypeError, ValueError):
+            out.append(False)
+    return out[0], out[1], out[2]
+
+
+@dataclass(frozen=True)
+class ActivationSetup:
+    """Everything the activation formulas need besides the model."""
+
+    batch: int  # B, micro-batch per rank
+    seq: int  # S, tokens per sequence on this rank (after context parallelism)
+    compute_bytes: int = 2  # b
+    residual_bytes: int = 2  # b_r
+    autocast: bool = False
+    attn: str = "sdpa"
+    tp: int = 1
+    sp: bool = False
+    ep: int = 1
+    cp: int = 1
+    lora: bool = False  # frozen base linears with trainable adapters
+    lora_rank: int = 0
+    qlora: bool = False
+    dropout: tuple[bool, bool, bool] = (False, False, False)
+    full_seq: int = 0  # S before context parallelism (K/V length); 0 = seq
+    attn_softcap: bool = False  # Gemma 2: tanh soft-capping of the attention scores
+    logit_softcap: bool = False  # Gemma 2: tanh soft-capping of the logits
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    @property
+    def kv_seq(self) -> int:
+        return self.full_seq or self.seq
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """One decoder layer: bytes saved for backward by part, and its transient peaks.
+
+    ``forward_transient``: the most the layer's forward holds beyond what it saves (scores
+    before the softmax, the norm's fp32 product). ``backward_transient``: the most its
+    backward holds beyond the saved tensors still alive (gradients of the MLP's intermediate
+    tensors, of the scores). ``s2``: the saved S x S part (what selective checkpointing drops).
+    """
+
+    saved: Mapping[str, int] = field(default_factory=dict)
+    forward_transient: int = 0
+    backward_transient: int = 0
+    s2: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.saved.values())
+
+
+def _norm_saved(style: str, width: int, b_in: int, frozen: bool = False) -> int:
+    """Bytes per token one norm over ``width`` saves for backward.
+
+    llama: 4w (x in fp32) + 4 (rstd) + b_in w (normalised, for the weight's gradient);
+    gemma, olmo2: 4w + 4 + 4w (the normalised value stays fp32);
+    layernorm: its input b_in w + mean and rstd (2 x fp32 on CUDA).
+    A frozen weight (LoRA) does not need the normalised value.
+    """
+    if style == "layernorm":
+        return b_in * width + 8
+    keep = 0 if frozen else (b_in * width if style == "llama" else 4 * width)
+    return 4 * width + 4 + keep
+
+
+def _act_saved_tensors(activation: str) -> int:
+    """Tensors of width I an MLP activation saves: silu, gelu (exact or tanh kernel), relu
+    save their input (1); GPT-2's ``gelu_new`` is written in Python and saves 4 (x, 0.5x,
+    tanh(...), 1 + tanh(...))."""
+    return 4 if activation in ("gelu_new", "gelu_fast", "gelu_python") else 1
+
+
+@lru_cache(maxsize=4096)
+def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> LayerActivations:
+    """What one decoder layer saves for backward (no checkpointing), in bytes, by part.
+
+    Closed forms per token (see the module docstring for symbols), T tokens in all:
+    norms sum(_norm_saved); qkv input b h (autocast: 2h per separate projection);
+    attention b(q + kv) rotated + b kv (v; fused q/k/v keeps the whole b(q + 2kv) output
+    alive) + b q (output) + 4a (lse); MLP 4 b I (gated) or (n_act + 1) b I; MoE router 4E + 8k
+    + 4k (+4), dispatch 24k + routed experts k(2h + 4I_e) b + k*4 (routing weights);
+    dropout masks 1 byte per element. TP divides heads, I and (with SP) the norms' inputs.
+    """
+    T = s.tokens
+    tp = s.tp
+    b, br = s.compute_bytes, s.residual_bytes
+    h = spec.hidden_size
+    sp_div = tp if s.sp else 1
+    style = NORM_STYLES.get(spec.model_type, "llama")
+    a = spec.num_heads // tp
+    a_kv = max(1, spec.num_kv_heads // tp)
+    d = spec.head_dim
+    fused_qkv, fused_gate_up = fused_projections(spec)
+    emb_drop, resid_drop, attn_drop = s.dropout
+    lora = s.lora
+    saved: dict[str, int] = {}
+    # A sliding window only changes anything once the keys reach it: transformers skips the
+    # mask (and SDPA runs with is_causal) while kv_length < window (_ignore_causal_mask_sdpa).
+    sliding = layer.attention == "sliding" and layer.window is not None and s.kv_seq >= layer.window
+
+    # -- norms ------------------------------------------------------------------------------
+    n_norms = spec.norms_per_layer
+    if spec.parallel_residual:  # GPT-NeoX: both norms read the same residual (saved once)
+        norm_bytes = _norm_saved(style, h, br, lora) + (_norm_saved(style, h, br, lora) - br * h)
+    else:
+        norm_bytes = n_norms * _norm_saved(style, h, br, lora)
+    saved["norms"] = norm_bytes * T // sp_div
+
+    # -- attention ------------------------------------------------------------------------------
+    if spec.mla is not None:
+        m = spec.mla
+        q_dim = a * m.qk_head_dim
+        kv_dim = a * m.qk_head_dim
+        v_dim = a * m.v_head_dim
+        # q_a (or q), kv_a read the normed input; q_b / kv_b read the low-rank latents (their
+        # RMSNorms in fp32), the rotary half is rotated, then q, k, v enter SDPA.
+        inp = (2 * 2 * h if s.autocast else b * h)
+        lat = 0
+        if m.q_lora_rank is not None:
+            lat += _norm_saved("llama", m.q_lora_rank, b) + b * m.q_lora_rank
+        lat += _norm_saved("llama", m.kv_lora_rank, b) + b * m.kv_lora_rank
+        S_kv = s.kv_seq
+        if s.attn == "eager" or m.qk_head_dim != m.v_head_dim:
+            # q/k (d_qk) and v (d_v) differ: the CPU flash kernel cannot take them and SDPA
+            # runs its math path, which upcasts q, k, v to fp32 and saves the fp32 softmax
+            # (CUDA's memory-efficient kernel would keep 16-bit q, k, v and a log-sum-exp).
+            s2 = 4 * a * S_kv
+            core = 4 * (q_dim + kv_dim + v_dim) + s2 + b * v_dim
+        else:
+            s2 = 0
+            core = b * (q_dim + kv_dim + v_dim + v_dim) + 4 * a
+        saved["attention"] = T * (inp + lat + core)
+    else:
+        q, kv = a * d, a_kv * d
+        n_in = 1 if fused_qkv else 3
+        if lora:
+            inp = 4 * h * (1 if fused_qkv else 3) + 4 * s.lora_rank * n_in
+        elif s.autocast:
+            inp = 2 * h * n_in
+        else:
+            inp = b * h
+        qk_norm = 0
+        if spec.qk_norm == "head":
+            nstyle = "gemma" if style == "gemma" else "llama"
+            qk_norm = ((_norm_saved(nstyle, q, b) - 4 + 4 * a)
+                       + (_norm_saved(nstyle, kv, b) - 4 + 4 * a_kv))
+        elif spec.qk_norm == "full":
+            qk_norm = _norm_saved(style, q, b) + _norm_saved(style, kv, b)
+        rotary = spec.rope_dim > 0
+        if fused_qkv:
+            qkv = b * (q + 2 * kv) + (b * (q + kv) if rotary else 0)
+        else:
+            qkv = b * (q + 2 * kv)
+        n_rep = a // a_kv
+        s2 = 0
+        # CUDA has no fused fp32 SDPA kernel for grouped KV heads (enable_gqa): it runs the
+        # math kernel, which repeats K/V, scales q and saves the fp32 softmax (the tracer
+        # calls the same kernel; memfit/trace/compat.py).
+        math_sdpa = (s.attn == "sdpa" and b == 4 and not s.autocast and n_rep > 1
+                     and not (sliding or d > 256))
+        if math_sdpa:
+            s2 = 4 * a * s.kv_seq
+            attn_bytes = inp + qk_norm + b * q + 2 * b * q + b * q + s2
+        elif s.attn == "eager":
+            S_kv = s.kv_seq
+            if layer.attention == "sliding" and layer.window:
+                S_kv = s.kv_seq  # eager computes the full S x S scores, masked
+            kv_eager = b * kv * 2 if n_rep == 1 else b * q * 2  # repeat_kv copies
+            # q and repeated k, v; the transposed contiguous output (o_proj's input)
+            core = b * q + kv_eager + b * q
+            if fused_qkv and not rotary:
+                core = b * (q + 2 * kv) + b * q
+            elif fused_qkv:
+                # v is a slice of the fused output: with B = 1 matmul views it (the whole
+                # fused output stays alive); with B > 1 folding (B, a) needs a copy of v only.
+                v_saved = b * (q + 2 * kv) if s.batch == 1 else b * kv
+                core = b * (q + kv) + v_saved + b * q
+            # GPT-2 softmaxes in the input dtype, others in fp32; autocast runs softmax in fp32
+            softmax_fp32 = spec.model_type != "gpt2" or s.autocast
+            sm = (4 if softmax_fp32 else b) * a * S_kv
+            cast = b * a * S_kv if (softmax_fp32 and b != 4) else 0
+            if spec.attention_sinks:
+                # gpt-oss: softmax over [scores, sink] in the scores' dtype, and the argmax
+                # of the running max (int64) saved for backward
+                sm = (4 if s.autocast else b) * a * (S_kv + 1) + 8 * a
+                cast = 2 * a * S_kv if s.autocast else 0  # autocast's 16-bit copy for @ v
+            if attn_drop:
+                s2 = sm + a * S_kv + b * a * S_kv  # softmax out, mask, dropped weights
+            else:
+                s2 = sm + cast
+            if s.attn_softcap:
+                s2 += b * a * S_kv  # tanh(scores / cap), saved by tanh's backward
+            attn_bytes = inp + qk_norm + core + s2
+        else:
+            lse = 4 * a
+            attn_bytes = inp + qk_norm + qkv + b * q + lse
+            if sliding:
+                # SDPA turns the boolean window mask into an additive one in q's dtype
+                # (convert_boolean_attn_mask) and saves it for backward: B x S x S per layer.
+                attn_bytes += b * s.kv_seq
+            if n_rep > 1 and a_kv > 1 and (sliding or d > 256):
+                # transformers passes enable_gqa only without a mask and for d <= 256
+                # (use_gqa_in_sdpa); otherwise repeat_kv copies k and v to a heads, and SDPA
+                # saves the copies instead (with one KV head the expand stays a view).
+                attn_bytes += 2 * b * (q - kv)
+            if spec.model_type in _ROTARY_CAT:
+                # q comes out of torch.cat (partial rotary): SDPA's output follows q's
+                # (B, a, S, d) layout and ``transpose(1, 2).contiguous()`` copies it for o_proj.
+                attn_bytes += b * q
+        if lora:
+            attn_bytes += 4 * q + 4 * s.lora_rank  # o_proj's adapter: fp32 copy of its input
+        saved["attention"] = T * attn_bytes
+    if resid_drop:
+        saved["dropout_masks"] = 2 * T * h // sp_div  # after attention and after the MLP
+
+    # -- MLP ----------------------------------------------------------------------------
+    if layer.moe and spec.moe is not None:
+        saved["moe"] = T * _moe_saved_per_token(spec, s)
+        if spec.moe.shared_intermediate_size:
+            saved["mlp"] = T * _mlp_saved_per_token(spec, spec.moe.shared_intermediate_size // tp,
+                                                    s, fused_gate_up)
+            if spec.moe.shared_expert_gate:
+                # sigmoid(gate) and the shared output (+ the gate's own 16-bit input cast)
+                saved["mlp"] += T * (b + b * h + (2 * h if s.autocast else 0))
+    else:
+        saved["mlp"] = T * _mlp_saved_per_token(spec, spec.intermediate_size // tp, s,
+                                                fused_gate_up)
+
+    # -- transients ---------------------------------------------------------------------------
+    I = (spec.intermediate_size // tp) if not layer.moe else (
+        spec.moe.expert_intermediate_size * spec.moe.top_k // tp if spec.moe else 0)
+    fwd_t = T * 4 * h  # the norm's fp32 product before the cast back
+    bwd_t = T * (3 * b * I + 2 * br * h)  # dL/d(product), d(act), d(up); residual gradients
+    if spec.mla is None and (s.attn == "eager" or (s.attn == "sdpa" and b == 4 and not s.autocast
+                                                  and a > a_kv and d <= 256)):
+        S_kv = s.kv_seq
+        # forward: the masked scores are alive while softmax writes its (saved) output;
+        # backward: softmax's fp32 gradient in and out (2 x 4 a S) beside the saved softmax.
+        fwd_t = max(fwd_t, T * a * S_kv * (4 if s.autocast else b))
+        bwd_t = max(bwd_t, T * a * S_kv * 2 * 4)
+    return LayerActivations(saved=saved, forward_transient=fwd_t, backward_transient=bwd_t,
+                            s2=T * s2 if spec.mla is None else 0)
+
+
+def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate_up: bool
+                         ) -> int:
+    """A dense MLP per token: its input (b h, or 2h per projection under autocast), then
+    gated: gate out, act(gate), up out, product = 4 b I; plain: n_act b I + the output b I."""
+    b, h = s.compute_bytes, spec.hidden_size
+    n_proj = 1 if (fused_gate_up or not spec.mlp_gated) else 2
+    if s.lora:
+        inp = 4 * h * n_proj + 4 * s.lora_rank * n_proj
+    elif s.autocast:
+        inp = 2 * h * n_proj
+    else:
+        inp = b * h
+    if spec.mlp_gated:
+        body = 4 * b * I
+        if s.lora:  # down is frozen: its adapter keeps an fp32 copy instead of the product
+            body = 3 * b * I + 4 * I + 4 * s.lora_rank
+    else:
+        body = (_act_saved_tensors(spec.activation) + 1) * b * I
+        if s.autocast and _act_saved_tensors(spec.activation) == 4:
+            # autocast runs torch.pow in fp32: x, tanh(...) and 1 + tanh(...) are fp32 copies,
+            # 0.5 x stays 16-bit, the product is fp32 and down casts it to 16 bits again.
+            body = (3 * 4 + 2) * I + 2 * I
+        if s.lora:
+            body = _act_saved_tensors(spec.activation) * b * I + 4 * I + 4 * s.lora_rank
+    return inp + body
+
+
+def _moe_saved_per_token(spec: ModelSpec, s: ActivationSetup) -> int:
+    """A routed-expert block per token (transformers' ``grouped_mm`` experts, top-k routing):
+
+    router input (b h, shared with a shared expert; 2h under autocast), fp32 softmax over E
+    (4E), top-k indices (8k) and values (4k) and their sum (4); sort and inverse permutation
+    (3 x 8k int64); per routed copy k: the gathered input (b h), gate_up output (2 b I_e),
+    act output and product (2 b I_e), the down output (b h) and its routing weight (4).
+    Expert parallelism moves tokens, not their number: each rank receives ~k copies per local
+    token under balanced routing.
+    """
+    assert spec.moe is not None
+    m = spec.moe
+    b, h = s.compute_bytes, spec.hidden_size
+    k, E = m.top_k, m.num_experts
+    I_e = m.expert_intermediate_size // s.tp
+    router_in = 2 * h if s.autocast else (0 if m.shared_intermediate_size else b * h)
+    router = router_in + 4 * E + 8 * k + 4 * k + 4
+    dispatch = 3 * 8 * k
+    n_in = 2 if spec.mlp_gated else 1
+    # grouped_mm is not an autocast op: under autocast the experts run in the residual's fp32
+    be = s.residual_bytes if s.autocast else b
+    # SwiGLU saves act(gate) and the product (2 I_e); gpt-oss's clamped GLU with the
+    # (up + 1) term saves five I_e-wide tensors.
+    n_act = 5 if spec.model_type == "gpt_oss" else 2
+    experts = k * (be * h + n_in * be * I_e + n_act * be * I_e + be * h + 4)
+    if spec.model_type in ("deepseek_v2",):
+        router += 4 * h  # the gate casts its input to fp32 (F.linear in fp32)
+    return router + dispatch + experts
+
+
+def rotary_bytes(spec: ModelSpec, s: ActivationSetup) -> int:
+    """The rotary cos and sin tables, computed once per forward and saved by every layer's
+    ``q * cos`` (shared): 2 * S * d_rope in the residual dtype (fp32 for OLMo 2); Gemma 3
+    keeps one pair per attention type. They do not grow with B (position_ids is 1 x S)."""
+    if not spec.rope_dim:
+        return 0
+    dim = spec.head_dim if spec.mla is None else spec.mla.qk_rope_head_dim
+    width = 4 if spec.model_type == "olmo2" else s.residual_bytes
+    sets = len({x.attention for x in spec.layers}) if spec.model_type == "gemma3_text" else 1
+    return sets * 2 * s.seq * dim * width
+
+
+def mask_bytes(spec: ModelSpec, s: ActivationSetup) -> int:
+    """Explicit attention masks a forward builds: SDPA runs causal layers with ``is_causal``
+    and no mask, but sliding-window layers need a (B, 1, S, S) bool mask (each layer's SDPA
+    then saves its own additive copy, counted with the layer); eager builds an additive mask
+    in the residual dtype for every mask type present."""
+    kinds = {x.attention for x in spec.layers}
+    if s.attn == "eager":  # additive masks in the residual dtype
+        return len(kinds) * s.batch * s.seq * s.kv_seq * s.residual_bytes
+    return 0
+
+
+def embedding_activations(spec: ModelSpec, s: ActivationSetup) -> dict[str, int]:
+    """The embedding's saved tensors: token ids are the inputs (counted with them); GPT-2's
+    position ids (8 S), an embedding dropout mask (T h bytes)."""
+    out = {}
+    if spec.learned_positions:
+        out["positions"] = 8 * s.seq
+    if s.dropout[0]:
+        out["embedding_dropout"] = s.tokens * spec.hidden_size // (s.tp if s.sp else 1)
+    return out
+
+
+def head_activations(spec: ModelSpec, s: ActivationSetup, logits_bytes: int) -> dict[str, int]:
+    """The final norm, the LM head's input and the loss, saved for backward.
+
+    transformers' ``ForCausalLMLoss`` upcasts the logits to fp32 and ``cross_entropy`` saves
+    ``log_softmax``'s fp32 output: 4 T V (V per TP rank: Megatron's vocab-parallel loss), and
+    the shifted labels (8 T).
+    """
+    T, h = s.tokens, spec.hidden_size
+    style = NORM_STYLES.get(spec.model_type, "llama")
+    sp_div = s.tp if s.sp else 1
+    V = -(-spec.vocab_size // s.tp)
+    head_in = 2 * h if s.autocast else s.compute_bytes * h
+    if logits_bytes == 4 and not s.autocast:
+        head_in = 4 * h
+    out = {
+        "final_norm": T * _norm_saved(style, h, s.residual_bytes) // sp_div,
+        "lm_head_input": T * head_in,
+        "log_softmax": 4 * T * V,
+        "labels": 8 * T,
+    }
+    if s.logit_softcap:
+        out["logit_softcap"] = logits_bytes * T * V  # tanh(logits / cap), saved
+    return out
+
+
+def korthikanti_per_layer(spec: ModelSpec, seq: int, batch: int, tp: int = 1,
+                          sp: bool = False, recompute: str = "none") -> int:
+    """Korthikanti et al. 2022 (arXiv:2205.05198), eq. 1-6: activation bytes of one GPT layer
+    in 16 bits with dropout and without flash attention:
+    ``s b h (34 + 5 a s / h)``; with TP t: ``s b h (10 + 24/t + 5 a s/(h t))``; with TP and
+    SP: ``s b h / t (34 + 5 a s / h)``; selective recompute drops the ``5 a s / h`` term;
+    full recompute keeps ``2 s b h`` (the layer input)."""
+    s_, b_, h, a, t = seq, batch, spec.hidden_size, spec.num_heads, tp
+    if recompute == "full":
+        return 2 * s_ * b_ * h
+    attn = 0 if recompute == "selective" else 5 * a * s_ * s_ * b_ // 1
+    if sp or t == 1:
+        return (34 * s_ * b_ * h + attn) // t
+    return 10 * s_ * b_ * h + (24 * s_ * b_ * h + attn) // t

@@ -1,0 +1,722 @@
+"""Training memory per GPU: ``train()`` builds the timeline of one optimizer step, ``fit_train()``
+answers the inverse questions (largest micro-batch, longest sequence, layouts that fit).
+
+One step, steady state (the optimizer state already exists), on the most loaded rank:
+
+* **forward**: resident model states + saved activations of every layer + (mixed recipes)
+  autocast's 16-bit weight copies, peaking at the loss, where the logits, their fp32 copy
+  and ``log_softmax``'s fp32 output are live together;
+* **backward**: it starts with two more fp32 B x S x V tensors (the gradients of the loss and
+  of ``log_softmax``), then walks the layers backwards: each layer's gradients appear as its
+  saved activations go; it ends with every gradient and, for tied embeddings, the two
+  partial gradients of the shared table being summed;
+* **optimizer**: weights, gradients (fp32 ones for bf16-master), optimizer state and the
+  step's temporaries (``foreach`` copies a whole state, ``fused`` none).
+
+The peak is the largest of the three. Model states come from
+:mod:`memfit.memory.model_states`, activations from :mod:`memfit.memory.activations`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .arch import ModelSpec
+from .catalog import resolve_model
+from .errors import MemfitError
+from .memory.activations import (
+    NO_SDPA,
+    ActivationSetup,
+    dropout_config,
+    embedding_activations,
+    head_activations,
+    korthikanti_per_layer,
+    layer_activations,
+    mask_bytes,
+    rotary_bytes,
+    softcap_config,
+)
+from .memory.breakdown import Estimate, Phase, Term
+from .memory.model_states import (
+    DEEPSPEED_DEFAULTS,
+    FsdpConfig,
+    Recipe,
+    StateInputs,
+    TensorGroup,
+    get_optimizer,
+    get_recipe,
+    optimizer_host_step_bytes,
+    optimizer_state_bytes,
+    optimizer_temporary_bytes,
+    rank_tensors,
+    shard_states,
+    tensor_elements,
+)
+from .memory.overhead import overhead_terms
+from .memory.params import buffer_elements
+from .parallel import ParallelPlan, stage_layers
+from .solve import largest_true
+from .workload import MAX_COUNT, TrainingOptions, make_options
+
+__all__ = ["train", "fit_train", "FitResult", "LayoutFit", "LORA_TARGETS"]
+
+ModelLike = str | Path | Mapping[str, Any] | ModelSpec
+
+#: peft target modules of ``--lora-rank`` (contract): q, k, v, o, gate, up, down.
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+_QLORA_FORMAT = "nf4-dq"
+
+# Extra keyword options of the Python API (beside TrainingOptions' fields).
+_API_OPTIONS = ("states_convention", "gpus_per_node", "lora_dtype")
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+def _validate(spec: ModelSpec, o: TrainingOptions) -> ParallelPlan:
+    """The layout rules beyond each option's own range; errors name the field."""
+    plan = ParallelPlan(tp=o.tp, pp=o.pp, dp=o.dp, cp=o.cp, ep=o.ep, sp=o.sp)
+    try:
+        plan.validate(spec)
+    except MemfitError as exc:
+        raise MemfitError(f"{exc} (layout dp={o.dp} tp={o.tp} pp={o.pp} cp={o.cp} ep={o.ep})",
+                          field=exc.field, value=exc.value, allowed=exc.allowed) from None
+    if o.zero >= 2 and o.pp > 1:
+        raise MemfitError.bad_value("zero", o.zero, "0 or 1 with --pp > 1 (DeepSpeed runs "
+                                    "pipeline parallelism with ZeRO stage 0 or 1 only)")
+    if o.fsdp is not None and o.dp == 1:
+        raise MemfitError.bad_value("fsdp", o.fsdp, "only with --dp > 1 (one rank has nothing "
+                                    "to shard with)")
+    if o.offload != "none" and not o.zero and o.fsdp is None:
+        raise MemfitError.bad_value("offload", o.offload, "none without --zero or --fsdp "
+                                    "(DeepSpeed offload needs ZeRO >= 1, parameters ZeRO-3)")
+    if o.offload == "params" and o.zero in (1, 2):
+        raise MemfitError.bad_value("offload", o.offload, "optimizer or none with --zero "
+                                    f"{o.zero} (offloading parameters needs ZeRO-3 or FSDP)")
+    if o.cp > 1 and o.seq % o.cp:
+        raise MemfitError.bad_value("seq", o.seq, f"a multiple of --cp={o.cp}")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# The estimate
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Ctx:
+    spec: ModelSpec
+    config: Mapping[str, Any] | None
+    o: TrainingOptions
+    recipe: Recipe
+    runtime: str  # "autocast", "deepspeed", "fsdp", "plain"
+    gpus_per_node: int
+    attn: str = "sdpa"  # the attention that runs (Gemma 2 falls back to eager)
+    lora_bytes: int = 4  # LoRA adapter dtype bytes
+
+
+def _weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool) -> int:
+    """Bytes of the weights on the rank: the recipe's b_w per element (fp32 for tensors the
+    model keeps in fp32); QLoRA: base linears in NF4 with double quantization
+    (:func:`memfit.dtypes.tensor_bytes`), everything else upcast to fp32 by peft's
+    ``prepare_model_for_kbit_training``."""
+    if not qlora:
+        return sum(g.elements * (4 if g.fp32 else recipe.weight_bytes) for g in groups)
+    from .dtypes import tensor_bytes
+
+    total = 0
+    for g in groups:
+        if g.linear and len(g.shape) == 2 and g.part == "layer":
+            total += tensor_bytes(g.shape, _QLORA_FORMAT) * g.count
+        else:
+            total += 4 * g.elements
+    return total
+
+
+def _adapters(groups: tuple[TensorGroup, ...], r: int) -> tuple[TensorGroup, ...]:
+    """LoRA's A (r x in) and B (out x r) for every targeted linear."""
+    out = []
+    for g in groups:
+        if g.lora in LORA_TARGETS and len(g.shape) == 2:
+            n_out, n_in = g.shape
+            out.append(TensorGroup(f"{g.name}.lora_A", (r, n_in), g.count, g.part))
+            out.append(TensorGroup(f"{g.name}.lora_B", (n_out, r), g.count, g.part))
+    return tuple(out)
+
+
+def _linear_elements(groups: tuple[TensorGroup, ...]) -> int:
+    """Elements autocast casts to 16 bits: matmul weights and the biases fused with them."""
+    n = 0
+    for g in groups:
+        if g.name.startswith("experts."):
+            continue  # grouped_mm is not an autocast op: the experts run in fp32
+        if g.linear or g.name.endswith("_proj.bias") or g.name.endswith("proj.bias"):
+            n += g.elements
+    return n
+
+
+def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
+    """Phases, terms and host bytes of one pipeline stage's rank."""
+    spec, o, recipe = c.spec, c.o, c.recipe
+    pp = o.pp
+    first, last = stage == 0, stage == pp - 1
+    start = sum(counts[:stage])
+    layers = spec.layers[start:start + counts[stage]]
+    n_moe = sum(1 for x in layers if x.moe)
+    n_dense = len(layers) - n_moe
+    memo = _memo(spec)
+    gkey = ("groups", o.tp, o.ep, n_dense, n_moe, first, last)
+    groups = memo.get(gkey)
+    if groups is None:
+        groups = memo[gkey] = rank_tensors(spec, tp=o.tp, ep=o.ep, dense_layers=n_dense,
+                                           moe_layers=n_moe, first=first, last=last)
+    lora = o.lora_rank is not None
+    ab = c.lora_bytes  # adapter weights and gradients: fp32 (peft default) or bf16 (qlora.py)
+    state_b = 4 if lora else recipe.state_bytes
+    grad_b = ab if lora else recipe.grad_bytes
+    eff = recipe if not lora else replace(recipe, grad_bytes=ab, step_grad_bytes=ab,
+                                          master_bytes=0, state_bytes=4, extra_grad_bytes=0)
+    opt = get_optimizer(o.optimizer, o.optimizer_impl)
+    skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.optimizer, o.optimizer_impl,
+            len(layers), ab)
+    cached = memo.get(skey)
+    if cached is None:
+        cached = memo[skey] = _state_inputs(spec, groups, recipe, opt, o, lora, state_b, first,
+                                            len(layers), ab)
+    xin, trainable, linear_el, parts = cached
+    P = xin.trainable
+    sb = shard_states(xin, eff, dp=o.dp, zero=o.zero, fsdp=o.fsdp, offload=o.offload,
+                      fsdp_cfg=FsdpConfig(gpus_per_node=c.gpus_per_node))
+    N = sb.shards
+
+    # -- activations per micro-batch -------------------------------------------------------
+    autocast = c.runtime == "autocast"
+    b = recipe.compute_bytes
+    residual = 4 if (autocast or b == 4 or o.qlora) else 2
+    attn_softcap, logit_softcap = softcap_config(spec, c.config)
+    setup = ActivationSetup(batch=o.batch, seq=o.seq // o.cp, compute_bytes=b,
+                            residual_bytes=residual, autocast=autocast, attn=c.attn, tp=o.tp,
+                            attn_softcap=attn_softcap, logit_softcap=logit_softcap,
+                            sp=o.sp, ep=o.ep, cp=o.cp, lora=lora, lora_rank=o.lora_rank or 0,
+                            qlora=o.qlora, dropout=dropout_config(spec, c.config),
+                            full_seq=o.seq)
+    T = setup.tokens
+    h = spec.hidden_size
+    V = -(-spec.vocab_size // o.tp)
+    unique: dict[Any, Any] = {}
+    for x in layers:
+        if x not in unique:
+            key = ("act", x, setup)
+            act = memo.get(key)
+            if act is None:
+                act = memo[key] = layer_activations(spec, x, setup)
+            unique[x] = act
+    per = [unique[x] for x in layers]
+    saved_full = [p.total for p in per]
+    ckpt = o.checkpointing
+    sp_div = o.tp if o.sp else 1
+    ckpt_input = T * residual * h // sp_div
+    if ckpt == "full":
+        kept = [ckpt_input for _ in per]
+    elif ckpt == "selective":
+        kept = [p.total - p.s2 for p in per]
+    else:
+        kept = saved_full
+    emb = embedding_activations(spec, setup) if first else {}
+    head = head_activations(spec, setup, 4 if (b == 4 or o.qlora) else b) if last else {}
+    shared = rotary_bytes(spec, setup) + mask_bytes(spec, setup)
+    inputs = 16 * T  # input_ids and labels (int64), alive through the step
+    inflight = min(pp - stage, o.microbatches) if pp > 1 else 1
+
+    # autocast's 16-bit copies of the matmul weights: cached until the forward ends, saved by
+    # the matmuls until each layer's backward (a layer at a time with full checkpointing).
+    copies_layer = [0] * len(layers)
+    copies_head = 0
+    if autocast:
+        # QLoRA's NF4 linears are not autocast ops (bitsandbytes dequantizes them itself)
+        lin = 0 if o.qlora else linear_el
+        copies_layer = [2 * lin // max(1, len(layers))] * len(layers)
+        if last:
+            copies_head = 2 * V * h
+    copies_all = sum(copies_layer) + copies_head
+    # Full checkpointing discards the forward's saved casts: in backward only the head's copy
+    # (saved by the un-checkpointed LM head) and the recomputed layer's live.
+    copies_bwd = copies_head + (0 if ckpt == "full" else sum(copies_layer))
+
+    # -- model-state bases -----------------------------------------------------------------
+    Wres = sb.weights + sb.gathered + sb.gathered_grad_op
+    Ost = sb.master + sb.optimizer
+    G = sb.gradients
+    buffers = sb.grad_buffers
+    accumulating = o.microbatches > 1
+    G_prev = G if accumulating else 0
+
+    A_layers = sum(kept)
+    A_emb = sum(emb.values())
+    A_head = sum(head.values())
+    A_all = inflight * (A_layers + A_emb + shared) + A_head + inputs
+
+    logit_b = 4 if (b == 4 or o.qlora) else b
+    logits = T * V * logit_b if last else 0
+    upcast = T * V * 4 if (last and logit_b != 4) else 0
+    if last and autocast:
+        # The final norm's fp32 output is still a local of the model's forward during the
+        # loss (the LM head saved its own 16-bit cast).
+        upcast += T * h * residual // sp_div
+
+    # -- forward ------------------------------------------------------------------------------
+    # QLoRA: bitsandbytes dequantizes each NF4 weight to 16 bits for its matmul (forward, and
+    # again in backward for the input gradient): one layer's largest weight at a time.
+    dequant = 2 * max((g.numel for g in groups if g.linear and g.part == "layer"
+                       and len(g.shape) == 2), default=0) if o.qlora else 0
+    fwd_layer_t = max((p.forward_transient + (p.total if ckpt == "full" else 0) for p in per),
+                      default=0) + dequant
+    fwd_base = Wres + Ost + G_prev + buffers
+    fwd_loss = fwd_base + A_all + copies_all + upcast
+    fwd_mid = fwd_base + A_all - A_head + copies_all - copies_head + fwd_layer_t
+    if fwd_loss + logits >= fwd_mid:
+        forward = {"weights": Wres, "optimizer_states": Ost, "gradients": G_prev,
+                   "activations": A_all + copies_all + upcast, "logits": logits,
+                   "comm_buffers": buffers}
+    else:
+        forward = {"weights": Wres, "optimizer_states": Ost, "gradients": G_prev,
+                   "activations": fwd_mid - fwd_base, "logits": 0, "comm_buffers": buffers}
+
+    # -- backward -----------------------------------------------------------------------------
+    bwd_base = Wres + Ost + buffers
+    loss_grads = 2 * 4 * T * V if last else 0
+    best = (bwd_base + G_prev + A_all + copies_bwd + loss_grads,
+            {"gradients": G_prev, "activations": A_all + copies_bwd + loss_grads})
+    # Walk the layers backwards: G grows by each layer's gradients, A shrinks.
+    g_head_part = _grad_part(parts, "head", sb, P)
+    g_embed_part = _grad_part(parts, "embed", sb, P)
+    g_layer = (G - g_head_part - g_embed_part) // max(1, len(layers))
+    tied_partial = (V * h * (4 if autocast else grad_b)
+                    if (last and first and spec.tie_word_embeddings and not lora) else 0)
+    g_now = G_prev if accumulating else g_head_part + tied_partial
+    a_now = A_all - A_head
+    c_now = copies_bwd - copies_head
+    for i in range(len(layers) - 1, -1, -1):
+        p = per[i]
+        extra = p.backward_transient + dequant
+        if ckpt == "full":
+            extra += p.total + copies_layer[i] * (1 if autocast else 0)
+        elif ckpt == "selective":
+            extra += p.s2
+        cand = bwd_base + g_now + a_now + c_now + extra
+        if cand > best[0]:
+            best = (cand, {"gradients": g_now, "activations": cand - bwd_base - g_now})
+        if not accumulating:
+            g_now += g_layer
+        a_now -= inflight * kept[i]
+        c_now -= copies_layer[i] if ckpt != "full" else 0
+    # The end: every gradient, and the embedding's: tied tables sum two partial gradients
+    # (the LM head's and the embedding's) into a third tensor.
+    emb_grad = V * h * grad_b // (N if (o.zero >= 2 or o.fsdp) else 1) if first and not lora else 0
+    tied_extra = 0
+    if first and not lora and spec.tie_word_embeddings and pp == 1:
+        tied_extra = (2 * V * h * (grad_b if not autocast else 4)
+                      + (V * h * grad_b if accumulating else 0))
+    elif first and not lora and accumulating:
+        tied_extra = emb_grad
+    end = bwd_base + G + inputs + inflight * (shared * 0) + tied_extra
+    if end > best[0]:
+        best = (end, {"gradients": G, "activations": inputs + tied_extra})
+    backward = {"weights": Wres, "optimizer_states": Ost, "comm_buffers": buffers, **best[1]}
+
+    # -- optimizer step ----------------------------------------------------------------------
+    optimizer = {"weights": sb.weights, "optimizer_states": Ost,
+                 "gradients": sb.step_gradients, "temporaries": sb.temporaries,
+                 "activations": inputs, "comm_buffers": buffers}
+
+    terms = _terms(c, stage, recipe, opt, sb, P, xin.weight_bytes, per, kept, emb, head, shared,
+                   copies_all,
+                   logits, upcast, loss_grads, tied_extra, T, V, inflight, setup)
+    return {"phases": (Phase("forward", _clean(forward)), Phase("backward", _clean(backward)),
+                       Phase("optimizer", _clean(optimizer))),
+            "terms": terms, "host": sb.host, "shards": N, "notes": sb.notes,
+            "trainable": P, "stage": stage, "layers": len(layers)}
+
+
+def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Recipe, opt: Any,
+                  o: TrainingOptions, lora: bool, state_b: int, first: bool, n_layers: int,
+                  adapter_bytes: int = 4
+                  ) -> tuple[StateInputs, tuple[TensorGroup, ...], int, dict[str, int]]:
+    """The sums over one rank's tensors that the model states need (memoised per layout)."""
+    trainable = _adapters(groups, o.lora_rank) if lora else groups
+    P = tensor_elements(trainable)
+    W = _weight_bytes(groups, recipe, o.qlora) + (adapter_bytes * P if lora else 0)
+    if first:
+        W += 4 * buffer_elements(spec)  # rotary inv_freq etc.: fp32 buffers
+    states_full = optimizer_state_bytes(trainable, opt, state_b)
+    temps_full = optimizer_temporary_bytes(trainable, opt, o.optimizer_impl, state_b)
+    if recipe.master_bytes and not lora and o.optimizer_impl != "fused" and not opt.eight_bit:
+        # The optimizer steps the fp32 masters: its temporaries are fp32.
+        temps_full = optimizer_temporary_bytes(trainable, opt, o.optimizer_impl, 4)
+    steps = optimizer_host_step_bytes(trainable, opt, o.optimizer_impl)
+    largest = max((g.numel for g in groups), default=0)
+    persistent = sum(g.elements for g in groups
+                     if g.numel < DEEPSPEED_DEFAULTS.stage3_param_persistence_threshold)
+    per_layer = tuple(g for g in groups if g.part == "layer")
+    layer_el = tensor_elements(per_layer) // max(1, n_layers)
+    root_el = tensor_elements(tuple(g for g in groups if g.part != "layer"))
+    xin = StateInputs(weight_bytes=W, trainable=P, compute_bytes=recipe.compute_bytes,
+                      state_bytes=states_full, temporaries=temps_full, step_counters=steps,
+                      largest_module=largest, persistent=persistent, layer_elements=layer_el,
+                      root_elements=root_el, layers=n_layers)
+    parts = {part: sum(g.elements for g in trainable if g.part == part)
+             for part in ("embed", "head")}
+    return xin, trainable, _linear_elements(per_layer), parts
+
+
+def _grad_part(parts: dict[str, int], part: str, sb: Any, P: int) -> int:
+    """Gradient bytes (as held, sharded or not) of the parameters of one ``part`` ("embed",
+    "head") on this rank."""
+    if P == 0:
+        return 0
+    return sb.gradients * parts[part] // P
+
+
+def _clean(components: dict[str, int]) -> dict[str, int]:
+    return {k: int(v) for k, v in components.items() if v or k in (
+        "weights", "gradients", "optimizer_states", "activations")}
+
+
+def _terms(c: _Ctx, stage: int, recipe: Recipe, opt: Any, sb: Any, P: int, W: int,
+           per: list[Any], kept: list[int], emb: dict[str, int], head: dict[str, int],
+           shared: int, copies: int, logits: int, upcast: int, loss_grads: int,
+           tied_extra: int, T: int, V: int, inflight: int, setup: ActivationSetup) -> list[Term]:
+    o, spec = c.o, c.spec
+    src_states = "ZeRO (Rajbhandari et al. 2020) sec. 3.1; torch/optim; memory/model_states.py"
+    N = sb.shards
+    t = [
+        Term("weights", sb.weights, "W / N" if N > 1 else "P_all * b_w",
+             f"{W} / {N}" if N > 1 else f"{W}", src_states,
+             "QLoRA: base linears NF4 with double quantization, the rest fp32" if o.qlora
+             else recipe.convention),
+        Term("gradients", sb.gradients, "P * b_g / N" if N > 1 else "P * b_g",
+             f"{P} * {recipe.grad_bytes if o.lora_rank is None else c.lora_bytes}"
+             + (f" / {N}" if N > 1 else ""),
+             src_states),
+        Term("master_weights", sb.master, "P * b_m / N", f"{P} * {recipe.master_bytes} / {N}",
+             src_states),
+        Term("optimizer_state", sb.optimizer, _state_formula(opt), f"P={P}, N={N}",
+             opt.source),
+        Term("optimizer_temporaries", sb.temporaries,
+             {"foreach": "P * b_s (one state copied)", "fused": "0",
+              "forloop": "2 * max_tensor * b_s"}.get(o.optimizer_impl, ""),
+             f"impl={o.optimizer_impl}", opt.source),
+    ]
+    if sb.gathered or sb.gathered_grad_op:
+        t.append(Term("gathered_params", sb.gathered + sb.gathered_grad_op,
+                      "unsharded working set (16-bit)", f"{sb.gathered} + {sb.gathered_grad_op}",
+                      "DeepSpeed stage3.py (prefetch, persistence); torch FSDP2 fully_shard"))
+    if sb.grad_buffers:
+        t.append(Term("comm_buffers", sb.grad_buffers, "bucket elements * b_g",
+                      f"{sb.grad_buffers}", "DeepSpeed reduce_bucket_size 5e8; torch DDP buckets"))
+    L = len(per)
+    if L:
+        parts: dict[str, int] = {}
+        for p in per:
+            for k, v in p.saved.items():
+                parts[k] = parts.get(k, 0) + v
+        for k, v in parts.items():
+            t.append(Term(f"activations/{k}", v * inflight if o.checkpointing == "none" else 0,
+                          "sum over layers of T * (per-token bytes)",
+                          f"T={T}, layers={L}, micro-batches in flight={inflight}",
+                          "transformers modeling_*.py saved tensors; memory/activations.py"))
+        t.append(Term("activations/layers_kept", sum(kept) * inflight,
+                      {"none": "sum of saved", "full": "L * T * b_r * h (layer inputs)",
+                       "selective": "sum of saved minus the S x S part"}[o.checkpointing],
+                      f"{sum(kept)} * {inflight}", "Korthikanti et al. 2022 (recompute)"))
+        k = korthikanti_per_layer(spec, o.seq // o.cp, o.batch, o.tp, o.sp, o.checkpointing)
+        t.append(Term("activations/korthikanti_check", k, "s*b*h*(34 + 5*a*s/h) per layer",
+                      f"{o.seq // o.cp}*{o.batch}*{spec.hidden_size}*(34 + 5*{spec.num_heads}"
+                      f"*{o.seq // o.cp}/{spec.hidden_size})",
+                      "Korthikanti et al. 2022, eq. 1 (GPT, 16-bit, no flash attention)",
+                      "cross-check only; memfit counts the real saved tensors "
+                      f"({per[0].total} for layer 0)"))
+    for k, v in {**emb, **head}.items():
+        t.append(Term(f"activations/{k}", v, "T * bytes", f"T={T}",
+                      "transformers ForCausalLMLoss (fp32 upcast + log_softmax)"))
+    if shared:
+        t.append(Term("activations/rotary_and_masks", shared, "2 S d_rope b_r + masks",
+                      f"{shared}", "transformers rotary embedding / masking_utils"))
+    if copies:
+        t.append(Term("autocast_weight_copies", copies, "2 * (matmul weights)",
+                      f"{copies}", "torch.autocast cast cache (leaf weights, cleared at exit)"))
+    if logits or upcast:
+        t.append(Term("logits", logits + upcast, "T * V * (b + 4)",
+                      f"{T} * {V} * ...", "transformers ForCausalLMLoss: logits.float()"))
+    if loss_grads:
+        t.append(Term("loss_gradients", loss_grads, "2 * 4 * T * V", f"2 * 4 * {T} * {V}",
+                      "nll_loss / log_softmax backward (fp32)"))
+    if tied_extra:
+        t.append(Term("tied_embedding_partials", tied_extra, "2 * V * h * b_g",
+                      f"{tied_extra}", "autograd InputBuffer: two partial gradients summed"))
+    return t
+
+
+def _state_formula(opt: Any) -> str:
+    if opt.eight_bit:
+        return "2 * P + 8 * ceil(P_t / 2048) per tensor (fp32 under 4096 elements)"
+    if opt.factored:
+        return "sum over matrices (rows + cols) * b_s + vectors * b_s"
+    return f"{opt.states} * P * b_s / N"
+
+
+def _runtime(o: TrainingOptions, recipe: Recipe) -> tuple[Recipe, str]:
+    """How the recipe runs: autocast (plain PyTorch), DeepSpeed's or FSDP2's mixed precision.
+
+    With ``--zero`` the mixed recipes are DeepSpeed's ``bf16``/``fp16`` modes: 16-bit weights
+    and gradients, fp32 master and state (2 + 2 + 12). With ``--fsdp`` they are FSDP2's
+    ``MixedPrecisionPolicy(param_dtype=16-bit, reduce_dtype=fp32)`` on fp32 sharded params:
+    no autocast, 16-bit compute everywhere (contract).
+    """
+    if recipe.autocast and o.zero:
+        r = replace(recipe, weight_bytes=2, grad_bytes=2, master_bytes=4, state_bytes=4,
+                    step_grad_bytes=4, autocast=False,
+                    convention="DeepSpeed mixed precision: 2 + 2 + 12 (ZeRO paper)")
+        return r, "deepspeed"
+    if recipe.autocast and o.fsdp:
+        return replace(recipe, autocast=False,
+                       convention="FSDP2 MixedPrecisionPolicy: fp32 sharded params, grads and "
+                                  "state (16 bytes/param / N), 16-bit unsharded compute copies"
+                       ), "fsdp"
+    if recipe.autocast:
+        return recipe, "autocast"
+    return recipe, "fsdp" if o.fsdp else ("deepspeed" if o.zero else "plain")
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    extra = {k: options.pop(k) for k in list(options) if k in _API_OPTIONS}
+    return options, extra
+
+
+def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOptions,
+              extra: Mapping[str, Any]) -> Estimate:
+    plan = _validate(spec, o)
+    recipe = get_recipe(o.precision, extra.get("states_convention"))
+    recipe, runtime = _runtime(o, recipe)
+    gpn = extra.get("gpus_per_node", 8)
+    if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
+        raise MemfitError.bad_value("gpus-per-node", gpn, "a positive integer")
+    attn = "eager" if (o.attn == "sdpa" and spec.model_type in NO_SDPA) else o.attn
+    lora_dtype = extra.get("lora_dtype", "fp32")
+    if lora_dtype not in ("fp32", "bf16"):
+        raise MemfitError.bad_value("lora-dtype", lora_dtype, "fp32 (peft's default), bf16")
+    if lora_dtype != "fp32" and o.lora_rank is None:
+        raise MemfitError.bad_value("lora-dtype", lora_dtype, "only with --lora-rank or --qlora")
+    c = _Ctx(spec, config, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2)
+    counts = stage_layers(spec.num_layers, o.pp)
+    stages = [0] if o.pp == 1 else sorted({0, o.pp - 1})
+    results = [_stage_estimate(c, s, counts) for s in stages]
+    best = max(results, key=lambda r: max(p.peak_bytes for p in r["phases"]))
+    peak = max(p.peak_bytes for p in best["phases"])
+    overheads = overhead_terms(peak, world_size=plan.world_size, mode="train")
+    gpu_name = gpu_bytes = None
+    if o.gpu is not None:
+        from .hardware import get_gpu
+
+        g = get_gpu(o.gpu)
+        gpu_name, gpu_bytes = g.name, g.usable_bytes
+    assumptions = {
+        "precision_recipe": recipe.name,
+        "model_states_convention": recipe.convention,
+        "bytes_per_param": {"weights": recipe.weight_bytes, "gradients": recipe.grad_bytes,
+                            "master": recipe.master_bytes, "optimizer_state_element":
+                            recipe.state_bytes, "extra_gradient_copy": recipe.extra_grad_bytes},
+        "runtime": runtime,
+        "optimizer": f"{o.optimizer} ({o.optimizer_impl})",
+        "attention": ("sdpa: flash/memory-efficient kernels, (B, a, S) fp32 log-sum-exp, no "
+                      "S x S" if attn == "sdpa" else "eager: fp32 softmax of B x a x S x S"
+                      + (" (the family cannot run SDPA: transformers falls back to eager)"
+                         if attn != o.attn else "")),
+        "checkpointing": o.checkpointing,
+        "steady_state": "optimizer state exists; zero_grad(set_to_none=True)",
+        "most_loaded_stage": best["stage"],
+        "layers_on_rank": best["layers"],
+        "shards": best["shards"],
+        "trainable_params_on_rank": best["trainable"],
+        "notes": list(best["notes"]),
+    }
+    if o.pp > 1:
+        assumptions["pipeline"] = ("1F1B: the first stage holds min(pp, micro-batches) "
+                                   "micro-batches of activations; the last the LM head and loss")
+    if o.lora_rank is not None:
+        assumptions["lora"] = (f"rank {o.lora_rank} on {', '.join(LORA_TARGETS)}; adapters, their "
+                               "gradients and optimizer state in fp32")
+    return Estimate(mode="train", model=spec.name, options=_options_dict(o, extra),
+                    phases=best["phases"], overheads={t.name: t.bytes for t in overheads},
+                    terms=tuple(best["terms"]) + tuple(overheads), assumptions=assumptions,
+                    gpu=gpu_name, gpu_memory_bytes=gpu_bytes, host_bytes=best["host"],
+                    extras={"world_size": plan.world_size})
+
+
+def _options_dict(o: TrainingOptions, extra: Mapping[str, Any]) -> dict[str, Any]:
+    return {**{k: getattr(o, k) for k in _OPTION_NAMES},
+            **{k: v for k, v in extra.items() if v is not None}}
+
+
+_OPTION_NAMES = tuple(f.name for f in fields(TrainingOptions))
+
+# Per-model memo (tensor lists, layer activations), keyed by the spec object's identity so a
+# call does not re-hash the whole ModelSpec; bounded, and it holds the spec so ids stay valid.
+_MEMO: dict[int, tuple[ModelSpec, dict[Any, Any]]] = {}
+_MEMO_MAX = 64
+
+
+def _memo(spec: ModelSpec) -> dict[Any, Any]:
+    hit = _MEMO.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.pop(next(iter(_MEMO)))
+    memo: dict[Any, Any] = {}
+    _MEMO[id(spec)] = (spec, memo)
+    return memo
+
+
+def train(model: ModelLike, **options: Any) -> Estimate:
+    """Per-GPU memory of one training step of ``model`` (see the module docstring).
+
+    ``options`` are :class:`~memfit.workload.TrainingOptions`' fields (the CLI's names with
+    underscores), plus ``states_convention`` ("zero-16", "megatron-18", "mtnlg-20", with
+    ``precision="bf16-master"``), ``gpus_per_node`` (HSDP shard group, default 8) and
+    ``lora_dtype`` ("fp32", peft's default, or "bf16" as the QLoRA paper's qlora.py casts the
+    adapters).
+    """
+    spec, config = resolve_model(model)
+    opts, extra = _split_options(dict(options))
+    o = make_options(TrainingOptions, **opts)
+    return _estimate(spec, config, o, extra)
+
+
+# ---------------------------------------------------------------------------------------
+# Inverse questions
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayoutFit:
+    """One parallel layout that fits, with its peak and headroom."""
+
+    dp: int
+    tp: int
+    pp: int
+    cp: int
+    ep: int
+    zero: int
+    fsdp: str | None
+    checkpointing: str
+    offload: str
+    peak_bytes: int
+    total_bytes: int
+    headroom_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What fits on ``gpus`` x ``gpu``: the largest micro-batch and longest sequence for the
+    given layout (None when even 1 does not fit), and the layouts that fit, best first."""
+
+    model: str
+    gpu: str
+    gpus: int
+    gpu_memory_bytes: int
+    max_batch: int | None
+    max_seq: int | None
+    estimate: Estimate | None  # at max_batch
+    layouts: tuple[LayoutFit, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "gpu": self.gpu, "gpus": self.gpus,
+                "gpu_memory_bytes": self.gpu_memory_bytes, "max_batch": self.max_batch,
+                "max_seq": self.max_seq,
+                "estimate": self.estimate.to_dict() if self.estimate else None,
+                "layouts": [x.to_dict() for x in self.layouts]}
+
+
+def _factorizations(n: int, k: int) -> list[tuple[int, ...]]:
+    if k == 1:
+        return [(n,)]
+    out = []
+    for d in range(1, n + 1):
+        if n % d == 0:
+            out += [(d, *rest) for rest in _factorizations(n // d, k - 1)]
+    return out
+
+
+def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 20,
+              **options: Any) -> FitResult:
+    """The largest micro-batch and longest sequence that fit the given layout on ``gpu``
+    (exact: the answer fits, one more does not), and a ranked list of layouts of ``gpus``
+    GPUs (DP x TP x PP x CP x EP, ZeRO stage or FSDP, checkpointing, offload) that fit at the
+    given batch and sequence, ranked by fewest compromises (no offload, no recomputation),
+    then most headroom."""
+    from .hardware import get_gpu
+
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= 1 << 20:
+        raise MemfitError.bad_value("gpus", gpus, "an integer in [1, 1048576]")
+    spec, config = resolve_model(model)
+    g = get_gpu(gpu)
+    opts, extra = _split_options(dict(options))
+    opts["gpu"] = g.name
+    if "dp" not in opts and gpus > 1 and all(k not in opts for k in ("tp", "pp", "cp")):
+        opts["dp"] = gpus
+    base = make_options(TrainingOptions, **opts)
+    if base.world_size != gpus:
+        raise MemfitError.bad_value("gpus", gpus, f"dp*tp*pp*cp = {base.world_size} for the "
+                                    "given layout (or leave the layout out)")
+
+    def fits(o: TrainingOptions) -> bool:
+        try:
+            return bool(_estimate(spec, config, o, extra).fits)
+        except MemfitError:
+            return False
+
+    def with_(o: TrainingOptions, **kw: Any) -> TrainingOptions:
+        return replace(o, **kw)
+
+    max_batch = largest_true(lambda n: fits(with_(base, batch=n)), 1, MAX_COUNT)
+    step = base.cp
+    max_seq_units = largest_true(lambda n: fits(with_(base, seq=n * step)), 1, MAX_COUNT // step)
+    max_seq = max_seq_units * step if max_seq_units else None
+    est = _estimate(spec, config, with_(base, batch=max_batch), extra) if max_batch else None
+
+    layouts: list[LayoutFit] = []
+    moe = spec.moe is not None
+    for dp, tp, pp, cp in _factorizations(gpus, 4):
+        eps = [e for e in range(1, dp * cp + 1) if moe and (dp * cp) % e == 0] or [1]
+        shardings: list[tuple[int, str | None]] = [(0, None)]
+        if dp > 1:
+            shardings += [(1, None), (2, None), (3, None), (0, "full"), (0, "grad-op")]
+        for ep, (zero, fsdp), ckpt, off in itertools.product(
+                eps, shardings, ("none", "selective", "full"), ("none", "optimizer", "params")):
+            if off != "none" and not zero and fsdp is None:
+                continue
+            if off == "params" and zero in (1, 2):
+                continue
+            try:
+                o = with_(base, dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero=zero, fsdp=fsdp,
+                          checkpointing=ckpt, offload=off, sp=base.sp and tp > 1,
+                          microbatches=max(base.microbatches, pp))
+                e = _estimate(spec, config, o, extra)
+            except MemfitError:
+                continue
+            if e.fits:
+                layouts.append(LayoutFit(dp, tp, pp, cp, ep, zero, fsdp, ckpt, off,
+                                         e.peak_bytes, e.total_bytes, e.headroom_bytes or 0))
+    rank_off = {"none": 0, "optimizer": 1, "params": 2}
+    rank_ck = {"none": 0, "selective": 1, "full": 2}
+    layouts.sort(key=lambda x: (rank_off[x.offload], rank_ck[x.checkpointing],
+                                x.tp * x.pp * x.cp > 1, -x.headroom_bytes))
+    return FitResult(model=spec.name, gpu=g.name, gpus=gpus, gpu_memory_bytes=g.usable_bytes,
+                     max_batch=max_batch, max_seq=max_seq, estimate=est,
+                     layouts=tuple(layouts[:max_layouts]))

@@ -1,0 +1,74 @@
+"""train() against the tracer (the real transformers code on fake tensors): peak within 1%.
+
+The tracer is the instrument memfit's training model is calibrated against (see
+docs/training.md for the full table). A handful of cases run by default, one per effect;
+the wider grid is marked slow.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from memfit.catalog import get_entry
+from memfit.training import train
+from memfit.workload import TrainingOptions
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+TOLERANCE = 0.01  # the brief asks for 3%; every case here lands well under 1%
+
+
+def _config(name: str, layers: int | None) -> dict:
+    cfg = dict(get_entry(name).config)
+    if layers:
+        key = "n_layer" if "n_layer" in cfg else "num_hidden_layers"
+        cfg[key] = layers
+        if "layer_types" in cfg:
+            cfg["layer_types"] = cfg["layer_types"][:layers]
+    return cfg
+
+
+def _check(name: str, layers: int | None, **options) -> None:
+    from memfit.trace import trace_training
+
+    cfg = _config(name, layers)
+    traced = trace_training(cfg, TrainingOptions(**options))
+    est = train(cfg, **options)
+    err = (est.peak_bytes - traced.peak_bytes) / traced.peak_bytes
+    assert abs(err) < TOLERANCE, (name, options, err, est.peak_phase.name, traced.peak_phase)
+
+
+FAST = [
+    ("gpt2", 2, dict(batch=4, seq=1024, precision="bf16-mixed", attn="eager")),
+    ("qwen2.5-0.5b", 2, dict(batch=4, seq=1024, precision="fp32")),
+    ("llama-3.2-1b", 2, dict(batch=4, seq=1024, precision="bf16-true", checkpointing="full")),
+    ("smollm2-135m", 4, dict(batch=1, seq=256, precision="bf16-master", optimizer_impl="fused")),
+    ("pythia-160m", 2, dict(batch=4, seq=1024, precision="bf16-true")),
+]
+
+SLOW = [
+    ("gemma-2-2b", 2, dict(batch=2, seq=1024, precision="bf16-true")),
+    ("qwen1.5-moe-a2.7b", 2, dict(batch=2, seq=1024, precision="bf16-mixed")),
+    ("phi-3-mini-4k", 2, dict(batch=4, seq=1024, precision="fp32", attn="eager")),
+    ("qwen3-0.6b", 4, dict(batch=4, seq=1024, precision="bf16-mixed", checkpointing="full")),
+    ("gemma-3-1b", 4, dict(batch=4, seq=1024, precision="bf16-mixed")),
+    ("olmo-2-7b", 2, dict(batch=4, seq=1024, precision="bf16-true", attn="eager")),
+    ("qwen2.5-0.5b", 4, dict(batch=1, seq=256, precision="bf16-true", optimizer="adafactor")),
+    ("gpt2", None, dict(batch=1, seq=256, precision="bf16-mixed", optimizer="lion",
+                        optimizer_impl="forloop")),
+    ("llama-3.2-1b", 2, dict(batch=4, seq=1024, precision="bf16-master", microbatches=2)),
+    ("deepseek-v2-lite", 2, dict(batch=2, seq=1024, precision="bf16-true")),
+    ("gpt-oss-20b", 2, dict(batch=2, seq=1024, precision="bf16-true")),
+]
+
+
+@pytest.mark.parametrize("name,layers,options", FAST, ids=lambda x: str(x))
+def test_train_matches_tracer(name, layers, options):
+    _check(name, layers, **options)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,layers,options", SLOW, ids=lambda x: str(x))
+def test_train_matches_tracer_wide(name, layers, options):
+    _check(name, layers, **options)
