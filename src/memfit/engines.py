@@ -25,7 +25,7 @@ from typing import Any
 from .arch import LayerSpec, ModelSpec
 from .dtypes import dtype_bytes
 from .errors import MemfitError
-from .memory.breakdown import Estimate, Phase, Term
+from .memory.breakdown import Estimate, LazyTerms, Phase, Term
 from .memory.inference_activations import (
     Moment,
     Shapes,
@@ -87,12 +87,6 @@ class LlamaCppDefaults:
 
 VLLM_DEFAULTS = VLLMDefaults()
 
-# PyTorch's cuBLAS workspace, one per handle/stream: CUBLAS_WORKSPACE_CONFIG defaults to
-# ":4096:8" (8 x 4 MiB) on Hopper and newer (":4096:2:16:8", ~8 MiB, before). Measured: the
-# allocated bytes after the first bf16 matmul on an H100 were 33686016 (validation/gpu).
-CUBLAS_WORKSPACE_BYTES = 32 * 2**20
-_CUBLAS_SRC = ("pytorch aten/src/ATen/cuda/CublasHandlePool.cpp getChosenWorkspaceSize; "
-               "validation/gpu/h100-2026-11-26.json context.allocated_after_bf16_matmul")
 LLAMACPP_DEFAULTS = LlamaCppDefaults()
 
 
@@ -194,18 +188,15 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     prof = profile_for(spec)
     tp, ep = o.tp, o.ep
     B, P, G = o.batch, o.prompt, o.generate
-    counts = layer_kind_counts(spec, start, stop)
-    w = model_weights(spec, rw, tp=tp, ep=ep, start=start, stop=stop, first=first, last=last)
-    W = w.total
+    st = _hf_structure(spec, o, rw, kvdt, start, stop, first, last)
+    counts, w, rows = st.counts, st.weights, st.rows
+    W = st.weights_total
     s = _shapes(spec, B, P, b, tp, stop - start, softcaps(spec, config, prof))
     k, width, shared = _moe_width(spec, tp, ep)
 
-    rows = token_bytes_by_kind(spec, counts, kvdt, tp)
     kv0 = hf_cache_bytes(spec, counts, B, P, 0, kvdt, tp, rows)
-    lasts = _last_index_of_kinds(spec, start, stop)
     prefill: list[tuple[int, Moment, int]] = []  # (kv bytes, moment, total)
-    for kind, idx in lasts.items():
-        after = layer_kind_counts(spec, idx + 1, stop)
+    for kind, idx, after in st.lasts:
         kv_at = kv0 - hf_cache_bytes(spec, after, B, P, 0, kvdt, tp, rows)
         own = hf_cache_bytes(spec, {kind: 1}, B, P, 0, kvdt, tp, rows)
         for m in prefill_moments(spec, prof, s, attn=attn, first_stage=first, layer=kind,
@@ -219,8 +210,6 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     phases = [Phase("load", {"weights": W, "activations": w.tied_transient_bytes}),
               Phase("prefill", {"weights": W, "kv_cache": kv_p, "activations": m_p.activations,
                                 "logits": m_p.logits})]
-    terms = list(w.terms)
-    terms.append(hf_cache_term(spec, counts, B, P, 0, kvdt, tp, kv0, "kv_cache_prefill"))
     moments = {m.name: m.activations + m.logits for _, m, _ in prefill}
     peak_m = m_p
     if G > 0:
@@ -233,7 +222,7 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
                              sdpa_math=_sdpa_math(spec, attn))
         cands = [(kvG, m) for m in dec]
         for t in sorted({1, G}):
-            kv_t, name = _growth_peak(spec, counts, start, stop, B, P, t, kvdt, tp, rows)
+            kv_t, name = _growth_peak(spec, st, B, P, t, kvdt, tp)
             res = decode_resident(s, P + t, last)
             cands.append((kv_t, Moment(name, res, formula=(
                 "cache of every layer + the old K, V of the layer being grown (torch.cat "
@@ -241,43 +230,92 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
         kv_d, m_d = max(cands, key=lambda x: x[0] + x[1].activations + x[1].logits)
         phases.append(Phase("decode", {"weights": W, "kv_cache": kv_d,
                                        "activations": m_d.activations, "logits": m_d.logits}))
-        terms.append(hf_cache_term(spec, counts, B, P, G, kvdt, tp, kvG, "kv_cache"))
         for kv_c, m in cands:
             moments[m.name] = kv_c - kvG + m.activations + m.logits
         if phases[-1].peak_bytes > phases[1].peak_bytes:
             peak_m = m_d
-    else:
-        terms[-1] = Term("kv_cache", kv0, terms[-1].formula, terms[-1].substituted,
-                         terms[-1].source)
     total = max(p.peak_bytes for p in phases)
-    terms.append(moment_term(peak_m, spec.model_type, peak_m.activations + peak_m.logits))
+
+    def terms() -> list[Term]:
+        """The derivations, formatted only when read (Estimate.terms is LazyTerms)."""
+        out = list(st.weight_terms)
+        if G > 0:
+            out.append(hf_cache_term(spec, counts, B, P, 0, kvdt, tp, kv0, "kv_cache_prefill"))
+            out.append(hf_cache_term(spec, counts, B, P, G, kvdt, tp, kvG, "kv_cache"))
+        else:
+            out.append(hf_cache_term(spec, counts, B, P, 0, kvdt, tp, kv0, "kv_cache"))
+        out.append(moment_term(peak_m, spec.model_type, peak_m.activations + peak_m.logits))
+        return out
+
     return {"phases": phases, "terms": terms, "weights": w, "moments": moments,
             "peak_moment": peak_m.name, "total": total,
-            "kv_bytes_per_token": _kv_token_bytes(spec, counts, kvdt, tp, "hf")}
+            "kv_bytes_per_token": st.kv_bytes_per_token}
 
 
-def _growth_peak(spec: ModelSpec, counts: dict[LayerSpec, int], start: int, stop: int,
-                 B: int, P: int, t: int, kvdt: KVDtype, tp: int,
-                 rows: dict[LayerSpec, tuple[int, int]]) -> tuple[int, str]:
+@dataclass(frozen=True)
+class _HFStructure:
+    """What one stage's estimate needs that depends on the model and layout only (not on
+    batch, prompt or generate): computed once per (model, weights, KV dtype, layout, stage)."""
+
+    counts: dict[LayerSpec, int]  # layers of each kind on the stage
+    weights: Any  # ModelWeights
+    weights_total: int
+    weight_terms: tuple[Term, ...]
+    rows: dict[LayerSpec, tuple[int, int]]  # (K, V) row bytes per token, per kind
+    lasts: tuple[tuple[LayerSpec, int, dict[LayerSpec, int]], ...]  # kind, last index,
+    # counts of the layers after it
+    growth: tuple[tuple[LayerSpec, tuple[tuple[dict[LayerSpec, int], dict[LayerSpec, int]],
+                                         ...]], ...]  # kind, (before, after) counts per index
+    kv_bytes_per_token: int
+
+
+def _hf_structure(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: KVDtype,
+                  start: int, stop: int, first: bool, last: bool) -> _HFStructure:
+    tp, ep = o.tp, o.ep
+
+    def build() -> _HFStructure:
+        counts = layer_kind_counts(spec, start, stop)
+        w = model_weights(spec, rw, tp=tp, ep=ep, start=start, stop=stop, first=first,
+                          last=last)
+        lasts = _last_index_of_kinds(spec, start, stop)
+        firsts = _first_index_of_kinds(spec, start, stop)
+        growth = []
+        for kind in [k for k, n in counts.items() if n]:
+            # a full layer grows the cache: the last one sees the most; a sliding layer past
+            # its window shrinks it at the first decode step: the first one sees the most
+            sliding = kind.attention == "sliding" and kind.window is not None
+            idxs = {firsts[kind], lasts[kind]} if sliding else (lasts[kind],)
+            growth.append((kind, tuple((layer_kind_counts(spec, start, idx),
+                                        layer_kind_counts(spec, idx + 1, stop))
+                                       for idx in idxs)))
+        return _HFStructure(
+            counts=counts, weights=w, weights_total=w.total, weight_terms=tuple(w.terms),
+            rows=token_bytes_by_kind(spec, counts, kvdt, tp),
+            lasts=tuple((kind, idx, layer_kind_counts(spec, idx + 1, stop))
+                        for kind, idx in lasts.items()),
+            growth=tuple(growth),
+            kv_bytes_per_token=_kv_token_bytes(spec, counts, kvdt, tp, "hf"))
+    # rw and kvdt are functions of (spec, o.weights, o.kv_dtype) under hf: key on the
+    # options (cheap to hash) rather than the resolved formats
+    return memo(spec, ("hf_structure", o.weights, o.kv_dtype, tp, ep, start, stop, first, last),
+                build)
+
+
+def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt: KVDtype,
+                 tp: int) -> tuple[int, str]:
     """The cache at its largest during decode step ``t``: while layer l grows, the layers
     before it hold ``c_t`` rows and those after it ``c_{t-1}``; layer l holds its old tensors
     and the new ones (a ``DynamicLayer`` frees the old K before concatenating V; a sliding
     layer keeps both old tensors until it reassigns them). Checked at the first and the last
     layer of each kind."""
     best, best_name = 0, ""
-    firsts = _first_index_of_kinds(spec, start, stop)
-    lasts = _last_index_of_kinds(spec, start, stop)
-    for kind in [k for k, n in counts.items() if n]:
+    rows = st.rows
+    for kind, splits in st.growth:
         k_row, v_row = rows[kind]
         c_new = tokens_in_layer(kind, P, t)
-        # a full layer grows the cache: the last one sees the most; a sliding layer past its
-        # window shrinks it at the first decode step: the first one sees the most
-        sliding = kind.attention == "sliding" and kind.window is not None
-        for idx in ({firsts[kind], lasts[kind]} if sliding else (lasts[kind],)):
-            before = hf_cache_bytes(spec, layer_kind_counts(spec, start, idx), B, P, t, kvdt, tp,
-                                    rows)
-            after = hf_cache_bytes(spec, layer_kind_counts(spec, idx + 1, stop), B, P, t - 1,
-                                   kvdt, tp, rows)
+        for before_counts, after_counts in splits:
+            before = hf_cache_bytes(spec, before_counts, B, P, t, kvdt, tp, rows)
+            after = hf_cache_bytes(spec, after_counts, B, P, t - 1, kvdt, tp, rows)
             own_old = hf_cache_bytes(spec, {kind: 1}, B, P, t - 1, kvdt, tp, rows)
             if kind.attention == "sliding" and kind.window is not None:
                 own = own_old + B * c_new * (k_row + v_row)
@@ -339,12 +377,6 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
     world = o.tp * o.pp
     peak = best["total"]
     overheads, oterms = _overheads(peak, world, "hf")
-    overheads["cublas_workspace"] = CUBLAS_WORKSPACE_BYTES
-    oterms.append(Term("cublas_workspace", CUBLAS_WORKSPACE_BYTES, "C_cublas",
-                       str(CUBLAS_WORKSPACE_BYTES), _CUBLAS_SRC,
-                       note="allocated through PyTorch's caching allocator, so a real GPU's "
-                            "max_memory_allocated includes it; the fake-tensor tracer does "
-                            "not, and neither does peak_bytes"))
     gpu_name, gpu_bytes = _gpu(o)
     if rw.note:
         notes.append(rw.note)
@@ -360,7 +392,8 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
               "kv_bytes_per_token": best["kv_bytes_per_token"]}
     return Estimate(mode="infer", model=spec.name, options=_options_dict(o),
                     phases=tuple(best["phases"]), overheads=overheads,
-                    terms=tuple(best["terms"] + oterms), assumptions=assumptions, gpu=gpu_name,
+                    terms=LazyTerms(lambda: (*best["terms"](), *oterms)),
+                    assumptions=assumptions, gpu=gpu_name,
                     gpu_memory_bytes=gpu_bytes, extras=extras)
 
 

@@ -38,6 +38,13 @@ class OverheadModel:
     # NCCL: per process, buffers per channel and peer (NCCL_BUFFSIZE 4 MiB default) plus
     # its own CUDA kernels' context: a few hundred MiB (NCCL docs, env NCCL_BUFFSIZE).
     nccl_bytes: int = 400 * MiB
+    # PyTorch's cuBLAS workspace, one per (handle, stream), i.e. per thread that runs matmuls:
+    # CUBLAS_WORKSPACE_CONFIG defaults to ":4096:8" (8 x 4 MiB) on Hopper and newer (about
+    # 8 MiB before). It is allocated through the caching allocator, so max_memory_allocated
+    # includes it while the tracer cannot see it. Measured on the H100: 33,686,016 bytes
+    # allocated after the first bf16 matmul; every inference case 32-33 MiB above the
+    # tracer, every training case 64 MiB above (the autograd thread has its own handle).
+    cublas_workspace_bytes: int = 32 * MiB
     # vLLM's CUDA graph capture for decode batch sizes (vllm/worker: "Graph capturing
     # finished ... took 0.5-1 GiB"), reserved outside the KV cache budget.
     cuda_graph_bytes: int = 512 * MiB
@@ -60,6 +67,15 @@ def overhead_terms(peak_bytes: int, *, world_size: int = 1, engine: str = "hf",
              "measured: median of max_memory_reserved / max_memory_allocated - 1 over the "
              "24 H100 cases of validation/gpu (range 0.6%-82%)"),
     ]
+    if engine == "hf":
+        handles = 2 if mode == "train" else 1
+        terms.append(Term(
+            "cublas_workspace", handles * model.cublas_workspace_bytes, "n_handles * W_cublas",
+            f"{handles} * {model.cublas_workspace_bytes}",
+            "pytorch aten/src/ATen/cuda/CublasHandlePool.cpp getChosenWorkspaceSize; measured "
+            "in validation/gpu/h100-2026-11-26.json",
+            note="allocated through PyTorch's caching allocator: a real GPU's "
+                 "max_memory_allocated includes it, peak_bytes and the tracer do not"))
     if world_size > 1:
         terms.append(Term("nccl_buffers", model.nccl_bytes, "C_nccl", f"{model.nccl_bytes}",
                           "NCCL user guide: NCCL_BUFFSIZE (4 MiB) per channel and peer"))
