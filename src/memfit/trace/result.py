@@ -6,8 +6,9 @@ Pure Python (no torch), so results can be read, compared and serialised without 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["COMPONENTS", "PHASES", "TraceResult"]
 

@@ -1,0 +1,159 @@
+"""The optimizers a traced training step runs, and the bf16-master weight loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import MemfitError
+
+__all__ = ["Lion", "make_optimizer", "MasterWeights", "state_tensors", "host_step_tensors"]
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms", Alg. 2).
+
+    ``c = sign(b1*m + (1-b1)*g)``; ``p = p*(1 - lr*wd) - lr*c``; ``m = b2*m + (1-b2)*g``.
+    One state tensor (``exp_avg``) per parameter, in the parameter's dtype. ``foreach=True``
+    runs the same update over the whole list with ``torch._foreach_*`` ops (one scratch list
+    the size of the parameters), ``foreach=False`` one parameter at a time (one scratch tensor
+    the size of a parameter).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4,
+                 betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
+                 foreach: bool = False) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay,
+                                  "foreach": foreach})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            params, grads, exp_avgs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+            if not params:
+                continue
+            if group["foreach"]:
+                if wd:
+                    torch._foreach_mul_(params, 1 - lr * wd)
+                updates = torch._foreach_mul(exp_avgs, beta1)
+                torch._foreach_add_(updates, grads, alpha=1 - beta1)
+                torch._foreach_sign_(updates)
+                torch._foreach_add_(params, updates, alpha=-lr)
+                del updates
+                torch._foreach_mul_(exp_avgs, beta2)
+                torch._foreach_add_(exp_avgs, grads, alpha=1 - beta2)
+            else:
+                for p, g, m in zip(params, grads, exp_avgs, strict=True):
+                    if wd:
+                        p.mul_(1 - lr * wd)
+                    update = m.mul(beta1).add_(g, alpha=1 - beta1).sign_()
+                    p.add_(update, alpha=-lr)
+                    del update
+                    m.mul_(beta2).add_(g, alpha=1 - beta2)
+        return loss
+
+
+def make_optimizer(name: str, impl: str, params: Sequence[Any]) -> Any:
+    """The optimizer ``name`` over ``params`` in implementation ``impl`` (foreach/fused/forloop).
+
+    Hyperparameters are PyTorch's defaults: they change values, never allocations.
+    """
+    foreach, fused = impl == "foreach", impl == "fused"
+    if name == "adamw":
+        return torch.optim.AdamW(params, foreach=foreach, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-3, foreach=foreach, fused=fused)
+    if name == "sgd-momentum":
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=foreach, fused=fused)
+    if name == "adafactor":
+        if impl == "fused":
+            raise MemfitError.bad_value("optimizer-impl", impl,
+                                        "foreach or forloop (torch.optim.Adafactor has no "
+                                        "fused implementation)")
+        return torch.optim.Adafactor(params, foreach=foreach)
+    if name == "lion":
+        if impl == "fused":
+            raise MemfitError.bad_value("optimizer-impl", impl,
+                                        "foreach or forloop (Lion has no fused implementation)")
+        return Lion(params, foreach=foreach)
+    if name == "adamw-8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise MemfitError.bad_value("optimizer", name,
+                                        "adamw, sgd, sgd-momentum, adafactor or lion (tracing "
+                                        "adamw-8bit needs bitsandbytes installed)") from exc
+        return bnb.optim.AdamW8bit(params)
+    raise MemfitError.bad_value("optimizer", name, "adamw, adamw-8bit, sgd, sgd-momentum, "
+                                "adafactor, lion")
+
+
+def state_tensors(optimizer: Any) -> list[torch.Tensor]:
+    """Every tensor the optimizer keeps between steps."""
+    out: list[torch.Tensor] = []
+    for state in optimizer.state.values():
+        out.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+    return out
+
+
+def host_step_tensors(optimizer: Any) -> list[torch.Tensor]:
+    """The step counters PyTorch keeps in host memory on a GPU run.
+
+    ``torch.optim`` creates ``state["step"]`` with ``torch.tensor(0.0)`` (CPU) unless the
+    group is ``fused`` or ``capturable``; those live beside the parameters on the device.
+    """
+    out = []
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable"):
+            continue
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                out.append(step)
+    return out
+
+
+class MasterWeights:
+    """bf16-master: the optimizer steps fp32 copies of 16-bit parameters.
+
+    Per step: each 16-bit gradient is cast to an fp32 gradient on its master copy and freed at
+    once (so fp32 and 16-bit gradients of one tensor coexist only briefly), the optimizer steps
+    the masters, the masters are copied back into the 16-bit parameters, and the fp32
+    gradients are dropped with ``zero_grad(set_to_none=True)``. Steady state holds 2 + 4 + 4
+    + state bytes per parameter at the optimizer step (16-bit weights, fp32 gradients, fp32
+    masters, fp32 state), 2 + 2 + 4 + state in backward (the ZeRO paper's 2 + 2 + 12).
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.masters = [torch.nn.Parameter(p.detach().float()) for p in self.params]
+
+    def grads_to_masters(self, on_grad: Callable[[torch.Tensor], None]) -> None:
+        for p, m in zip(self.params, self.masters, strict=True):
+            if p.grad is None:
+                continue
+            m.grad = p.grad.float()
+            on_grad(m.grad)
+            p.grad = None
+
+    @torch.no_grad()
+    def masters_to_params(self) -> None:
+        for p, m in zip(self.params, self.masters, strict=True):
+            p.copy_(m)
