@@ -58,7 +58,7 @@ _SRC_SHAPES = "transformers/models/<type>/modeling_<type>.py (5.x): parameter sh
 #: the embeddings (a ``load``-phase transient of ``V*h*b``, measured by memfit.trace, which
 #: builds models that way). ``from_pretrained`` initialises on the meta device and never
 #: allocates it; set to False if the reference stops counting model construction.
-FROM_CONFIG_TIED_TRANSIENT = True
+FROM_CONFIG_TIED_TRANSIENT = False
 
 
 def plain_weight_bytes(n_params: int, dtype: str) -> int:

@@ -188,6 +188,14 @@ def trace_inference(config: Mapping[str, Any], options: InferenceOptions, *,
     decode peak. ``fast_decode=False`` runs every step (the tests check both agree).
     """
     _check_inference(options)
+    from ..arch import from_hf_config
+
+    positions = from_hf_config(config).learned_positions
+    if positions and options.prompt + options.generate > positions:
+        # fake tensors do not bounds-check the position table: refuse what a GPU would
+        raise MemfitError.bad_value("prompt", options.prompt,
+                                    f"prompt + generate <= {positions} (the learned position "
+                                    "table)")
     dtype_name = weights_dtype(config, options.weights)
     if options.kv_dtype is not None and dtype_key(options.kv_dtype) != dtype_name:
         raise MemfitError.bad_value("kv-dtype", options.kv_dtype,
