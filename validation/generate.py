@@ -41,7 +41,8 @@ def train(model: str, tag: str, **options: Any) -> tuple[str, str, str, Any]:
 
 
 # Each tag spells the options that differ from the defaults (see the contract), so an id says
-# its scenario: b=batch, p=prompt, g=generate, s=seq, mb=microbatches, ckpt=full checkpointing.
+# its scenario: b=batch, p=prompt, g=generate, s=seq, mb=microbatches, ckpt=full checkpointing,
+# dp8-fsdpfull=--dp 8 --fsdp full, lora16=--lora-rank 16.
 CASES = [
     # -- inference: dense, several batch/prompt sizes, long prompts, eager vs sdpa, logits
     infer("gpt2", "b1-p896-g128", batch=1, prompt=896, generate=128),
@@ -128,6 +129,21 @@ CASES = [
           precision="bf16-master", checkpointing="full"),
     train("llama-2-70b", "b1-s4096-bf16true-ckpt", batch=1, seq=4096, precision="bf16-true",
           checkpointing="full"),
+    # -- training, one rank of 8 under PyTorch FSDP2 (fake process group), bf16-mixed as
+    #    FSDP2's MixedPrecisionPolicy: dp8 = --dp 8, fsdpfull / fsdpgradop = --fsdp mode
+    train("llama-3.2-1b", "b4-s2048-dp8-fsdpfull", batch=4, seq=2048, dp=8, fsdp="full"),
+    train("llama-3.2-1b", "b4-s2048-dp8-fsdpgradop", batch=4, seq=2048, dp=8, fsdp="grad-op"),
+    train("llama-3.1-8b", "b1-s4096-dp8-fsdpfull", batch=1, seq=4096, dp=8, fsdp="full"),
+    train("llama-3.1-8b", "b2-s4096-dp8-fsdpgradop-ckpt", batch=2, seq=4096, dp=8,
+          fsdp="grad-op", checkpointing="full"),
+    train("llama-3.1-8b", "b4-s4096-dp8-fsdpfull-ckpt", batch=4, seq=4096, dp=8, fsdp="full",
+          checkpointing="full"),
+    # -- training with peft LoRA adapters (lora16 = --lora-rank 16) on a frozen base
+    train("llama-3.1-8b", "b1-s4096-bf16true-lora16", batch=1, seq=4096, precision="bf16-true",
+          lora_rank=16),
+    train("llama-3.1-8b", "b4-s2048-bf16true-lora16-ckpt", batch=4, seq=2048,
+          precision="bf16-true", lora_rank=16, checkpointing="full"),
+    train("llama-3.2-1b", "b8-s2048-lora16", batch=8, seq=2048, lora_rank=16),
 ]
 
 

@@ -69,15 +69,34 @@ def _check_inference(options: InferenceOptions) -> None:
 def _check_training(options: TrainingOptions) -> None:
     if not isinstance(options, TrainingOptions):
         raise MemfitError.bad_value("options", type(options).__name__, "TrainingOptions")
-    for name in ("dp", "tp", "pp", "cp", "ep"):
+    for name in ("tp", "pp", "cp", "ep"):
         if getattr(options, name) != 1:
             raise _not_yet(name, getattr(options, name), "1")
+    if options.dp != 1 and options.fsdp is None:
+        raise _not_yet("dp", options.dp, "1, or N with --fsdp full|grad-op (plain DDP and "
+                       "ZeRO are not traced)")
     if options.zero:
         raise _not_yet("zero", options.zero, "0")
     if options.fsdp is not None:
-        raise _not_yet("fsdp", options.fsdp, "none")
-    if options.lora_rank is not None or options.qlora:
-        raise _not_yet("lora-rank", options.lora_rank, "none (LoRA/QLoRA)")
+        if options.fsdp not in ("full", "grad-op"):
+            raise _not_yet("fsdp", options.fsdp, "full or grad-op")
+        if options.dp < 2:
+            raise _not_yet("fsdp", options.fsdp, "none with --dp 1 (FSDP2 is traced for "
+                           "--dp 2 or more)")
+        if options.precision == "bf16-master":
+            raise _not_yet("precision", options.precision,
+                           "fp32, bf16-true, fp16-true, bf16-mixed or fp16-mixed with --fsdp "
+                           "(FSDP2 keeps fp32 masters as its sharded parameters: use "
+                           "bf16-mixed)")
+    if options.qlora:
+        raise _not_yet("qlora", options.qlora, "false (LoRA without quantization)")
+    if options.lora_rank is not None:
+        if options.fsdp is not None:
+            raise _not_yet("fsdp", options.fsdp, "none with --lora-rank")
+        if options.precision == "bf16-master":
+            raise _not_yet("precision", options.precision,
+                           "fp32, bf16-true, fp16-true, bf16-mixed or fp16-mixed with "
+                           "--lora-rank (the adapters are fp32 already)")
     if options.offload != "none":
         raise _not_yet("offload", options.offload, "none")
     if options.checkpointing not in ("none", "full"):
@@ -86,14 +105,18 @@ def _check_training(options: TrainingOptions) -> None:
 
 
 @contextlib.contextmanager
-def _session(device_kind: str, hf_cfg: Any, dtype: torch.dtype,
-             attn: str) -> Iterator[tuple[MemoryTracker, Any, str]]:
+def _session(device_kind: str, hf_cfg: Any, dtype: torch.dtype, attn: str,
+             prepare: Any = None,
+             distributed: bool = False) -> Iterator[tuple[MemoryTracker, Any, str]]:
     """Patches, the fake mode (or not), the model, then the tracker, innermost.
 
     The model is built before the tracker starts and its parameters and buffers are counted
     as it starts (the "load" phase holds exactly the weights): building with ``from_config``
     allocates what loading a checkpoint does not (an untied LM head before tying, init
-    scratch). Yields the tracker, the model and the attention implementation it got.
+    scratch). ``prepare(model)`` runs in between (FSDP2's ``fully_shard``: the load phase
+    then holds this rank's shards). With ``distributed``, DTensor dispatches before the
+    tracker and ``UntypedStorage.resize_`` is followed (FSDP2). Yields the tracker, the model
+    and the attention implementation it got.
     """
     if device_kind not in DEVICE_KINDS:
         raise MemfitError.bad_value("device_kind", device_kind, ", ".join(DEVICE_KINDS))
@@ -107,7 +130,18 @@ def _session(device_kind: str, hf_cfg: Any, dtype: torch.dtype,
             stack.enter_context(no_real_fallback())
             stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
         model, used = build_model(hf_cfg, dtype, attn)
-        tracker = MemoryTracker(fake_overrides() if fake else None)
+        if prepare is not None:
+            model = prepare(model) or model
+        first: tuple[type, ...] = ()
+        if distributed:
+            from torch.distributed.tensor import DTensor
+
+            first = (DTensor,)
+        tracker = MemoryTracker(fake_overrides() if fake else None, subclasses_first=first)
+        if distributed:
+            from .dist import track_resize
+
+            stack.enter_context(track_resize(tracker))
         with tracker:
             tracker.track(_weights(model), "weights")
             yield tracker, model, used
@@ -352,10 +386,46 @@ def trace_training(config: Mapping[str, Any], options: TrainingOptions, *,
     hf_cfg = hf_config(config)
     started = time.perf_counter()
     notes: list[str] = []
-    with _session(device_kind, hf_cfg, param_dtype, options.attn) as (tracker, model, attn):
+    fsdp = options.fsdp
+    mp_dtype = None
+    if fsdp is not None:  # FSDP2's MixedPrecisionPolicy instead of autocast
+        mp_dtype, autocast_dtype = autocast_dtype, None
+    with contextlib.ExitStack() as outer:
+        prepare = None
+        if fsdp is not None:
+            from .dist import fake_process_group, shard_model
+
+            # the mesh reads the store: built before (outside) the fake mode
+            mesh = outer.enter_context(fake_process_group(options.dp))
+
+            def prepare(model: Any) -> None:
+                if options.checkpointing == "full":
+                    _enable_checkpointing(model)
+                shard_model(model, mesh, fsdp, mp_dtype)
+        elif options.lora_rank is not None:
+            from .lora import apply_lora
+
+            def prepare(model: Any) -> Any:
+                if options.checkpointing == "full":
+                    _enable_checkpointing(model)
+                return apply_lora(model, options.lora_rank)
+
+        session = _session(device_kind, hf_cfg, param_dtype, options.attn, prepare,
+                           distributed=fsdp is not None)
+        result = _train(session, options, notes, hf_cfg, started, device_kind,
+                        param_dtype, autocast_dtype, master, mp_dtype, prepare is None)
+    return result
+
+
+def _train(session: Any, options: TrainingOptions, notes: list[str], hf_cfg: Any,
+           started: float, device_kind: str, param_dtype: torch.dtype,
+           autocast_dtype: torch.dtype | None, master: bool,
+           mp_dtype: torch.dtype | None, plain: bool) -> TraceResult:
+    fsdp = options.fsdp
+    with session as (tracker, model, attn):
         _note_attn(notes, hf_cfg, options.attn, attn)
         model.train()
-        if options.checkpointing == "full":
+        if options.checkpointing == "full" and plain:
             _enable_checkpointing(model)
         params = [p for p in model.parameters() if p.requires_grad]
         masters = MasterWeights(params) if master else None
@@ -396,6 +466,10 @@ def trace_training(config: Mapping[str, Any], options: TrainingOptions, *,
                 tracker.retag(state_tensors(optimizer), "optimizer_states")
                 if step == 0:
                     tracker.exclude(host_step_tensors(optimizer))
+                    if fsdp is not None:
+                        from .dist import unsharded_tensors
+
+                        tracker.retag(unsharded_tensors(model), "weights")
                     tracker.reset_peak()
         scenario = {"workload": "train", **dataclasses.asdict(options),
                     "resolved": {"attn": attn,
@@ -403,6 +477,10 @@ def trace_training(config: Mapping[str, Any], options: TrainingOptions, *,
                                  "autocast_dtype": (str(autocast_dtype).replace("torch.", "")
                                                     if autocast_dtype else None),
                                  "master_weights": master,
+                                 "fsdp_param_dtype": (str(mp_dtype).replace("torch.", "")
+                                                      if mp_dtype else None),
+                                 "world_size": options.dp,
+                                 "trainable_params": sum(p.numel() for p in params),
                                  "optimizer_class": type(optimizer).__name__,
                                  "model_type": hf_cfg.model_type}}
         result = _result("train", tracker, started, scenario, device_kind, notes)

@@ -28,6 +28,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .result import COMPONENTS
 
+try:
+    from torch._guards import active_fake_mode as _active_fake_mode
+except ImportError:  # pragma: no cover - older torch
+    def _active_fake_mode() -> Any:
+        return None
+
 __all__ = ["MemoryTracker", "BLOCK_BYTES", "round_block"]
 
 #: The CUDA caching allocator hands out sizes rounded up to 512 bytes
@@ -50,9 +56,14 @@ class MemoryTracker(TorchDispatchMode):
     ``func`` (the tracer's fixes for fake-tensor gaps, see :mod:`memfit.trace.compat`).
     """
 
-    def __init__(self, overrides: dict[Any, Any] | None = None) -> None:
+    def __init__(self, overrides: dict[Any, Any] | None = None, *,
+                 subclasses_first: tuple[type, ...] = ()) -> None:
         super().__init__()
         self._overrides = overrides or {}
+        # Tensor subclasses (DTensor) that dispatch before the tracker: they desugar into ops
+        # on their local tensors, which come back here and are counted by their own storage.
+        self._first = subclasses_first
+        self._fake_on_entry: Any = None
         self._serial = 0
         self._live: dict[int, int] = {}      # serial -> nbytes, counted storages
         self._by_key: dict[int, int] = {}    # storage _cdata -> serial, every tracked storage
@@ -74,6 +85,13 @@ class MemoryTracker(TorchDispatchMode):
     # -- the dispatch hook ------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if self._first:
+            if any(t in self._first for t in types):
+                return NotImplemented
+            if _active_fake_mode() is not self._fake_on_entry:
+                # DTensor's sharding propagation runs ops in a fake mode of its own to get
+                # output metadata: no real run allocates those
+                return func(*args, **kwargs)
         override = self._overrides.get(func)
         out = func(*args, **kwargs) if override is None else override(func, args, kwargs)
         self.ops += 1
@@ -90,12 +108,24 @@ class MemoryTracker(TorchDispatchMode):
             elif isinstance(o, (tuple, list)):
                 self._see_all(o)
 
+    def __enter__(self) -> MemoryTracker:
+        if self._first:
+            self._fake_on_entry = _active_fake_mode()
+        return super().__enter__()
+
     def _see(self, t: torch.Tensor) -> int | None:
         """Register ``t``'s storage if it is new; follow a resize if it is known."""
+        inner = getattr(t, "_local_tensor", None)  # a DTensor: this rank's shard
+        if inner is not None:
+            t = inner
         try:
             s = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # sparse/nested tensors have no storage
             return None
+        return self.see_storage(s)
+
+    def see_storage(self, s: Any) -> int:
+        """Register storage ``s`` if it is new; re-measure it if it is known (``resize_``)."""
         key = s._cdata
         serial = self._by_key.get(key)
         if serial is None:
