@@ -101,8 +101,84 @@ def test_lora_base_is_frozen_in_the_recipe_dtype() -> None:
 @pytest.mark.parametrize(("kw", "field"), [
     ({"dp": 2, "fsdp": "full"}, "fsdp"),
     ({"precision": "bf16-master"}, "precision"),
-    ({"qlora": True, "precision": "bf16-true"}, "qlora"),
+    ({"qlora": True, "precision": "fp16-true"}, "precision"),
+    ({"qlora": True, "precision": "bf16-master"}, "precision"),
 ])
 def test_unsupported_lora_inputs_raise(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(MemfitError, match=field):
         trace_training(LLAMA, options(**kw))
+
+
+# -- QLoRA: NF4 double-quant stand-in (see memfit.trace.lora and docs/tracer.md) --------------
+
+import importlib.util  # noqa: E402
+
+needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                               reason="bitsandbytes not installed")
+
+
+@needs_bnb
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
+@pytest.mark.parametrize("ckpt", ["none", "full"])
+def test_qlora_fake_equals_real(precision: str, ckpt: str) -> None:
+    r = check(LLAMA, options(precision=precision, checkpointing=ckpt, qlora=True))
+    assert r.scenario["resolved"]["trainable_params"] == _lora_params(LLAMA, 4)
+
+
+@needs_bnb
+def test_qlora_other_family_fake_equals_real() -> None:
+    check(FAMILIES["qwen2-tied-sliding"], options(precision="bf16-true", qlora=True))
+
+
+def _qlora_model(config: dict[str, Any]) -> Any:
+    from memfit.trace.build import build_model, hf_config
+    from memfit.trace.lora import apply_qlora
+
+    model, _ = build_model(hf_config(config), torch.bfloat16, "sdpa")
+    return apply_qlora(model, 4)
+
+
+@needs_bnb
+def test_qlora_weights_are_nf4_double_quant_bytes() -> None:
+    """Each base linear's storages = ``tensor_bytes(shape, "bnb-nf4-dq")``; the rest fp32."""
+    from memfit.dtypes import tensor_bytes
+    from memfit.trace.lora import nf4_linear_class
+
+    model = _qlora_model(LLAMA)
+    nf4 = [m for m in model.modules() if isinstance(m, nf4_linear_class())]
+    assert nf4 and model.get_output_embeddings() not in nf4  # the LM head stays fp32
+    expected = 0
+    for m in nf4:
+        own = [m.weight, m.absmax, m.absmax2, m.offset, m.code]
+        got = sum(t.untyped_storage().nbytes() for t in own)
+        assert got == tensor_bytes((m.out_features, m.in_features), "bnb-nf4-dq")
+        assert m.weight.dtype == torch.uint8 and not m.weight.requires_grad
+        expected += got
+    others = {id(t): t for t in [*model.parameters(), *model.buffers()]
+              if not any(t is s for m in nf4 for s in (m.weight, m.absmax, m.absmax2,
+                                                        m.offset, m.code, m.code2))}
+    # prepare_model_for_kbit_training: every float parameter that is not 4-bit is fp32
+    assert all(t.dtype == torch.float32 for t in others.values() if t.is_floating_point())
+    expected += sum(t.untyped_storage().nbytes() for t in others.values())
+    expected += 256 * 4  # quantize_blockwise's shared fp32 map (one for all weights)
+    r = trace_training(LLAMA, options(precision="bf16-true", qlora=True))
+    assert r.components["weights"] == expected
+
+
+@needs_bnb
+def test_qlora_matmul_materializes_one_dequantized_weight() -> None:
+    """Forward: one (out x in) bf16 weight + two fp32 absmax copies live inside the matmul,
+    freed after; nothing but the output stays (real CPU tensors, the tracker alone)."""
+    from memfit.trace.lora import nf4_linear_class
+    from memfit.trace.tracker import MemoryTracker
+
+    lin = torch.nn.Linear(256, 512, bias=False)
+    m = nf4_linear_class()(lin, torch.zeros(256))
+    x = torch.zeros((4, 256), dtype=torch.bfloat16, requires_grad=True)
+    with MemoryTracker() as t:
+        y = m(x)
+        blocks = 512 * 256 // 64
+        assert t.peak == 2 * blocks * 4 + 512 * 256 * 2 + y.untyped_storage().nbytes()
+        assert t.total == y.untyped_storage().nbytes()
+        y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape

@@ -42,7 +42,8 @@ def train(model: str, tag: str, **options: Any) -> tuple[str, str, str, Any]:
 
 # Each tag spells the options that differ from the defaults (see the contract), so an id says
 # its scenario: b=batch, p=prompt, g=generate, s=seq, mb=microbatches, ckpt=full checkpointing,
-# dp8-fsdpfull=--dp 8 --fsdp full, lora16=--lora-rank 16.
+# dp8-fsdpfull=--dp 8 --fsdp full, lora16=--lora-rank 16, qlora16=--qlora --lora-rank 16 (the
+# two QLoRA cases are bf16-true: the ids the task asked for).
 CASES = [
     # -- inference: dense, several batch/prompt sizes, long prompts, eager vs sdpa, logits
     infer("gpt2", "b1-p896-g128", batch=1, prompt=896, generate=128),
@@ -144,6 +145,11 @@ CASES = [
     train("llama-3.1-8b", "b4-s2048-bf16true-lora16-ckpt", batch=4, seq=2048,
           precision="bf16-true", lora_rank=16, checkpointing="full"),
     train("llama-3.2-1b", "b8-s2048-lora16", batch=8, seq=2048, lora_rank=16),
+    # -- QLoRA (qlora16 = --qlora --lora-rank 16): NF4 double-quant base, fp32 rest, peft LoRA
+    train("llama-3.1-8b", "b1-s2048-qlora16", batch=1, seq=2048, precision="bf16-true",
+          qlora=True, lora_rank=16),
+    train("llama-3.1-8b", "b1-s2048-qlora16-ckpt", batch=1, seq=2048, precision="bf16-true",
+          qlora=True, lora_rank=16, checkpointing="full"),
 ]
 
 

@@ -89,8 +89,12 @@ def _check_training(options: TrainingOptions) -> None:
                            "(FSDP2 keeps fp32 masters as its sharded parameters: use "
                            "bf16-mixed)")
     if options.qlora:
-        raise _not_yet("qlora", options.qlora, "false (LoRA without quantization)")
-    if options.lora_rank is not None:
+        from .lora import QLORA_PRECISIONS
+
+        if options.precision not in QLORA_PRECISIONS:
+            raise _not_yet("precision", options.precision,
+                           " or ".join(QLORA_PRECISIONS) + " with --qlora")
+    if options.lora_rank is not None or options.qlora:
         if options.fsdp is not None:
             raise _not_yet("fsdp", options.fsdp, "none with --lora-rank")
         if options.precision == "bf16-master":
@@ -402,13 +406,20 @@ def trace_training(config: Mapping[str, Any], options: TrainingOptions, *,
                 if options.checkpointing == "full":
                     _enable_checkpointing(model)
                 shard_model(model, mesh, fsdp, mp_dtype)
+        elif options.qlora:
+            from .lora import apply_qlora
+
+            def prepare(model: Any) -> Any:
+                return apply_qlora(model, options.lora_rank or 16,  # TrainingOptions sets 16
+                                   _enable_checkpointing if options.checkpointing == "full"
+                                   else None)
         elif options.lora_rank is not None:
             from .lora import apply_lora
 
             def prepare(model: Any) -> Any:
                 if options.checkpointing == "full":
                     _enable_checkpointing(model)
-                return apply_lora(model, options.lora_rank)
+                return apply_lora(model, options.lora_rank or 0)  # not None here
 
         session = _session(device_kind, hf_cfg, param_dtype, options.attn, prepare,
                            distributed=fsdp is not None)
