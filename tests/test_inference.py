@@ -1,10 +1,13 @@
 """The inference memory model: weights, KV cache, working sets, phases, and the tracer.
 
 Golden values come from :mod:`memfit.trace` (the real transformers code on fake tensors,
-torch 2.13.0+cpu, transformers 5.24.0), recorded per phase (load, prefill, decode); the
+torch 2.13.0+cpu, transformers 5.24.0; re-traced 2026-11-26 after the tracer's load phase
+became the weights only and it took CUDA's SDPA kernel choices: the math kernel for fp32 with
+grouped KV heads, a fused kernel for MLA), recorded per phase (load, prefill, decode); the
 estimate must match each phase within ``PHASE_TOL`` and the peak within 3% (the issue's bound;
-in practice the match is to the byte for most cases). ``test_tiny_family_configs_trace_live``
-reruns the tracer on the small per-family configs when torch and transformers are installed.
+in practice the match is to the byte for all but a few bytes of three cases).
+``test_tiny_family_configs_trace_live`` reruns the tracer on the small per-family configs when
+torch and transformers are installed.
 """
 
 from __future__ import annotations
@@ -28,88 +31,97 @@ from .configs.families import FAMILY_CONFIGS
 
 GB = 10**9
 MiB = 2**20
-PHASE_TOL = 0.005  # 0.5% per phase (most match to the byte)
+PHASE_TOL = 0.001  # 0.1% per phase (all but three match to the byte)
 
 # (model, batch, prompt, generate, attn, logits, weights, load, prefill, decode) phase peaks
-# in bytes measured by memfit.trace (fake tensors; torch 2.13.0, transformers 5.24.0).
+# in bytes measured by memfit.trace (fake tensors; torch 2.13.0, transformers 5.24.0),
+# re-traced 2026-11-26 (the last seven: fp32 GQA's math kernel in prefill and decode, MLA's
+# fused kernel, Mistral's window mask at 32k, MoE decoding, Gemma 3's window mask).
 TRACED = [
     ("mistral-7b-v0.1", 1, 128, 2, "sdpa", "last", None, 14483464704, 14515514112, 14501199136),
-    ("llama-3.2-1b", 1, 128, 0, "sdpa", "last", None, 2996965632, 2484246784, None),
-    ("llama-3.2-1b", 2, 512, 3, "sdpa", "last", None, 2996965632, 2572435712, 2507953472),
-    ("llama-3.2-1b", 2, 512, 4, "sdpa", "last", None, 2996965632, 2572435712, 2508019024),
-    ("qwen2.5-0.5b", 2, 512, 3, "eager", "all", None, 1260335104, 1313656832, 1005798556),
-    ("llama-3.2-1b", 32, 4096, 32, "sdpa", "last", None, 2996965632, 15358660864, 6953448200),
+    ("llama-3.2-1b", 1, 128, 0, "sdpa", "last", None, 2471629056, 2484246784, None),
+    ("llama-3.2-1b", 2, 512, 3, "sdpa", "last", None, 2471629056, 2572435712, 2507953472),
+    ("llama-3.2-1b", 2, 512, 4, "sdpa", "last", None, 2471629056, 2572435712, 2508019024),
+    ("qwen2.5-0.5b", 2, 512, 3, "eager", "all", None, 988065792, 1313656832, 1005798556),
+    ("llama-3.2-1b", 32, 4096, 32, "sdpa", "last", None, 2471629056, 15358660864, 6953448200),
     ("mistral-7b-v0.1", 8, 4096, 64, "sdpa", "last", None, 14483464704, 22689915648, 18914239816),
-    ("qwen2.5-0.5b", 16, 2048, 16, "sdpa", "last", None, 1260335104, 2582704128, 1418438784),
-    ("qwen2.5-0.5b", 4, 2048, 16, "eager", "all", None, 1260335104, 3592794112, 1122803368),
-    ("llama-3.2-3b", 8, 8192, 32, "sdpa", "last", None, 7213505024, 18778315264, 14110639176),
-    ("llama-3.2-1b", 1, 32768, 8, "sdpa", "last", None, 2996965632, 5701767424, 3579988560),
+    ("qwen2.5-0.5b", 16, 2048, 16, "sdpa", "last", None, 988065792, 2582704128, 1418438784),
+    ("qwen2.5-0.5b", 4, 2048, 16, "eager", "all", None, 988065792, 3592794112, 1122803368),
+    ("llama-3.2-3b", 8, 8192, 32, "sdpa", "last", None, 6425500160, 18778315264, 14110639176),
+    ("llama-3.2-1b", 1, 32768, 8, "sdpa", "last", None, 2471629056, 5701767424, 3579988560),
     ("llama-3.1-8b", 1, 8192, 32, "sdpa", "last", None, 16060523008, 18111668736, 17155916048),
     ("mistral-7b-v0.1", 1, 16384, 16, "sdpa", "last", None, 14483464704, 18854191872, 16648018200),
-    ("gpt2", 8, 992, 32, "sdpa", "last", None, 326074368, 799011072, 565189224),
-    ("gpt2", 4, 512, 8, "eager", "last", None, 326074368, 418507264, 329608824),
+    ("gpt2", 8, 992, 32, "sdpa", "last", None, 248879616, 799011072, 565189224),
+    ("gpt2", 4, 512, 8, "eager", "last", None, 248879616, 418507264, 329608824),
     ("mixtral-8x7b", 2, 512, 4, "sdpa", "last", None, 93405585920, 93825380928, 94950616232),
     ("deepseek-v2-lite", 2, 512, 4, "sdpa", "last", None, 31419784448, 31620083456, 31660445928),
-    ("gemma-2-2b", 2, 1024, 4, "sdpa", "last", None, 12816664580, 11281573996, 10931251972),
-    ("gemma-2b", 2, 1024, 4, "sdpa", "last", None, 6060921858, 5286048770, 5055378514),
-    ("gemma-2b", 2, 1024, 4, "eager", "last", None, 6060921858, 5323797506, 5060806890),
+    ("gemma-2-2b", 2, 1024, 4, "sdpa", "last", None, 10457368580, 11281573996, 10931251972),
+    ("gemma-2b", 2, 1024, 4, "sdpa", "last", None, 5012345858, 5286048770, 5055378514),
+    ("gemma-2b", 2, 1024, 4, "eager", "last", None, 5012345858, 5323797506, 5060806890),
     ("phi-3-mini-4k", 2, 1024, 4, "sdpa", "last", None, 7642159488, 8632433280, 8476223064),
     ("phi-3-mini-4k", 2, 1024, 4, "eager", "last", None, 7642159488, 9211247232, 8476227176),
     ("pythia-160m", 2, 1024, 4, "sdpa", "last", None, 324645952, 437982272, 404036824),
     ("pythia-160m", 2, 1024, 4, "eager", "last", None, 324645952, 678106176, 404040936),
     ("olmo-2-7b", 2, 512, 4, "sdpa", "last", None, 29194469888, 30454346240, 30294451800),
     ("qwen1.5-moe-a2.7b", 2, 512, 4, "sdpa", "last", None, 28631568896, 28921799648, 28974201756),
-    ("gemma-3-1b", 2, 1024, 4, "sdpa", "last", None, 2603753730, 2161279410, 2057480154),
-    ("gemma-3-1b", 2, 1024, 4, "eager", "last", None, 2603753730, 2185396658, 2057496030),
-    ("llama-3.2-1b", 1, 4096, 4, "eager", "last", None, 2996965632, 8109887744, 2641447736),
-    ("llama-3.2-1b", 4, 2048, 256, "sdpa", "last", None, 2996965632, 3277541632, 2786079072),
-    ("qwen2.5-0.5b", 8, 1024, 8, "sdpa", "all", None, 1260335104, 3592794112, 1101736512),
-    ("qwen2.5-1.5b", 4, 2048, 8, "eager", "all", None, 3554176512, 5836860928, 3377305704),
-    ("deepseek-v2-lite", 1, 4096, 2, "sdpa", "last", None, 31419784448, 34119933184, 31741038112),
+    ("gemma-3-1b", 2, 1024, 4, "sdpa", "last", None, 1999773954, 2161279410, 2057480154),
+    ("gemma-3-1b", 2, 1024, 4, "eager", "last", None, 1999773954, 2185396658, 2057496030),
+    ("llama-3.2-1b", 1, 4096, 4, "eager", "last", None, 2471629056, 8109887744, 2641447736),
+    ("llama-3.2-1b", 4, 2048, 256, "sdpa", "last", None, 2471629056, 3277541632, 2785251880),
+    ("qwen2.5-0.5b", 8, 1024, 8, "sdpa", "all", None, 988065792, 3592794112, 1101736512),
+    ("qwen2.5-1.5b", 4, 2048, 8, "eager", "all", None, 3087429120, 5836860928, 3377305704),
+    ("deepseek-v2-lite", 1, 4096, 2, "sdpa", "last", None, 31419784448, 32221519616, 31651558504),
     ("deepseek-v2-lite", 1, 2048, 2, "eager", "last", None, 31419784448, 32249765120, 31587910828),
-    ("deepseek-v2-lite", 8, 1024, 64, "sdpa", "last", None, 31419784448, 33466940672, 32524798088),
+    ("deepseek-v2-lite", 8, 1024, 64, "sdpa", "last", None, 31419784448, 33021361920, 32524798088),
     ("mixtral-8x7b", 4, 2048, 2, "sdpa", "last", None, 93405585920, 96762880576, 97299952904),
-    ("gemma-2-2b", 1, 4096, 2, "sdpa", "last", None, 12816664580, 12760107116, 11398528276),
-    ("gemma-2-9b", 2, 2048, 8, "sdpa", "last", None, 40636840964, 41333144748, 39933910468),
+    ("gemma-2-2b", 1, 4096, 2, "sdpa", "last", None, 10457368580, 12760107116, 11398528276),
+    ("gemma-2-9b", 2, 2048, 8, "sdpa", "last", None, 36966824964, 41333144748, 39933910468),
     ("gpt-oss-20b", 2, 1024, 4, "sdpa", "last", None, 41829514624, 42830536160, 42326766428),
     ("gpt-oss-20b", 2, 1024, 4, "eager", "last", None, 41829514624, 42830536160, 42326766428),
-    ("qwen3-0.6b", 4, 2048, 8, "sdpa", "last", None, 1503265280, 2350858752, 2154683688),
-    ("qwen3-0.6b", 4, 2048, 8, "eager", "last", None, 1503265280, 5001658880, 2206536040),
+    ("qwen3-0.6b", 4, 2048, 8, "sdpa", "last", None, 1192100352, 2350858752, 2154683688),
+    ("qwen3-0.6b", 4, 2048, 8, "eager", "last", None, 1192100352, 5001658880, 2206536040),
     ("qwen3-30b-a3b", 2, 1024, 4, "sdpa", "last", None, 61064245760, 61569291776, 61418709752),
-    ("smollm2-135m", 8, 2048, 16, "sdpa", "last", None, 325653376, 873681792, 657552584),
+    ("smollm2-135m", 8, 2048, 16, "sdpa", "last", None, 269030272, 873681792, 657552584),
     ("tinyllama-1.1b", 4, 2048, 16, "eager", "last", None, 2200097024, 7988842752, 2457023656),
     ("phi-3.5-mini", 2, 4096, 8, "sdpa", "last", None, 7642159488, 11603254080, 10970933080),
     ("olmo-2-7b", 1, 4096, 4, "eager", "last", None, 29194469888, 38057099776, 33561323072),
-    ("gpt2", 16, 1024, 0, "sdpa", "last", None, 326074368, 1383053824, None),
+    ("gpt2", 16, 1024, 0, "sdpa", "last", None, 248879616, 1383053824, None),
     ("pythia-1.4b", 4, 2048, 8, "sdpa", "all", None, 2829295744, 5297709184, 4480870952),
     ("mistral-nemo-12b", 2, 4096, 8, "sdpa", "last", None, 24495565312, 26880125440, 25858370712),
     ("qwen1.5-moe-a2.7b", 4, 2048, 4, "sdpa", "last", None, 28631568896, 30954443744, 30524843820),
-    ("llama-3.2-1b", 1, 1, 1, "sdpa", "last", None, 2996965632, 2472431392, 2472977176),
-    ("qwen2.5-0.5b", 1, 8, 0, "sdpa", "last", None, 1260335104, 989075856, None),
-    ("llama-3.2-1b", 2, 1024, 8, "sdpa", "last", 'fp32', 5993931008, 5346459904, 5083863960),
-    ("qwen2.5-0.5b", 2, 1024, 8, "eager", "all", 'fp16', 1260335104, 1639247872, 1022365304),
-    ("gemma-2-2b", 2, 1024, 4, "eager", "last", 'bf16', 6408332802, 5677500010, 5466757474),
-    ("gemma-3-27b", 1, 8192, 4, "sdpa", "last", None, 56837954050, 59664358306, 58188986554),
-    ("gemma-2-9b", 1, 8192, 16, "eager", "last", None, 40636840964, 52502658220, 42807594312),
+    ("llama-3.2-1b", 1, 1, 1, "sdpa", "last", None, 2471629056, 2472431392, 2472977176),
+    ("qwen2.5-0.5b", 1, 8, 0, "sdpa", "last", None, 988065792, 989075856, None),
+    ("llama-3.2-1b", 2, 1024, 8, "sdpa", "last", 'fp32', 4943257856, 5736530176, 5130638232),
+    ("qwen2.5-0.5b", 2, 1024, 8, "eager", "all", 'fp16', 988065792, 1639247872, 1022365304),
+    ("gemma-2-2b", 2, 1024, 4, "eager", "last", 'bf16', 5228684802, 5677500010, 5466757474),
+    ("gemma-3-27b", 1, 8192, 4, "sdpa", "last", None, 54018693634, 59664358306, 58188986554),
+    ("gemma-2-9b", 1, 8192, 16, "eager", "last", None, 36966824964, 52502658220, 42807594312),
     ("qwen2.5-7b", 4, 4096, 8, "eager", "last", None, 15231233536, 35802361344, 16415241320),
     ("mixtral-8x7b", 1, 8192, 2, "sdpa", "last", None, 93405585920, 96766075456, 95184533576),
     ("deepseek-v2-lite", 2, 2048, 64, "eager", "last", None, 31419784448, 33079205120, 31759899048),
-    ("qwen3-4b", 8, 4096, 64, "sdpa", "last", None, 8822849024, 15462858240, 13025763400),
+    ("qwen3-4b", 8, 4096, 64, "sdpa", "last", None, 8044936704, 15462858240, 13025763400),
     ("phi-4", 2, 4096, 16, "sdpa", "last", None, 29319014912, 32508881408, 31025325336),
-    ("llama-3.2-3b", 16, 2048, 512, "sdpa", "last", None, 7213505024, 12600842752, 11215969416),
+    ("llama-3.2-3b", 16, 2048, 512, "sdpa", "last", None, 6425500160, 12600842752, 11215969416),
     ("mistral-7b-v0.1", 4, 8192, 128, "sdpa", "last", None, 14483464704, 22742377216, 18846434632),
-    ("gpt2-medium", 4, 1024, 0, "eager", "all", None, 812572672, 1532426240, None),
+    ("gpt2-medium", 4, 1024, 0, "eager", "all", None, 709646336, 1532426240, None),
     ("pythia-1.4b", 8, 2048, 8, "eager", "last", None, 2829295744, 11956510848, 6132478920),
-    ("gemma-7b", 2, 4096, 8, "sdpa", "last", None, 18648226818, 22247037954, 20910223514),
-    ("smollm2-360m", 1, 8192, 32, "eager", "last", None, 818014336, 11356334208, 1093598096),
-    ("qwen2.5-0.5b", 64, 512, 64, "sdpa", "last", None, 1260335104, 2582298624, 1538585088),
+    ("gemma-7b", 2, 4096, 8, "sdpa", "last", None, 17075362818, 22247037954, 20910223514),
+    ("smollm2-360m", 1, 8192, 32, "eager", "last", None, 723642496, 11356334208, 1093598096),
+    ("qwen2.5-0.5b", 64, 512, 64, "sdpa", "last", None, 988065792, 2582298624, 1538585088),
     ("gpt-oss-20b", 1, 8192, 4, "sdpa", "last", None, 41829514624, 68617616864, 42416771298),
     ("qwen3-30b-a3b", 8, 2048, 8, "sdpa", "last", None, 61064245760, 65101411840, 63290618056),
-    ("llama-3.2-1b", 64, 16, 256, "sdpa", "last", None, 2996965632, 2572304768, 3124278016),
-    ("gemma-2-2b", 16, 32, 300, "eager", "last", None, 12816664580, 10642643308, 11693198580),
+    ("llama-3.2-1b", 64, 16, 256, "sdpa", "last", None, 2471629056, 2572304768, 3124278016),
+    ("gemma-2-2b", 16, 32, 300, "eager", "last", None, 10457368580, 10642643308, 11693198580),
     ("mistral-7b-v0.1", 8, 4090, 10, "sdpa", "last", None, 14483464704, 22661141840, 18914235976),
-    ("qwen2.5-0.5b", 32, 64, 200, "eager", "last", None, 1260335104, 1091645952, 1143097352),
+    ("qwen2.5-0.5b", 32, 64, 200, "eager", "last", None, 988065792, 1091645952, 1143097352),
     ("deepseek-v2-lite", 16, 64, 128, "sdpa", "last", None, 31419784448, 31619965184, 33183789832),
+    ("llama-3.1-8b", 1, 4096, 16, "sdpa", "last", 'fp32', 32121045504, 38030885376, 33402249872),
+    ("llama-3.2-1b", 16, 64, 256, "sdpa", "last", 'fp32', 4943257856, 5144625920, 5414192008),
+    ("qwen2.5-0.5b", 2, 4096, 8, "sdpa", "last", 'fp32', 1976131328, 6210379520, 2267880728),
+    ("deepseek-v2-lite", 4, 4096, 128, "sdpa", "last", None, 31419784448, 34623479552, 32362560328),
+    ("mistral-7b-v0.1", 4, 32768, 16, "sdpa", "last", None, 14483464704, 48878068480, 31732122952),
+    ("mixtral-8x7b", 8, 64, 16, "sdpa", "last", None, 93405585920, 93615383616, 99128498568),
+    ("gemma-3-1b", 2, 4096, 8, "sdpa", "last", None, 1999773954, 2658378162, 2221107162),
 ]
 
 
@@ -139,8 +151,9 @@ def test_seed_weights_on_a_model_spec() -> None:
 
 @pytest.mark.parametrize("name", entry_names())
 def test_weights_equal_params_times_bytes(name: str) -> None:
-    """16-bit weights are 2 bytes per parameter plus the fp32 buffers (rotary inv_freq...),
-    except the routers transformers keeps in fp32 (DeepSeek's gate.weight)."""
+    """16-bit weights are 2 bytes per parameter plus the fp32 buffers (rotary inv_freq...;
+    Gemma's embed_scale scalar is in the weights' dtype), except the routers transformers
+    keeps in fp32 (DeepSeek's gate.weight)."""
     spec = get_entry(name).spec
     rw = resolve_weights_option(spec, "bf16", "hf")
     w = model_weights(spec, rw)
@@ -148,7 +161,8 @@ def test_weights_equal_params_times_bytes(name: str) -> None:
     fp32_router = spec.model_type in ("deepseek_v2", "deepseek_v3")
     extra = 2 * spec.num_moe_layers * spec.moe.num_experts * spec.hidden_size \
         if fp32_router and spec.moe else 0
-    assert w.total == 2 * counts.total + 4 * buffer_elements(spec) + extra
+    buffers = 4 * (buffer_elements(spec) - spec.extra_buffers) + 2 * spec.extra_buffers
+    assert w.total == 2 * counts.total + buffers + extra
 
 
 def test_quantized_formats_leave_roles_unquantized() -> None:
@@ -185,13 +199,12 @@ def test_kv_per_token_seed_numbers() -> None:
     kv = next(p for p in e.phases if p.name == "prefill").components["kv_cache"]
     assert kv == 2**30
     # batch 16 x 4096 tokens x 0.5 MiB = 32 GiB (NOTES.md's "64 GiB" is an arithmetic slip);
-    # at the last decode step's torch.cat one layer's old K is live beside the new one
+    # at the last decode step's torch.cat of V one layer's old V (4095 rows) is live beside
+    # the new K and V (the old K went when the new K replaced it)
     e = infer("llama-2-7b", batch=16, prompt=4095, generate=1)
     decode = next(p for p in e.phases if p.name == "decode").components["kv_cache"]
-    # (the old V still has 4095 rows while the new K has 4096)
-    one_old_k = 16 * 4095 * 4096 * 2
-    one_v_row = 16 * 4096 * 2
-    assert decode == 32 * 2**30 + one_old_k - one_v_row
+    one_old_v = 16 * 4095 * 4096 * 2
+    assert decode == 32 * 2**30 + one_old_v
 
 
 def test_kv_gqa_mqa_mla_and_dtypes() -> None:
@@ -253,8 +266,8 @@ def test_tracer_agreement_summary() -> None:
         peak = max(v for v in phases if v is not None)
         errs.append(abs(e.peak_bytes - peak) / peak)
     errs.sort()
-    assert errs[len(errs) // 2] < 0.001
-    assert errs[-1] < 0.01
+    assert errs[len(errs) // 2] < 1e-6
+    assert errs[-1] < 0.001
 
 
 def _live_trace():  # type: ignore[no-untyped-def]

@@ -358,7 +358,7 @@ def test_to_dict_is_the_contract_json() -> None:
 @pytest.mark.parametrize("call,field", [
     (lambda: trace_training(LLAMA, TrainingOptions(checkpointing="selective")),
      "checkpointing"),
-    (lambda: trace_training(LLAMA, TrainingOptions(qlora=True, precision="bf16-true")), "qlora"),
+    (lambda: trace_training(LLAMA, TrainingOptions(qlora=True, precision="fp16-true")), "precision"),
     (lambda: trace_training(LLAMA, TrainingOptions(dp=2)), "dp"),
     (lambda: trace_training(LLAMA, TrainingOptions(dp=2, zero=2)), "dp"),
     (lambda: trace_training(LLAMA, TrainingOptions(fsdp="full")), "fsdp"),

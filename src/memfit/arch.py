@@ -14,7 +14,7 @@ Architectures transformers does not know can be described by hand: a config with
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,6 +34,21 @@ __all__ = [
 
 # Far beyond any real model (the largest have ~130 layers); bounds the per-layer work.
 MAX_LAYERS = 100_000
+# Far beyond any real width, vocabulary or expert count (the largest are ~10^6): keeps the
+# byte arithmetic exact and small (no float overflow in a ratio of two sizes).
+MAX_SIZE = 10**8
+
+
+def _check_int(name: str, value: object, minimum: int, maximum: int = MAX_SIZE) -> None:
+    """Raise :class:`MemfitError` unless ``value`` is an int in ``[minimum, maximum]``."""
+    if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
+            or value > maximum):
+        raise MemfitError.bad_value(name, value, f"an integer in [{minimum}, {maximum}]")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise MemfitError.bad_value(name, value, "true or false")
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,18 @@ class MLASpec:
     qk_rope_head_dim: int
     qk_nope_head_dim: int
     v_head_dim: int
+
+    def __post_init__(self) -> None:
+        if self.q_lora_rank is not None:
+            _check_int("q_lora_rank", self.q_lora_rank, 1)
+        _check_int("kv_lora_rank", self.kv_lora_rank, 1)
+        _check_int("qk_rope_head_dim", self.qk_rope_head_dim, 0)
+        _check_int("qk_nope_head_dim", self.qk_nope_head_dim, 0)
+        _check_int("v_head_dim", self.v_head_dim, 1)
+        if self.qk_head_dim < 1:
+            raise MemfitError.bad_value("qk_nope_head_dim", self.qk_nope_head_dim,
+                                        "a positive integer (qk_nope_head_dim + "
+                                        "qk_rope_head_dim is 0)")
 
     @property
     def qk_head_dim(self) -> int:
@@ -65,6 +92,18 @@ class MoESpec:
     router_fp32: bool = False  # DeepSeek-V2/V3 keep gate.weight in fp32 (_keep_in_fp32_modules)
     router_score_bias: bool = False  # DeepSeek-V3's e_score_correction_bias (a fp32 buffer, E)
 
+    def __post_init__(self) -> None:
+        _check_int("num_experts", self.num_experts, 1)
+        _check_int("moe_intermediate_size", self.expert_intermediate_size, 1)
+        _check_int("shared_expert_intermediate_size", self.shared_intermediate_size, 0)
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or not (
+                1 <= self.top_k <= self.num_experts):
+            raise MemfitError.bad_value("num_experts_per_tok", self.top_k,
+                                        f"an integer in [1, num_experts={self.num_experts}]")
+        for name in ("shared_expert_gate", "router_bias", "expert_bias", "router_fp32",
+                     "router_score_bias"):
+            _check_bool(name, getattr(self, name))
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -73,6 +112,21 @@ class LayerSpec:
     attention: str = "full"  # "full" or "sliding"
     window: int | None = None  # tokens a sliding layer attends to (and caches)
     moe: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("full", "sliding"):
+            raise MemfitError.bad_value("attention", self.attention, "full, sliding")
+        if self.window is not None:
+            _check_int("sliding_window", self.window, 1)
+        if self.attention == "sliding" and self.window is None:
+            raise MemfitError.bad_value("sliding_window", None,
+                                        "a positive integer for a sliding layer")
+        _check_bool("moe", self.moe)
+        # Layer kinds key many per-model tables: hash once, not on every lookup.
+        object.__setattr__(self, "_hash", hash((self.attention, self.window, self.moe)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
 
 
 @dataclass(frozen=True)
@@ -114,19 +168,28 @@ class ModelSpec:
     extra_buffers: int = 0  # fp32 buffer elements outside rotary (e.g. Gemma's embed_scale)
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "vocab_size", "num_heads", "num_kv_heads",
-                     "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise MemfitError.bad_value(name, value, "a positive integer")
-        if self.num_layers > MAX_LAYERS:
-            raise MemfitError.bad_value("num_layers", self.num_layers, f"at most {MAX_LAYERS}")
-        for name in ("hidden_size", "vocab_size", "intermediate_size"):
-            if getattr(self, name) > 10**8:
-                raise MemfitError.bad_value(name, getattr(self, name), "at most 100000000")
-        if not isinstance(self.intermediate_size, int) or self.intermediate_size < 0:
-            raise MemfitError.bad_value("intermediate_size", self.intermediate_size,
-                                        "a non-negative integer")
+        for name in ("name", "model_type", "activation", "dtype"):
+            if not isinstance(getattr(self, name), str):
+                raise MemfitError.bad_value(name, getattr(self, name), "a string")
+        _check_int("num_layers", self.num_layers, 1, MAX_LAYERS)
+        for name in ("hidden_size", "vocab_size", "num_heads", "num_kv_heads", "head_dim"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("intermediate_size", "norms_per_layer", "learned_positions",
+                     "max_position_embeddings", "rope_dim", "extra_buffers"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("mlp_gated", "tie_word_embeddings", "qkv_bias", "o_bias", "mlp_bias",
+                     "attention_sinks", "norm_bias", "parallel_residual"):
+            _check_bool(name, getattr(self, name))
+        if self.mla is not None and not isinstance(self.mla, MLASpec):
+            raise MemfitError.bad_value("mla", self.mla, "an MLASpec (or its fields) or null")
+        if self.moe is not None and not isinstance(self.moe, MoESpec):
+            raise MemfitError.bad_value("moe", self.moe, "a MoESpec (or its fields) or null")
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if not isinstance(self.layers, tuple) or not all(
+                isinstance(x, LayerSpec) for x in self.layers):
+            raise MemfitError.bad_value("layers", self.layers,
+                                        "a list of LayerSpecs (attention, window, moe)")
         if self.num_heads % self.num_kv_heads:
             raise MemfitError.bad_value(
                 "num_key_value_heads", self.num_kv_heads,
@@ -138,17 +201,15 @@ class ModelSpec:
         if not self.layers:
             object.__setattr__(self, "layers", tuple(LayerSpec(moe=self.moe is not None)
                                                      for _ in range(self.num_layers)))
+        # one object per layer kind: lookups keyed by a layer then match by identity
+        kinds: dict[LayerSpec, LayerSpec] = {}
+        object.__setattr__(self, "layers", tuple(kinds.setdefault(x, x) for x in self.layers))
         if len(self.layers) != self.num_layers:
             raise MemfitError.bad_value("layer_types", len(self.layers),
                                         f"one entry per layer ({self.num_layers})")
-        if self.moe is not None:
-            m = self.moe
-            if m.num_experts < 1 or not 1 <= m.top_k <= m.num_experts:
-                raise MemfitError.bad_value("num_experts_per_tok", m.top_k,
-                                            f"an integer in [1, num_experts={m.num_experts}]")
-            if m.expert_intermediate_size < 1:
-                raise MemfitError.bad_value("moe_intermediate_size",
-                                            m.expert_intermediate_size, "a positive integer")
+        if any(layer.moe for layer in self.layers) and self.moe is None:
+            raise MemfitError.bad_value("layers", "an MoE layer",
+                                        "dense layers only (the model has no moe block)")
         if any(not layer.moe for layer in self.layers) and self.intermediate_size < 1:
             raise MemfitError.bad_value("intermediate_size", self.intermediate_size,
                                         "a positive integer (the model has dense MLP layers)")
@@ -294,7 +355,11 @@ def read_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise MemfitError(f"model: {path} is not valid JSON (line {exc.lineno}, column "
                           f"{exc.colno}: {exc.msg}); allowed: a config.json object",
-                          field="model", value=str(path), allowed="valid JSON")
+                          field="model", value=str(path), allowed="valid JSON") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise MemfitError(f"model: {path} nests JSON arrays or objects too deeply to read; "
+                          "allowed: a config.json object", field="model", value=str(path),
+                          allowed="valid JSON") from None
     if not isinstance(data, dict):
         raise MemfitError.bad_value("model", str(path), "a JSON object (config.json)")
     return data
@@ -309,17 +374,18 @@ class _Reader:
     def has(self, key: str) -> bool:
         return self.cfg.get(key) is not None
 
-    def int(self, *keys: str, default: int | None = None, minimum: int = 1) -> int:
+    def int(self, *keys: str, default: int | None = None, minimum: int = 1,
+            maximum: int = MAX_SIZE) -> int:
         for key in keys:
-            value = self.cfg.get(key)
+            raw = value = self.cfg.get(key)
             if value is None:
                 continue
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise MemfitError.bad_value(key, value, "an integer")
-            if value < minimum:
-                raise MemfitError.bad_value(key, value, f"an integer >= {minimum}")
+                raise MemfitError.bad_value(key, raw, "an integer")
+            if not minimum <= value <= maximum:
+                raise MemfitError.bad_value(key, raw, f"an integer in [{minimum}, {maximum}]")
             return value
         if default is None:
             raise MemfitError.bad_value(keys[0], None, "an integer (the field is required)")
@@ -334,6 +400,16 @@ class _Reader:
         if not isinstance(value, bool):
             raise MemfitError.bad_value(key, value, "true or false")
         return value
+
+    def fraction(self, key: str, default: float) -> float:
+        """A number in [0, 1] (a share of the head dimension, e.g. ``partial_rotary_factor``)."""
+        value = self.cfg.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                0 <= value <= 1):
+            raise MemfitError.bad_value(key, value, "a number in [0, 1]")
+        return float(value)
 
     def str(self, key: str, default: str) -> str:
         value = self.cfg.get(key)
@@ -460,6 +536,11 @@ def _custom(cfg: Mapping[str, Any], name: str) -> ModelSpec:
             data["layers"] = tuple(LayerSpec(**x) for x in data["layers"])
         data.setdefault("name", name)
         data.setdefault("model_type", "custom")
+        missing = [f.name for f in fields(ModelSpec)
+                   if f.default is MISSING and f.name not in data]
+        if missing:
+            raise MemfitError.bad_value(missing[0], None, "a value (a required ModelSpec "
+                                        "field; missing: " + ", ".join(missing) + ")")
         return ModelSpec(**data)
     except TypeError as exc:
         raise MemfitError(f"custom model: {exc}; allowed: the fields of memfit.arch.ModelSpec",
@@ -484,6 +565,9 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
     if model_type is None and isinstance(config.get("text_config"), Mapping):
         config = config["text_config"]
         model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise MemfitError.bad_value("model_type", model_type,
+                                    ", ".join(sorted(FAMILIES)) + " (a string)")
     if model_type == "custom":
         return _custom(config, name)
     if isinstance(config.get("text_config"), Mapping) and model_type not in FAMILIES:
@@ -498,9 +582,8 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
     fam = FAMILIES[model_type]
     r = _Reader(config)
     gpt2 = model_type == "gpt2"
-    L = r.int("n_layer" if gpt2 else "num_hidden_layers")
-    if L > MAX_LAYERS:  # before any per-layer list is built
-        raise MemfitError.bad_value("num_hidden_layers", L, f"at most {MAX_LAYERS}")
+    # bounded before any per-layer list is built
+    L = r.int("n_layer" if gpt2 else "num_hidden_layers", maximum=MAX_LAYERS)
     h = r.int("n_embd" if gpt2 else "hidden_size")
     a = r.int("n_head" if gpt2 else "num_attention_heads")
     V = r.int("vocab_size")
@@ -555,9 +638,9 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
     elif mla is not None:
         rope_dim = mla.qk_rope_head_dim
     elif model_type == "gpt_neox":
-        rope_dim = int(d * float(config.get("rotary_pct", 0.25)))
+        rope_dim = int(d * r.fraction("rotary_pct", 0.25))
     else:
-        rope_dim = int(d * float(config.get("partial_rotary_factor", 1.0)))
+        rope_dim = int(d * r.fraction("partial_rotary_factor", 1.0))
 
     positions = r.int("n_positions", "max_position_embeddings", default=1024) if gpt2 else 0
     activation = r.str(fam.activation_key, fam.activation_default)

@@ -8,7 +8,9 @@ exit with status 2; nothing below this module prints.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
@@ -23,29 +25,137 @@ __all__ = ["main", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become MemfitError (one line, exit 2)."""
+    """argparse whose usage errors become MemfitError (one line, exit 2) naming the field,
+    the value and what is allowed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the innermost (sub)command's parser ends up in the namespace: it names the flags
+        # of an unrecognized argument
+        self.set_defaults(_parser=self)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise MemfitError(f"{self.prog}: {message}")
+        raise _usage_error(self, message)
 
 
-def _int_arg(text: str) -> int:
-    try:
-        value = float(text) if ("e" in text.lower() or "." in text) else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-        value = int(value)
-    return value
+_ARGUMENT = re.compile(r"^argument (?P<arg>[^:]+): (?P<why>.*)$", re.S)
+_CHOICE = re.compile(r"^invalid choice: (?P<value>.*?) \(choose from (?P<choices>.*)\)$", re.S)
+_GOT = re.compile(r"^got (?P<value>.*); allowed: (?P<allowed>.*)$", re.S)
+_REQUIRED = "the following arguments are required: "
 
 
-def _float_arg(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+def _action(parser: argparse.ArgumentParser, name: str) -> argparse.Action | None:
+    """The parser's argument called ``name`` (a flag, a metavar or a dest)."""
+    for action in parser._actions:
+        if name in action.option_strings or name in (action.metavar, action.dest):
+            return action
+    return None
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> MemfitError:
+    """argparse's message as ``field: got VALUE; allowed: ALLOWED``."""
+    m = _ARGUMENT.match(message)
+    if m:
+        arg = m["arg"].split("/")[-1]  # "-o/--output": the long flag
+        field = arg.lstrip("-").lower()
+        why = m["why"].strip()
+        c = _CHOICE.match(why)
+        if c:
+            choices = ", ".join(x.strip().strip("'\"") for x in c["choices"].split(","))
+            return MemfitError.bad_value(field, c["value"].strip("'\""), choices)
+        g = _GOT.match(why)
+        if g:  # our own type functions
+            return MemfitError(f"{field}: {why}", field=field, value=g["value"],
+                               allowed=g["allowed"])
+        e = re.match(r"^ignored explicit argument (?P<value>.*)$", why)
+        if e:  # --json=3: a switch given a value
+            return MemfitError(f"{field}: got {e['value']}; allowed: {arg} alone (a switch "
+                               "takes no value)", field=field, value=e["value"].strip("'\""),
+                               allowed=f"{arg} alone")
+        if why.startswith("expected "):  # "expected one argument"
+            return MemfitError(f"{field}: got no value; allowed: {arg} VALUE ({why})",
+                               field=field, value=None, allowed=f"{arg} VALUE")
+        return MemfitError(f"{field}: {why}; allowed: see `{parser.prog} --help`",
+                           field=field, value=None, allowed=f"see `{parser.prog} --help`")
+    if message.startswith(_REQUIRED):
+        names = [n.strip() for n in message[len(_REQUIRED):].split(",")]
+        action = _action(parser, names[0].split("/")[-1])
+        allowed = (action.help if action is not None and action.help else
+                   f"see `{parser.prog} --help`")
+        if action is not None and action.choices:
+            allowed = ", ".join(map(str, action.choices))
+        field = names[0].split("/")[-1].lstrip("-")
+        return MemfitError(f"{field}: missing ({parser.prog} needs {', '.join(names)}); "
+                           f"allowed: {allowed}", field=field, value=None, allowed=allowed)
+    return MemfitError(f"{parser.prog}: {message}")
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> MemfitError:
+    """Arguments the command does not take, with its flags (and the closest one)."""
+    flags = sorted({o for a in parser._actions for o in a.option_strings
+                    if o.startswith("--") and o not in ("--help", "--version")})
+    close = difflib.get_close_matches(str(extra[0]).split("=")[0], flags, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    allowed = (", ".join(flags) or "no options") + f" (see `{parser.prog} --help`)"
+    return MemfitError(f"option: got {' '.join(extra)!r}; {hint}allowed: {allowed}",
+                       field="option", value=" ".join(extra), allowed=allowed)
+
+
+def _int_type(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type for an integer option: 8, 1e6 or 2.0 (integral); bounds are checked
+    where the option is defined, so they are only named here."""
+    allowed = "an integer" + (f" in [{lo}, {hi}]" if lo is not None else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = float(text) if ("e" in text.lower() or "." in text) else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: {allowed}") from None
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise argparse.ArgumentTypeError(f"got {text!r}; allowed: {allowed}")
+            value = int(value)
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+_int_arg = _int_type()
+
+
+def _float_type(lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
+    allowed = "a number" + (f" in [{lo}, {hi}]" if lo is not None else "")
+
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: {allowed}") from None
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _choice_type(choices: Sequence[Any]) -> Callable[[str], Any]:
+    """An argparse type for integer choices (``--zero``): a non-number names the choices."""
+    allowed = ", ".join(map(str, choices))
+
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: {allowed}") from None
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def _port_arg(text: str) -> int:
+    port = _int_arg(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer in [0, 65535]")
+    return port
 
 
 def add_option_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
@@ -64,12 +174,14 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
         choices = meta.get("choices")
         if choices is not None:
             shown = [c for c in choices if c is not None]
-            kind: Callable[[str], Any] = int if all(isinstance(c, int) for c in shown) else str
+            kind: Callable[[str], Any] = (_choice_type(shown) if all(
+                isinstance(c, int) for c in shown) else str)
             parser.add_argument(flag, dest=f.name, type=kind, choices=shown, default=None,
                                 help=f"{help_text} (default: {default})")
             continue
-        kind = _float_arg if isinstance(f.default, float) else (
-            _int_arg if meta.get("min") is not None else str)
+        lo, hi = meta.get("min"), meta.get("max")
+        kind = _float_type(lo, hi) if isinstance(f.default, float) else (
+            _int_type(lo, hi) if lo is not None else str)
         shown_default = "" if default is None else f" (default: {default})"
         parser.add_argument(flag, dest=f.name, type=kind, default=None,
                             help=help_text + shown_default)
@@ -441,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the web page and HTTP API (extra 'web')")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=_int_arg, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port_arg, default=8000, help="port (default 8000)")
     p.add_argument("--allow-paths", action="store_true",
                    help="accept MODEL paths on this machine (off by default)")
     p.add_argument("--allow-hub", action="store_true",
@@ -463,10 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise _unrecognized(args._parser, extra)
         if not getattr(args, "func", None):
-            parser.print_help()
-            return 2
+            commands = _action(parser, "command")
+            allowed = ", ".join(commands.choices or ()) if commands else "a command"
+            raise MemfitError(f"command: missing; allowed: {allowed} (see `memfit --help`)",
+                              field="command", value=None, allowed=allowed)
         return int(args.func(args))
     except MemfitError as exc:
         print(f"memfit: error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .arch import LayerSpec, ModelSpec
@@ -29,8 +29,12 @@ from .memory.breakdown import Estimate, LazyTerms, Phase, Term
 from .memory.inference_activations import (
     Moment,
     Shapes,
+    decode_attention,
+    decode_growth_bytes,
+    decode_moe,
     decode_moments,
     decode_resident,
+    decode_step_resident,
     logits_moments,
     moment_term,
     prefill_moments,
@@ -142,11 +146,14 @@ def _last_index_of_kinds(spec: ModelSpec, start: int, stop: int) -> dict[LayerSp
     return out
 
 
-def _sdpa_math(spec: ModelSpec, attn: str) -> bool:
-    """PyTorch SDPA has no fused kernel for q/k and v of different head dims on the CPU the
-    tracer runs on (MLA: d_qk = 192, d_v = 128): it takes the math path."""
-    m = spec.mla
-    return attn == "sdpa" and m is not None and m.qk_head_dim != m.v_head_dim
+def _sdpa_math(spec: ModelSpec, attn: str, b: int, tp: int = 1) -> bool:
+    """Whether SDPA runs its math kernel on a GPU (``S x S`` scores materialised): CUDA has no
+    fused fp32 kernel for grouped KV heads, and transformers passes ``enable_gqa`` (no mask,
+    head dim <= 256). MLA's ``d_qk != d_v`` runs a fused kernel (memory-efficient / cuDNN).
+    The tracer applies the same choice (``memfit.trace.compat``)."""
+    if attn != "sdpa" or spec.mla is not None or b != 4 or spec.head_dim > 256:
+        return False
+    return max(1, spec.num_kv_heads // tp) < spec.num_heads // tp
 
 
 def _overheads(peak: int, world: int, engine: str) -> tuple[dict[str, int], list[Term]]:
@@ -201,32 +208,55 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
         own = hf_cache_bytes(spec, {kind: 1}, B, P, 0, kvdt, tp, rows)
         for m in prefill_moments(spec, prof, s, attn=attn, first_stage=first, layer=kind,
                                  dequant_bytes=w.dequant_bytes, moe_k=k, moe_width=width,
-                                 shared_width=shared, sdpa_math=_sdpa_math(spec, attn)):
+                                 shared_width=shared, sdpa_math=_sdpa_math(spec, attn, b, tp),
+                                 layer_input=idx > start or not first):
             kv = kv_at if m.kv_full else kv_at - own
             prefill.append((kv, m, W + kv + m.activations + m.logits))
     for m in logits_moments(spec, s, logits=o.logits, last_stage=last):
         prefill.append((kv0, m, W + kv0 + m.activations + m.logits))
     kv_p, m_p, _ = max(prefill, key=lambda x: x[2])
-    phases = [Phase("load", {"weights": W, "activations": w.tied_transient_bytes}),
+    phases = [Phase("load", {"weights": W, "activations": 0}),
               Phase("prefill", {"weights": W, "kv_cache": kv_p, "activations": m_p.activations,
                                 "logits": m_p.logits})]
     moments = {m.name: m.activations + m.logits for _, m, _ in prefill}
     peak_m = m_p
     if G > 0:
         kvG = hf_cache_bytes(spec, counts, B, P, G, kvdt, tp, rows)
-        rep_tokens = max((tokens_in_layer(kind, P, G) for kind, n in counts.items() if n),
-                         default=0)
-        any_moe = any(kind.moe and n for kind, n in counts.items())
-        dec = decode_moments(spec, prof, s, attn=attn, T=P + G, rep_tokens=rep_tokens,
-                             moe_k=k, moe_width=width, any_moe=any_moe, last_stage=last,
-                             sdpa_math=_sdpa_math(spec, attn))
+        dec = decode_moments(spec, prof, s, T=P + G, last_stage=last)
         cands = [(kvG, m) for m in dec]
+        s1 = replace(s, P=1)
+        grow = decode_growth_bytes(spec, prof, s1)
+        math = _sdpa_math(spec, attn, b, tp)
+        rows = st.rows
         for t in sorted({1, G}):
-            kv_t, name = _growth_peak(spec, st, B, P, t, kvdt, tp)
-            res = decode_resident(s, P + t, last)
+            # the cache at its largest: one layer's old and new tensors during torch.cat
+            kv_t, name, inner = _growth_peak(spec, st, B, P, t, kvdt, tp)
+            base = decode_resident(s, P + t, last)
+            res = base + grow + decode_step_resident(spec, prof, s1, attn, first, P + t,
+                                                     layer_input=inner or not first)
             cands.append((kv_t, Moment(name, res, formula=(
                 "cache of every layer + the old K, V of the layer being grown (torch.cat "
-                "keeps both until the assignment)"), substituted=f"{kv_t} + {res}")))
+                "keeps both until the assignment) + the step's tensors"),
+                substituted=f"{kv_t} + {res}")))
+            # each layer kind's attention at its first and last layer: the layers before it
+            # hold step t's cache, those after it step t-1's (sliding layers the prefill's
+            # P rows until their first decode step)
+            for kind, splits in st.growth:
+                tokens = tokens_in_layer(kind, P, t)
+                own = hf_cache_bytes(spec, {kind: 1}, B, P, t, kvdt, tp, rows)
+                for before_counts, after_counts in splits:
+                    kv_a = (hf_cache_bytes(spec, before_counts, B, P, t, kvdt, tp, rows) + own
+                            + hf_cache_bytes(spec, after_counts, B, P, t - 1, kvdt, tp, rows))
+                    lin = any(before_counts.values()) or not first
+                    res = base + decode_step_resident(spec, prof, s1, attn, first, P + t,
+                                                      layer_input=lin)
+                    cands.extend((kv_a, m) for m in decode_attention(
+                        spec, prof, s1, attn=attn, layer=kind, tokens=tokens,
+                        first_stage=first, sdpa_math=math, resident=res))
+                    if kind.moe and k:
+                        cands.append((kv_a, decode_moe(
+                            spec, prof, s1, attn=attn, tokens=tokens, moe_k=k,
+                            moe_width=width, shared_width=shared, resident=res)))
         kv_d, m_d = max(cands, key=lambda x: x[0] + x[1].activations + x[1].logits)
         phases.append(Phase("decode", {"weights": W, "kv_cache": kv_d,
                                        "activations": m_d.activations, "logits": m_d.logits}))
@@ -283,8 +313,9 @@ def _hf_structure(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvd
         for kind in [k for k, n in counts.items() if n]:
             # a full layer grows the cache: the last one sees the most; a sliding layer past
             # its window shrinks it at the first decode step: the first one sees the most
-            sliding = kind.attention == "sliding" and kind.window is not None
-            idxs = {firsts[kind], lasts[kind]} if sliding else (lasts[kind],)
+            # (and the attention of a full layer at the first decode step is largest at the
+            # first one, while the sliding layers after it still hold the prefill's rows)
+            idxs = sorted({firsts[kind], lasts[kind]})
             growth.append((kind, tuple((layer_kind_counts(spec, start, idx),
                                         layer_kind_counts(spec, idx + 1, stop))
                                        for idx in idxs)))
@@ -302,13 +333,14 @@ def _hf_structure(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvd
 
 
 def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt: KVDtype,
-                 tp: int) -> tuple[int, str]:
+                 tp: int) -> tuple[int, str, bool]:
     """The cache at its largest during decode step ``t``: while layer l grows, the layers
     before it hold ``c_t`` rows and those after it ``c_{t-1}``; layer l holds its old tensors
-    and the new ones (a ``DynamicLayer`` frees the old K before concatenating V; a sliding
-    layer keeps both old tensors until it reassigns them). Checked at the first and the last
-    layer of each kind."""
-    best, best_name = 0, ""
+    and the new ones (a ``DynamicLayer`` frees the old K before concatenating V, so the new K,
+    the old V and the new V meet; a sliding layer keeps both old tensors until it reassigns
+    them). Checked at the first and the last layer of each kind. Returns the bytes, the
+    moment's name and whether the layer is not the stage's first (its input is alive)."""
+    best, best_name, best_inner = 0, "", False
     rows = st.rows
     for kind, splits in st.growth:
         k_row, v_row = rows[kind]
@@ -320,11 +352,15 @@ def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt
             if kind.attention == "sliding" and kind.window is not None:
                 own = own_old + B * c_new * (k_row + v_row)
             else:
-                own = own_old + B * c_new * max(k_row, v_row)
+                # torch.cat of K (old K, V and the new K), then of V (the old K is gone: the
+                # new K, the old V and the new V)
+                own = own_old + max(B * c_new * k_row, B * c_new * v_row + B * k_row)
             total = before + after + own
-            if total > best:
+            inner = any(before_counts.values())  # not the stage's first layer
+            if total > best or (total == best and inner and not best_inner):
                 best, best_name = total, f"decode/cache_growth_step{'1' if t == 1 else '_last'}"
-    return best, best_name
+                best_inner = inner
+    return best, best_name, best_inner
 
 
 def _first_index_of_kinds(spec: ModelSpec, start: int, stop: int) -> dict[LayerSpec, int]:
@@ -384,7 +420,7 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
         "engine": "hf (transformers generate, DynamicCache)",
         "weights": rw.name, "kv_dtype": kvdt.name, "activation_dtype": rw.compute_dtype,
         "attention": attn, "most_loaded_stage": best_stage,
-        "sdpa_math_path": _sdpa_math(spec, attn),
+        "sdpa_math_path": _sdpa_math(spec, attn, b, o.tp),
         "notes": notes,
     }
     extras = {"peak_moment": best["peak_moment"], "moments": best["moments"],

@@ -263,9 +263,11 @@ def _key(name: str) -> str:
 
 
 _INDEX: dict[str, GPU] = {}
+_EXACT: dict[str, GPU] = {}  # the catalog's own spellings, looked up before normalising
 for _gpu in GPUS:
     for _spelling in (_gpu.name,) + _gpu.aliases:
         assert _INDEX.setdefault(_key(_spelling), _gpu) is _gpu, _spelling
+        _EXACT[_spelling] = _gpu
 
 
 def get_gpu(name: str | GPU) -> GPU:
@@ -275,7 +277,7 @@ def get_gpu(name: str | GPU) -> GPU:
     if isinstance(name, GPU):
         return name
     if isinstance(name, str):
-        found = _INDEX.get(_key(name))
+        found = _EXACT.get(name) or _INDEX.get(_key(name))
         if found is not None:
             return found
     spellings = {_key(s): g.name for g in GPUS for s in (g.name,) + g.aliases}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from .memory.activations import (
     rotary_bytes,
     softcap_config,
 )
-from .memory.breakdown import Estimate, Phase, Term
+from .memory.breakdown import Estimate, LazyTerms, Phase, Term
 from .memory.model_states import (
     DEEPSPEED_DEFAULTS,
     FsdpConfig,
@@ -49,6 +50,7 @@ from .memory.model_states import (
     TensorGroup,
     get_optimizer,
     get_recipe,
+    layer_tensors,
     optimizer_host_step_bytes,
     optimizer_state_bytes,
     optimizer_temporary_bytes,
@@ -58,6 +60,7 @@ from .memory.model_states import (
 )
 from .memory.overhead import overhead_terms
 from .memory.params import buffer_elements
+from .memory.weights import memo_table
 from .parallel import ParallelPlan, stage_layers
 from .solve import largest_true
 from .workload import MAX_COUNT, TrainingOptions, make_options
@@ -203,32 +206,46 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
                             attn_softcap=attn_softcap, logit_softcap=logit_softcap,
                             sp=o.sp, ep=o.ep, cp=o.cp, lora=lora, lora_rank=o.lora_rank or 0,
                             qlora=o.qlora, dropout=dropout_config(spec, c.config),
-                            full_seq=o.seq)
+                            full_seq=o.seq, use_cache=_use_cache(c.config, o))
     T = setup.tokens
     h = spec.hidden_size
     V = -(-spec.vocab_size // o.tp)
-    unique: dict[Any, Any] = {}
-    for x in layers:
-        if x not in unique:
-            key = ("act", x, setup)
-            act = memo.get(key)
-            if act is None:
-                act = memo[key] = layer_activations(spec, x, setup)
-            unique[x] = act
-    per = [unique[x] for x in layers]
-    saved_full = [p.total for p in per]
+    # The stage's layer kinds (first-appearance order), each layer's kind index and the
+    # count of each kind: activations are worked out once per kind, not once per layer.
+    kkey = ("kinds", start, len(layers))
+    stage_kinds = memo.get(kkey)
+    if stage_kinds is None:
+        order = {x: None for x in layers}
+        kind_list = list(order)
+        index = {x: i for i, x in enumerate(kind_list)}
+        layer_kind = [index[x] for x in layers]
+        stage_kinds = memo[kkey] = (kind_list, layer_kind,
+                                    [layer_kind.count(i) for i in range(len(kind_list))])
+    kind_list, layer_kind, kind_count = stage_kinds
+    acts = []
+    for x in kind_list:
+        key = ("act", x, setup)
+        act = memo.get(key)
+        if act is None:
+            act = memo[key] = layer_activations(spec, x, setup)
+        acts.append(act)
+    per = [acts[i] for i in layer_kind]
+    kind_total = [act.total for act in acts]
+    totals = [kind_total[i] for i in layer_kind]
     ckpt = o.checkpointing
     sp_div = o.tp if o.sp else 1
     ckpt_input = T * residual * h // sp_div
     if ckpt == "full":
         kept = [ckpt_input for _ in per]
     elif ckpt == "selective":
-        kept = [p.total - p.s2 for p in per]
+        kind_kept = [kind_total[i] - act.s2 for i, act in enumerate(acts)]
+        kept = [kind_kept[i] for i in layer_kind]
     else:
-        kept = saved_full
+        kept = totals
     emb = embedding_activations(spec, setup) if first else {}
     head = head_activations(spec, setup, 4 if (b == 4 or o.qlora) else b) if last else {}
-    shared = rotary_bytes(spec, setup) + mask_bytes(spec, setup)
+    masks = mask_bytes(spec, setup)  # not saved: freed when the forward returns
+    shared = rotary_bytes(spec, setup) + masks
     inputs = 16 * T  # input_ids and labels (int64), alive through the step
     inflight = min(pp - stage, o.microbatches) if pp > 1 else 1
 
@@ -259,6 +276,9 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     A_emb = sum(emb.values())
     A_head = sum(head.values())
     A_all = inflight * (A_layers + A_emb + shared) + A_head + inputs
+    # what backward starts with: the masks go with the forward, unless checkpointing keeps
+    # them as inputs of the layers it recomputes
+    A_bwd = A_all - (0 if ckpt == "full" else inflight * masks)
 
     logit_b = 4 if (b == 4 or o.qlora) else b
     logits = T * V * logit_b if last else 0
@@ -273,14 +293,17 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     # again in backward for the input gradient): one layer's largest weight at a time.
     dequant = 2 * max((g.numel for g in groups if g.linear and g.part == "layer"
                        and len(g.shape) == 2), default=0) if o.qlora else 0
-    fwd_layer_t = max((p.forward_transient + (p.total if ckpt == "full" else 0) for p in per),
-                      default=0) + dequant
+    fwd_layer_t = max((act.forward_transient + (kind_total[i] if ckpt == "full" else 0)
+                       for i, act in enumerate(acts)), default=0) + dequant
     fwd_base = Wres + Ost + G_prev + buffers
-    fwd_loss = fwd_base + A_all + copies_all + upcast
-    fwd_mid = fwd_base + A_all - A_head + copies_all - copies_head + fwd_layer_t
+    # the DynamicCache's copies that backward does not save live until the output is dropped
+    cache_fwd = inflight * sum(act.cache_forward for act in per)
+    # (the masks are gone by the loss: the decoder's forward that built them has returned)
+    fwd_loss = fwd_base + A_bwd + copies_all + upcast + cache_fwd
+    fwd_mid = fwd_base + A_all - A_head + copies_all - copies_head + fwd_layer_t + cache_fwd
     if fwd_loss + logits >= fwd_mid:
         forward = {"weights": Wres, "optimizer_states": Ost, "gradients": G_prev,
-                   "activations": A_all + copies_all + upcast, "logits": logits,
+                   "activations": A_bwd + copies_all + upcast + cache_fwd, "logits": logits,
                    "comm_buffers": buffers}
     else:
         forward = {"weights": Wres, "optimizer_states": Ost, "gradients": G_prev,
@@ -289,40 +312,59 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     # -- backward -----------------------------------------------------------------------------
     bwd_base = Wres + Ost + buffers
     loss_grads = 2 * 4 * T * V if last else 0
-    best = (bwd_base + G_prev + A_all + copies_bwd + loss_grads,
-            {"gradients": G_prev, "activations": A_all + copies_bwd + loss_grads})
+    best = (bwd_base + G_prev + A_bwd + copies_bwd + loss_grads,
+            {"gradients": G_prev, "activations": A_bwd + copies_bwd + loss_grads})
     # Walk the layers backwards: G grows by each layer's gradients, A shrinks.
     g_head_part = _grad_part(parts, "head", sb, P)
     g_embed_part = _grad_part(parts, "embed", sb, P)
-    g_layer = (G - g_head_part - g_embed_part) // max(1, len(layers))
+    g_layers = G - g_head_part - g_embed_part
+    g_layer = g_layers // max(1, len(layers))
+    # each layer kind's share of the layers' gradients (a MoE layer's experts outweigh a dense
+    # layer's MLP); adapters alone (LoRA) are spread evenly
+    if lora or len(kind_list) == 1:
+        g_of_kind = [g_layer] * len(kind_list)
+    else:
+        el = [tensor_elements(layer_tensors(spec, x.moe, o.tp, o.ep)) for x in kind_list]
+        total_el = sum(e * n for e, n in zip(el, kind_count, strict=True)) or 1
+        g_of_kind = [g_layers * e // total_el for e in el]
     tied_partial = (V * h * (4 if autocast else grad_b)
                     if (last and first and spec.tie_word_embeddings and not lora) else 0)
     g_now = G_prev if accumulating else g_head_part + tied_partial
-    a_now = A_all - A_head
+    a_now = A_bwd - A_head
     c_now = copies_bwd - copies_head
-    for i in range(len(layers) - 1, -1, -1):
-        p = per[i]
-        extra = p.backward_transient + dequant
-        if ckpt == "full":
-            extra += p.total + copies_layer[i] * (1 if autocast else 0)
-        elif ckpt == "selective":
-            extra += p.s2
-        cand = bwd_base + g_now + a_now + c_now + extra
-        if cand > best[0]:
-            best = (cand, {"gradients": g_now, "activations": cand - bwd_base - g_now})
-        if not accumulating:
-            g_now += g_layer
-        a_now -= inflight * kept[i]
-        c_now -= copies_layer[i] if ckpt != "full" else 0
+    # Per layer kind: what its backward holds beyond the running total (its transient, and
+    # what it recomputes), and what the total drops once it is done (its kept activations).
+    # copies_layer is the same for every layer.
+    c_layer = copies_layer[0] if copies_layer else 0
+    extra_of_kind = [act.backward_transient + dequant + (
+        kind_total[k] + (c_layer if autocast else 0) if ckpt == "full"
+        else act.s2 if ckpt == "selective" else 0) for k, act in enumerate(acts)]
+    kept_of_kind = [ckpt_input if ckpt == "full" else kind_total[k] - act.s2
+                    if ckpt == "selective" else kind_total[k] for k, act in enumerate(acts)]
+    dc = c_layer if ckpt != "full" else 0
+    running = bwd_base + g_now + a_now + c_now  # the candidate before the layer's extra
+    best_cand, best_g = best[0], None
+    for k in reversed(layer_kind):
+        cand = running + extra_of_kind[k]
+        if cand > best_cand:
+            best_cand, best_g = cand, g_now
+        dg = 0 if accumulating else g_of_kind[k]
+        g_now += dg
+        running += dg - inflight * kept_of_kind[k] - dc
+    if best_g is not None:
+        best = (best_cand, {"gradients": best_g, "activations": best_cand - bwd_base - best_g})
     # The end: every gradient, and the embedding's: tied tables sum two partial gradients
     # (the LM head's and the embedding's) into a third tensor.
+    # The embedding's backward also holds the gradient of its output (T h, residual dtype).
     emb_grad = V * h * grad_b // (N if (o.zero >= 2 or o.fsdp) else 1) if first and not lora else 0
-    tied_extra = 0
+    emb_out_grad = T * residual * h // sp_div if first and not lora else 0
+    tied_extra = emb_out_grad
     if first and not lora and spec.tie_word_embeddings and pp == 1:
-        tied_extra = (2 * V * h * (grad_b if not autocast else 4)
-                      + (V * h * grad_b if accumulating else 0))
+        g_tied = grad_b if not autocast else 4
+        tied_extra = max(2 * V * h * g_tied + (V * h * grad_b if accumulating else 0),
+                         V * h * g_tied + emb_out_grad)
     elif first and not lora and accumulating:
-        tied_extra = emb_grad
+        tied_extra = emb_grad + emb_out_grad
     end = bwd_base + G + inputs + inflight * (shared * 0) + tied_extra
     if end > best[0]:
         best = (end, {"gradients": G, "activations": inputs + tied_extra})
@@ -333,13 +375,24 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
                  "gradients": sb.step_gradients, "temporaries": sb.temporaries,
                  "activations": inputs, "comm_buffers": buffers}
 
-    terms = _terms(c, stage, recipe, opt, sb, P, xin.weight_bytes, per, kept, emb, head, shared,
-                   copies_all,
-                   logits, upcast, loss_grads, tied_extra, T, V, inflight, setup)
+    kinds = list(zip(acts, kind_count, strict=True))
+    # the derivations are formatted only when read (Estimate.terms is LazyTerms)
+    terms = partial(_terms, c, stage, recipe, opt, sb, P, xin.weight_bytes, per, kinds, kept,
+                    emb, head, shared, copies_all,
+                    logits, upcast, loss_grads, tied_extra, T, V, inflight, setup)
     return {"phases": (Phase("forward", _clean(forward)), Phase("backward", _clean(backward)),
                        Phase("optimizer", _clean(optimizer))),
             "terms": terms, "host": sb.host, "shards": N, "notes": sb.notes,
             "trainable": P, "stage": stage, "layers": len(layers)}
+
+
+def _use_cache(config: Mapping[str, Any] | None, o: TrainingOptions) -> bool:
+    """Whether the training forward builds a ``DynamicCache``: transformers leaves
+    ``use_cache`` at the config's default (True) as ``Trainer`` does, and turns it off under
+    its gradient checkpointing (memfit's ``selective`` is Megatron-style: no cache either)."""
+    if o.checkpointing != "none":
+        return False
+    return (config or {}).get("use_cache", True) is not False
 
 
 def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Recipe, opt: Any,
@@ -351,9 +404,19 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
     P = tensor_elements(trainable)
     W = _weight_bytes(groups, recipe, o.qlora) + (adapter_bytes * P if lora else 0)
     if first:
-        W += 4 * buffer_elements(spec)  # rotary inv_freq etc.: fp32 buffers
-    states_full = optimizer_state_bytes(trainable, opt, state_b)
-    temps_full = optimizer_temporary_bytes(trainable, opt, o.optimizer_impl, state_b)
+        # rotary inv_freq etc.: fp32 buffers; Gemma's embed_scale in the weights' dtype
+        W += (4 * (buffer_elements(spec) - spec.extra_buffers)
+              + recipe.weight_bytes * spec.extra_buffers)
+    # tensors the model keeps in fp32 (DeepSeek's router) get fp32 optimizer state
+    f32 = tuple(g for g in trainable if g.fp32) if state_b < 4 else ()
+    rest = tuple(g for g in trainable if not g.fp32) if f32 else trainable
+    states_full = optimizer_state_bytes(rest, opt, state_b)
+    temps_full = optimizer_temporary_bytes(rest, opt, o.optimizer_impl, state_b)
+    if f32 and not opt.eight_bit:
+        states_full += optimizer_state_bytes(f32, opt, 4)
+        t32 = optimizer_temporary_bytes(f32, opt, o.optimizer_impl, 4)
+        temps_full = (temps_full + t32 if o.optimizer_impl == "foreach"
+                      else max(temps_full, t32))
     if recipe.master_bytes and not lora and o.optimizer_impl != "fused" and not opt.eight_bit:
         # The optimizer steps the fp32 masters: its temporaries are fp32.
         temps_full = optimizer_temporary_bytes(trainable, opt, o.optimizer_impl, 4)
@@ -367,7 +430,9 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
     xin = StateInputs(weight_bytes=W, trainable=P, compute_bytes=recipe.compute_bytes,
                       state_bytes=states_full, temporaries=temps_full, step_counters=steps,
                       largest_module=largest, persistent=persistent, layer_elements=layer_el,
-                      root_elements=root_el, layers=n_layers)
+                      root_elements=root_el, layers=n_layers,
+                      fp32_trainable=0 if lora else sum(g.elements for g in trainable
+                                                        if g.fp32))
     parts = {part: sum(g.elements for g in trainable if g.part == part)
              for part in ("embed", "head")}
     return xin, trainable, _linear_elements(per_layer), parts
@@ -387,7 +452,8 @@ def _clean(components: dict[str, int]) -> dict[str, int]:
 
 
 def _terms(c: _Ctx, stage: int, recipe: Recipe, opt: Any, sb: Any, P: int, W: int,
-           per: list[Any], kept: list[int], emb: dict[str, int], head: dict[str, int],
+           per: list[Any], kinds: list[tuple[Any, int]], kept: list[int],
+           emb: dict[str, int], head: dict[str, int],
            shared: int, copies: int, logits: int, upcast: int, loss_grads: int,
            tied_extra: int, T: int, V: int, inflight: int, setup: ActivationSetup) -> list[Term]:
     o, spec = c.o, c.spec
@@ -420,10 +486,12 @@ def _terms(c: _Ctx, stage: int, recipe: Recipe, opt: Any, sb: Any, P: int, W: in
                       f"{sb.grad_buffers}", "DeepSpeed reduce_bucket_size 5e8; torch DDP buckets"))
     L = len(per)
     if L:
+        # by layer kind in order of first appearance: the same parts in the same order as
+        # a walk over every layer
         parts: dict[str, int] = {}
-        for p in per:
-            for k, v in p.saved.items():
-                parts[k] = parts.get(k, 0) + v
+        for act, n in kinds:
+            for k, v in act.saved.items():
+                parts[k] = parts.get(k, 0) + v * n
         for k, v in parts.items():
             t.append(Term(f"activations/{k}", v * inflight if o.checkpointing == "none" else 0,
                           "sum over layers of T * (per-token bytes)",
@@ -456,8 +524,10 @@ def _terms(c: _Ctx, stage: int, recipe: Recipe, opt: Any, sb: Any, P: int, W: in
         t.append(Term("loss_gradients", loss_grads, "2 * 4 * T * V", f"2 * 4 * {T} * {V}",
                       "nll_loss / log_softmax backward (fp32)"))
     if tied_extra:
-        t.append(Term("tied_embedding_partials", tied_extra, "2 * V * h * b_g",
-                      f"{tied_extra}", "autograd InputBuffer: two partial gradients summed"))
+        t.append(Term("backward_end_extra", tied_extra,
+                      "T * h * b_r (the embedding output's gradient); tied tables: max(2 * V * h "
+                      "* b_g, V * h * b_g + T * h * b_r)", f"{tied_extra}",
+                      "embedding backward; autograd InputBuffer: two partial gradients summed"))
     return t
 
 
@@ -552,7 +622,8 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
                                "gradients and optimizer state in fp32")
     return Estimate(mode="train", model=spec.name, options=_options_dict(o, extra),
                     phases=best["phases"], overheads={t.name: t.bytes for t in overheads},
-                    terms=tuple(best["terms"]) + tuple(overheads), assumptions=assumptions,
+                    terms=LazyTerms(lambda: (*best["terms"](), *overheads)),
+                    assumptions=assumptions,
                     gpu=gpu_name, gpu_memory_bytes=gpu_bytes, host_bytes=best["host"],
                     extras={"world_size": plan.world_size})
 
@@ -564,21 +635,11 @@ def _options_dict(o: TrainingOptions, extra: Mapping[str, Any]) -> dict[str, Any
 
 _OPTION_NAMES = tuple(f.name for f in fields(TrainingOptions))
 
-# Per-model memo (tensor lists, layer activations), keyed by the spec object's identity so a
-# call does not re-hash the whole ModelSpec; bounded, and it holds the spec so ids stay valid.
-_MEMO: dict[int, tuple[ModelSpec, dict[Any, Any]]] = {}
-_MEMO_MAX = 64
-
-
 def _memo(spec: ModelSpec) -> dict[Any, Any]:
-    hit = _MEMO.get(id(spec))
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_MEMO) >= _MEMO_MAX:
-        _MEMO.pop(next(iter(_MEMO)))
-    memo: dict[Any, Any] = {}
-    _MEMO[id(spec)] = (spec, memo)
-    return memo
+    """Per-model memo (tensor lists, layer activations): the spec's table of
+    :func:`memfit.memory.weights.memo_table`, keyed by the spec object's identity so a call
+    does not re-hash the whole ModelSpec, and bounded."""
+    return memo_table(spec)
 
 
 def train(model: ModelLike, **options: Any) -> Estimate:

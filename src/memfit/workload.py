@@ -54,30 +54,54 @@ def _opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,
     return field(default=default, metadata=meta)
 
 
+_Plan = tuple[tuple[str, str, dict[str, Any], bool, frozenset[type], Any], ...]
+
+
+def _plan(cls: type) -> _Plan:
+    """Per field, computed once per class: (attribute, option name, metadata, whether it
+    takes a real number, the types of its choices, its default)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = tuple(
+            (f.name, f.name.replace("_", "-"), dict(f.metadata),
+             isinstance(f.default, float) or isinstance(f.metadata.get("min"), float),
+             frozenset(type(c) for c in f.metadata.get("choices") or ()), f.default)
+            for f in fields(cls))
+    return plan
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
 def _check(obj: Any) -> None:
     """Validate every field of ``obj`` against its metadata; raise :class:`MemfitError`."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        meta = f.metadata
-        name = f.name.replace("_", "-")
+    for attr, name, meta, real, choice_types, default in _plan(type(obj)):
+        value = getattr(obj, attr)
+        if value is default:  # the very default object: valid by construction
+            continue
         if value is None:
-            if meta.get("nullable"):
+            if meta["nullable"]:
                 continue
             raise MemfitError.bad_value(name, value, "a value")
-        if meta.get("flag"):
+        if meta["flag"]:
             if not isinstance(value, bool):
                 raise MemfitError.bad_value(name, value, "true or false")
             continue
-        choices = meta.get("choices")
+        choices = meta["choices"]
         if choices is not None:
-            if value not in choices:
+            # by type too: True is not ZeRO stage 1, nor 1.0
+            if type(value) not in choice_types or value not in choices:
                 raise MemfitError.bad_value(name, value, ", ".join(map(str, choices)))
             continue
-        lo, hi = meta.get("min"), meta.get("max")
+        lo, hi = meta["min"], meta["max"]
         if lo is None and hi is None:
+            # a free-form name (weights, kv_dtype, gpu): resolved later, but a string here
+            if not isinstance(value, str):
+                raise MemfitError.bad_value(name, value, f"a string ({meta['help']})")
             continue
-        if isinstance(f.default, float) or isinstance(lo, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if real:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value))
             kind = "a number"
         else:
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -173,7 +197,7 @@ def option_fields(cls: type) -> list[Any]:
 
 def make_options(cls: type, **kwargs: Any) -> Any:
     """Build ``cls`` from keyword options, naming any unknown option and the valid ones."""
-    names = {f.name for f in fields(cls)}
+    names = {plan[0] for plan in _plan(cls)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise MemfitError.bad_value("option", unknown[0], ", ".join(sorted(names)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,8 +38,10 @@ class CatalogEntry:
     # {"reason": ..., "max_relative_gap": ...}; None when it should match.
     published_differs: Mapping[str, Any] | None = None
 
-    @property
+    @cached_property
     def spec(self) -> ModelSpec:
+        """The model description (built once per entry: a ModelSpec is immutable, and the
+        estimates memoise per-model work on its identity)."""
         return from_hf_config(self.config, name=self.name)
 
 
@@ -101,6 +103,9 @@ def resolve_model_full(model: str | Path | Mapping[str, Any] | ModelSpec) -> tup
     if not isinstance(model, (str, Path)):
         raise MemfitError.bad_value("model", type(model).__name__,
                                     "a catalog name, a path, a config dict or a ModelSpec")
+    if not str(model).strip():  # Path("") is the working directory: never what was meant
+        raise MemfitError.bad_value("model", str(model), "a catalog name (see `memfit models`), "
+                                    "a config.json or a folder holding one")
     from ..inputs import is_input, load
 
     if is_input(model):

@@ -29,6 +29,7 @@ Linear weight); GGUF's ``ne`` order is reversed to match.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -266,10 +267,11 @@ def is_input(model: str | Path) -> bool:
     """Whether ``model`` names an input :func:`load` reads (``hf:``, a ``.gguf`` file, an
     existing path) rather than a catalog name."""
     text = str(model).strip()
-    if text.startswith("hf:"):
+    if text.startswith("hf:") or "/" in text or text.endswith((".json", ".gguf")):
         return True
-    path = Path(text).expanduser()
-    return path.exists() or "/" in text or text.endswith((".json", ".gguf"))
+    # os.path.exists: False for a name the system refuses (too long, a NUL byte) rather
+    # than an OSError; and cheaper than pathlib on this path, taken by every catalog name
+    return os.path.exists(os.path.expanduser(text))
 
 
 def load(model: str | Path) -> tuple[ModelSpec, dict[str, Any], WeightsInfo | None]:
@@ -286,32 +288,43 @@ def load(model: str | Path) -> tuple[ModelSpec, dict[str, Any], WeightsInfo | No
 
         config, info, name = read_hub(text)
     else:
-        path = Path(text).expanduser()
-        info = None
-        if path.is_file() and path.suffix == ".safetensors":
-            path = path.parent  # one file of a checkpoint: the folder is the model
-        if path.is_file() and path.suffix.lower() == ".gguf":
-            config, info = read_gguf(path)
-            name = str(config.get("_name_or_path") or path.stem)
-        elif path.is_dir() and not (path / "config.json").is_file() and _gguf_files(path):
-            config, info = read_gguf(_single_gguf(path))
-            name = str(config.get("_name_or_path") or path.name)
-        elif path.is_dir():
-            config = read_config(path)  # raises when there is no config.json
-            if _has_safetensors(path):
-                info = read_safetensors_dir(path)
-            name = path.resolve().name or text
-        elif path.is_file():
-            config = read_config(path)
-            name = path.resolve().parent.name or text
-        else:
+        try:
+            config, info, name = _read_local(text)
+        except OSError as exc:  # a name the system refuses (too long), an unreadable folder
             raise MemfitError.bad_value(
-                "model", text, "hf:org/name[@revision], a .gguf file, a folder with config.json "
-                "(and *.safetensors), or a config.json path (no such file or folder)")
+                "model", text if len(text) <= 200 else text[:200] + "...",
+                f"a file or folder this system can read ({exc.strerror or exc})") from None
     spec = from_hf_config(config, name=name)
     if info is not None:
         info = reconcile(spec, config, info)
     return spec, config, info
+
+
+def _read_local(text: str) -> tuple[dict[str, Any], WeightsInfo | None, str]:
+    """``(config, weights, name)`` of a local path (see :func:`load`)."""
+    path = Path(text).expanduser()
+    info = None
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent  # one file of a checkpoint: the folder is the model
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        config, info = read_gguf(path)
+        name = str(config.get("_name_or_path") or path.stem)
+    elif path.is_dir() and not (path / "config.json").is_file() and _gguf_files(path):
+        config, info = read_gguf(_single_gguf(path))
+        name = str(config.get("_name_or_path") or path.name)
+    elif path.is_dir():
+        config = read_config(path)  # raises when there is no config.json
+        if _has_safetensors(path):
+            info = read_safetensors_dir(path)
+        name = path.resolve().name or text
+    elif path.is_file():
+        config = read_config(path)
+        name = path.resolve().parent.name or text
+    else:
+        raise MemfitError.bad_value(
+            "model", text, "hf:org/name[@revision], a .gguf file, a folder with config.json "
+            "(and *.safetensors), or a config.json path (no such file or folder)")
+    return config, info, name
 
 
 def _gguf_files(path: Path) -> list[Path]:

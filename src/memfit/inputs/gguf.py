@@ -74,6 +74,9 @@ _TYPE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "
 _STRING, _ARRAY = 8, 9
 #: Arrays longer than this keep only their type and length (tokenizer vocabularies, merges).
 _KEEP_ARRAY_VALUES = 4096
+# Arrays of arrays deeper than this are refused (real files nest at most once); the reader
+# recurses once per level.
+_MAX_ARRAY_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -145,18 +148,20 @@ class _Cursor:
         self.need(n, what)
         self.pos += n
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALAR_FORMATS:
             return self.take(_SCALAR_FORMATS[vtype], what)
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
+            if depth >= _MAX_ARRAY_DEPTH:
+                raise _bad(self.where, f"{what} nests arrays more than {_MAX_ARRAY_DEPTH} deep")
             item = self.take("<I", what)
             count = self.take("<Q", what)
             if item not in _TYPE_NAMES:
                 raise _bad(self.where, f"{what} is an array of unknown type {item}")
             if count > _KEEP_ARRAY_VALUES:
-                self.skip(item, count, what)
+                self.skip(item, count, what, depth)
                 return GGUFArray(_TYPE_NAMES[item], count)
             if item in _SCALAR_FORMATS:
                 fmt = _SCALAR_FORMATS[item]
@@ -165,10 +170,10 @@ class _Cursor:
                 values = list(struct.unpack_from("<" + fmt[1] * count, self.buf, self.pos))
                 self.pos += size * count
                 return values
-            return [self.value(item, what) for _ in range(count)]
+            return [self.value(item, what, depth + 1) for _ in range(count)]
         raise _bad(self.where, f"{what} has unknown value type {vtype}")
 
-    def skip(self, item: int, count: int, what: str) -> None:
+    def skip(self, item: int, count: int, what: str, depth: int = 0) -> None:
         if item in _SCALAR_FORMATS:
             n = struct.calcsize(_SCALAR_FORMATS[item]) * count
             self.need(n, what)
@@ -178,11 +183,11 @@ class _Cursor:
                 self.skip_string(what)
         else:
             for _ in range(count):
-                self.value(item, what)
+                self.value(item, what, depth + 1)
 
 
 def _bad(where: str, why: str) -> MemfitError:
-    return MemfitError(f"gguf: {where}: {why}; allowed: a GGUF v2/v3 file",
+    return MemfitError(f"model: GGUF file {where}: {why}; allowed: a GGUF v2/v3 file",
                        field="model", value=where, allowed="a GGUF v2/v3 file")
 
 

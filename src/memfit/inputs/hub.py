@@ -190,7 +190,7 @@ def read_hub(model: str) -> tuple[dict[str, Any], WeightsInfo | None, str]:
         raise hub.error(exc) from None
     try:
         config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise MemfitError.bad_value("model", hub.label, f"a repository whose config.json is "
                                                          f"valid JSON ({exc})") from None
     if not isinstance(config, dict):

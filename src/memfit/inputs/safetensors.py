@@ -81,7 +81,7 @@ def parse_header(header: bytes | str | Mapping[str, Any], where: str
     else:
         try:
             data = json.loads(header)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise _bad(where, f"its header is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise _bad(where, "its header is not a JSON object")
@@ -96,9 +96,9 @@ def parse_header(header: bytes | str | Mapping[str, Any], where: str
         if not isinstance(info, dict):
             raise _bad(where, f"tensor {name!r} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPE_BITS:
-            raise MemfitError(f"safetensors: tensor {name!r} in {where} has dtype {dtype!r}; "
-                              f"allowed: {', '.join(SAFETENSORS_DTYPE_BITS)}",
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:
+            raise MemfitError(f"dtype: tensor {name!r} of safetensors file {where} has dtype "
+                              f"{dtype!r}; allowed: {', '.join(SAFETENSORS_DTYPE_BITS)}",
                               field="dtype", value=dtype, allowed="safetensors dtypes")
         if (not isinstance(shape, list)
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
@@ -148,7 +148,7 @@ def read_header(path: str | Path) -> tuple[list[HeaderEntry], dict[str, str]]:
 
 
 def _bad(where: str, why: str) -> MemfitError:
-    return MemfitError(f"safetensors: {where}: {why}; allowed: a safetensors file "
+    return MemfitError(f"model: safetensors file {where}: {why}; allowed: a safetensors file "
                        "(8-byte little-endian header length, JSON header, data)",
                        field="model", value=where, allowed="a safetensors file")
 
@@ -169,7 +169,8 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, list
             data = json.loads(index.read_text(encoding="utf-8"))
             weight_map = data["weight_map"]
             assert isinstance(weight_map, dict)
-        except (OSError, ValueError, KeyError, AssertionError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, AssertionError, TypeError,
+                RecursionError) as exc:
             raise MemfitError.bad_value("model", str(index),
                                         f"a safetensors index with a weight_map ({exc})") from None
         files = [folder / f for f in sorted(set(weight_map.values()))]

@@ -120,6 +120,7 @@ class ActivationSetup:
     full_seq: int = 0  # S before context parallelism (K/V length); 0 = seq
     attn_softcap: bool = False  # Gemma 2: tanh soft-capping of the attention scores
     logit_softcap: bool = False  # Gemma 2: tanh soft-capping of the logits
+    use_cache: bool = False  # transformers builds a DynamicCache in the training forward
 
     @property
     def tokens(self) -> int:
@@ -134,6 +135,9 @@ class ActivationSetup:
 class LayerActivations:
     """One decoder layer: bytes saved for backward by part, and its transient peaks.
 
+    ``cache_forward``: with ``use_cache`` (transformers' default outside checkpointing) the
+    layer's ``DynamicCache`` entries (``torch.cat`` copies of K and V) that backward does not
+    save; the cache holds them until the model's output is dropped, after the loss.
     ``forward_transient``: the most the layer's forward holds beyond what it saves (scores
     before the softmax, the norm's fp32 product). ``backward_transient``: the most its
     backward holds beyond the saved tensors still alive (gradients of the MLP's intermediate
@@ -144,6 +148,7 @@ class LayerActivations:
     forward_transient: int = 0
     backward_transient: int = 0
     s2: int = 0
+    cache_forward: int = 0  # the DynamicCache's copies nothing saves: alive to the forward's end
 
     @property
     def total(self) -> int:
@@ -221,15 +226,22 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
             lat += _norm_saved("llama", m.q_lora_rank, b) + b * m.q_lora_rank
         lat += _norm_saved("llama", m.kv_lora_rank, b) + b * m.kv_lora_rank
         S_kv = s.kv_seq
-        if s.attn == "eager" or m.qk_head_dim != m.v_head_dim:
-            # q/k (d_qk) and v (d_v) differ: the CPU flash kernel cannot take them and SDPA
-            # runs its math path, which upcasts q, k, v to fp32 and saves the fp32 softmax
-            # (CUDA's memory-efficient kernel would keep 16-bit q, k, v and a log-sum-exp).
-            s2 = 4 * a * S_kv
-            core = 4 * (q_dim + kv_dim + v_dim) + s2 + b * v_dim
+        if s.attn == "eager":
+            # q = cat(q_nope, q_pe) and the filled key tensor (matmul views both); v is a view
+            # of kv_b_proj's output, which matmul copies with B > 1 (folding B and heads) and
+            # views whole with B = 1; the fp32 softmax and its cast back; the output's
+            # transposed copy for o_proj
+            s2 = 4 * a * S_kv + (b * a * S_kv if b != 4 else 0)
+            v_saved = b * v_dim if s.batch > 1 else b * a * (m.qk_nope_head_dim + m.v_head_dim)
+            core = b * (q_dim + kv_dim) + v_saved + s2 + b * v_dim
         else:
+            # d_qk != d_v: CUDA runs a fused kernel (memory-efficient / cuDNN; the tracer's
+            # memfit::fused_attention), which saves q = cat(q_nope, q_pe), the filled key
+            # tensor, v (a view of kv_b_proj's output, which it keeps whole: k_nope and v),
+            # its output and an fp32 log-sum-exp; o_proj saves the output's contiguous copy.
             s2 = 0
-            core = b * (q_dim + kv_dim + v_dim + v_dim) + 4 * a
+            core = (b * (q_dim + kv_dim) + b * a * (m.qk_nope_head_dim + m.v_head_dim)
+                    + 2 * b * v_dim + 4 * a)
         saved["attention"] = T * (inp + lat + core)
     else:
         q, kv = a * d, a_kv * d
@@ -250,6 +262,11 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         rotary = spec.rope_dim > 0
         if fused_qkv:
             qkv = b * (q + 2 * kv) + (b * (q + kv) if rotary else 0)
+            if s.use_cache:
+                # cache.update returns torch.cat copies of k and v, which SDPA saves: with
+                # rotary nothing keeps the fused output alive any more (q and k are rotated
+                # copies); GPT-2's q is still a view of it, and the two copies come on top.
+                qkv = b * (q + 2 * kv) if rotary else b * (q + 4 * kv)
         else:
             qkv = b * (q + 2 * kv)
         n_rep = a // a_kv
@@ -271,10 +288,15 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
             core = b * q + kv_eager + b * q
             if fused_qkv and not rotary:
                 core = b * (q + 2 * kv) + b * q
+                if s.use_cache and s.batch == 1:
+                    # matmul views q (the fused output stays whole) and saves the cache's
+                    # copies of k and v; with B > 1 they replace the copies matmul made
+                    core += 2 * b * kv
             elif fused_qkv:
                 # v is a slice of the fused output: with B = 1 matmul views it (the whole
                 # fused output stays alive); with B > 1 folding (B, a) needs a copy of v only.
-                v_saved = b * (q + 2 * kv) if s.batch == 1 else b * kv
+                # With the cache, matmul gets the cache's contiguous copy of v instead.
+                v_saved = b * (q + 2 * kv) if (s.batch == 1 and not s.use_cache) else b * kv
                 core = b * (q + kv) + v_saved + b * q
             # GPT-2 softmaxes in the input dtype, others in fp32; autocast runs softmax in fp32
             softmax_fp32 = spec.model_type != "gpt2" or s.autocast
@@ -332,15 +354,48 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         spec.moe.expert_intermediate_size * spec.moe.top_k // tp if spec.moe else 0)
     fwd_t = T * 4 * h  # the norm's fp32 product before the cast back
     bwd_t = T * (3 * b * I + 2 * br * h)  # dL/d(product), d(act), d(up); residual gradients
-    if spec.mla is None and (s.attn == "eager" or (s.attn == "sdpa" and b == 4 and not s.autocast
-                                                  and a > a_kv and d <= 256)):
+    if s.attn == "eager" or (spec.mla is None and s.attn == "sdpa" and b == 4
+                             and not s.autocast and a > a_kv and d <= 256):
         S_kv = s.kv_seq
         # forward: the masked scores are alive while softmax writes its (saved) output;
         # backward: softmax's fp32 gradient in and out (2 x 4 a S) beside the saved softmax.
         fwd_t = max(fwd_t, T * a * S_kv * (4 if s.autocast else b))
         bwd_t = max(bwd_t, T * a * S_kv * 2 * 4)
     return LayerActivations(saved=saved, forward_transient=fwd_t, backward_transient=bwd_t,
-                            s2=T * s2 if spec.mla is None else 0)
+                            s2=T * s2 if spec.mla is None else 0,
+                            cache_forward=_cache_forward(spec, layer, s, sliding))
+
+
+def _cache_forward(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, sliding: bool) -> int:
+    """The layer's ``DynamicCache`` entries that backward does not save (bytes, all tokens).
+
+    With ``use_cache`` each attention stores ``torch.cat`` copies of its K and V and attends
+    over them. Where the attention saves those very tensors (SDPA with ``enable_gqa`` or equal
+    heads, eager without repeats) they cost nothing extra; where it saves something derived
+    instead (``repeat_kv`` copies: eager GQA, SDPA with a mask or d > 256, the fp32 math kernel;
+    autocast's 16-bit cast of the fp32 rotated k), the cache's copies stay until the model's
+    output is dropped after the loss. MLA caches the latent (what ``kv_b_proj`` saves) and the
+    rotated ``k_pe`` (copied into the key tensor, not saved).
+    """
+    if not s.use_cache:
+        return 0
+    T, b = s.tokens, s.compute_bytes
+    if spec.mla is not None:
+        return T * spec.mla.qk_rope_head_dim * b
+    a = spec.num_heads // s.tp
+    a_kv = max(1, spec.num_kv_heads // s.tp)
+    d = spec.head_dim
+    kv = a_kv * d
+    n_rep = a // a_kv
+    rotary = spec.rope_dim > 0
+    k_b = 4 if (s.autocast and rotary) else b  # rotary under autocast: q and k are fp32
+    math_sdpa = (s.attn == "sdpa" and b == 4 and not s.autocast and n_rep > 1
+                 and not (sliding or d > 256))
+    repeated = n_rep > 1 and (math_sdpa or (a_kv > 1 and (
+        s.attn == "eager" or sliding or d > 256)))
+    if repeated:
+        return T * (k_b + b) * kv
+    return T * k_b * kv if k_b != b else 0
 
 
 def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate_up: bool

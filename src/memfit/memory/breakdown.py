@@ -9,11 +9,12 @@ source, so ``--explain`` can show how to redo it by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["Term", "Phase", "Estimate", "REQUIRED_COMPONENTS", "freeze"]
+__all__ = ["Term", "LazyTerms", "Phase", "Estimate", "REQUIRED_COMPONENTS", "freeze"]
 
 # The contract's components: always present in ``components`` (0 where they do not apply).
 REQUIRED_COMPONENTS = ("weights", "gradients", "optimizer_states", "activations", "kv_cache")
@@ -38,6 +39,47 @@ class Term:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "bytes": self.bytes, "formula": self.formula,
                 "substituted": self.substituted, "source": self.source, "note": self.note}
+
+
+class LazyTerms(Sequence[Term]):
+    """A tuple of terms built on first use: formatting the derivations costs more than the
+    arithmetic, and sweeps and solvers never read them. Compares equal to the tuple, and
+    pickles (and copies) as one."""
+
+    __slots__ = ("_make", "_terms")
+
+    def __init__(self, make: Callable[[], Iterable[Term]]) -> None:
+        self._make = make
+        self._terms: tuple[Term, ...] | None = None
+
+    def _get(self) -> tuple[Term, ...]:
+        if self._terms is None:
+            self._terms = tuple(self._make())
+        return self._terms
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[Term]:
+        return iter(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyTerms):
+            other = other._get()
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return self._get() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple, (self._get(),))
 
 
 @dataclass(frozen=True)
@@ -66,7 +108,7 @@ class Estimate:
     options: Mapping[str, Any]
     phases: tuple[Phase, ...]
     overheads: Mapping[str, int]
-    terms: tuple[Term, ...] = ()
+    terms: Sequence[Term] = ()  # a tuple, or LazyTerms (built when first read)
     assumptions: Mapping[str, Any] = field(default_factory=dict)
     gpu: str | None = None
     gpu_memory_bytes: int | None = None

@@ -14,21 +14,33 @@ query width ``a' * d`` on this GPU, I' the MLP width on this GPU, ``b`` the acti
     norm       R + 2 * 4*N*h                                 (RMSNorm's fp32 upcast and square)
     attention  R + N*h*b + q_rot + KV repeats + scores:      eager: S*(b + 4 + 4) (the scores,
                their fp32 upcast and fp32 softmax; 2*S*b without the upcast: GPT-2); SDPA's
-               fused kernels: the output and a 4-byte log-sum-exp per query and head
+               fused kernels: the output and a 4-byte log-sum-exp per query and head (+ the
+               window mask made additive, B*P*P*b); fp32 with grouped KV heads runs SDPA's
+               math kernel on CUDA: K, V repeated, q scaled, a float P*P causal mask and
+               2*S*b (scores, masked scores); MLA (d_qk != d_v) a fused kernel: its output
+               and that output's contiguous copy
     mlp        R + 2*N*h*b + 3*N*I'*b                        (gated: up, act(gate), their product)
                (+ S*b: eager's probabilities stay referenced by the decoder layer)
     moe        R + 2*N*h*b + s*h*b + 4*s*I_e*b, s = N*k       (grouped_mm: gathered tokens, fused
                gate_up output, act and product); later s*h*(b + b + 2*w) (down output, weighted
-               and un-permuted copies in the routing weights' dtype w)
+               and un-permuted copies in the routing weights' dtype w); routing: the router
+               logits, top-k, the sorted ids and permutation, their histc copy, the permuted
+               weights (and the inverse permutation)
     logits     8*B*P + N_k*h*b + N_k*V'*b (+ 4*B*V': generate()'s fp32 copy of the last row),
                N_k = B (``--logits last``) or B*P (``all``)
 
-and per decode step ``t`` with ``T = P + t`` cached tokens::
+and per decode step ``t`` with ``T = P + t`` cached tokens, on top of 8*B*T (input_ids), 8*B
+(the previous next tokens) and 4*B*V' (the previous fp32 row)::
 
-    growth     the old and the new cache tensor of one layer live together during torch.cat
-    head       B*V'*b (logits) + 2 * 4*B*V' (this and the previous step's fp32 copy)
+    growth     the old and the new cache tensors of one layer live together during torch.cat,
+               beside the step's hidden states and its new q, K, V
+    attention  the prefill's attention moment with one query over the layer's T keys (eager
+               scores and repeat_kv copies, the math kernel's K, V repeats and scaled K^T, the
+               expanded single KV head copied for probs @ v, MLA's re-expanded latent), for
+               the first and the last layer of each kind: the layers before it at step t, those
+               after it at step t-1 (sliding layers keep the prefill's P rows until step 1)
     moe        3 * (B*k) * I_e * h * b      (batched_mm gathers the selected experts' weights)
-    eager      2 * B*a'*T*d*b               (repeat_kv copies of K and V for GQA)
+    head       B*V'*b (logits) + 2 * 4*B*V' (this and the previous step's fp32 copy)
 
 Sources: ``transformers/models/<type>/modeling_<type>.py``, ``transformers/integrations/
 sdpa_attention.py``, ``transformers/integrations/moe.py`` (grouped_mm / batched_mm experts),
@@ -46,7 +58,9 @@ from ..arch import LayerSpec, ModelSpec
 from .breakdown import Term
 
 __all__ = ["Profile", "PROFILES", "profile_for", "Shapes", "Moment", "prefill_moments",
-           "decode_moments", "logits_moments", "decode_resident"]
+           "decode_moments", "decode_attention", "decode_moe", "logits_moments",
+           "decode_resident",
+           "decode_step_resident", "decode_growth_bytes"]
 
 _SRC = "transformers/models/{t}/modeling_{t}.py (5.x), checked against memfit.trace"
 
@@ -75,6 +89,9 @@ class Profile:
     post_norm: bool = False  # OLMo 2: norms after attention / MLP, none before
     sinks: bool = False  # gpt-oss: a learned sink logit per head, softmax over P + 1 columns
     norm_out_fp32: bool = False  # gpt-oss: (weight * x) in fp32, then .to(dtype)
+    rotary_half: bool = False  # gpt-oss: cos and sin of d_rot / 2 (rotates the two halves)
+    rotary_fp32: bool = False  # OLMo 2: cos and sin stay fp32
+    rotary_cat: bool = False  # partial rotary joined by torch.cat: q is (B, a, P, d)-contiguous
 
 
 PROFILES: dict[str, Profile] = {
@@ -90,13 +107,14 @@ PROFILES: dict[str, Profile] = {
     "gemma": Profile(scaled_embed=True),
     "gemma2": Profile(scaled_embed=True, masks="both", softcap_default=True),
     "gemma3_text": Profile(scaled_embed=True, masks="both"),
-    "phi3": Profile(mlp="gated_fused", fused_qkv=True),
+    "phi3": Profile(mlp="gated_fused", fused_qkv=True, rotary_cat=True),
     "gpt2": Profile(norm="layer", mlp="gelu_new", mlp_hidden=3, fused_qkv=True,
                     eager_upcast=False, learned_positions=True),
-    "gpt_neox": Profile(norm="layer", mlp="plain", fused_qkv=True, parallel_residual=True),
-    "olmo2": Profile(mlp_hidden=1, post_norm=True),
+    "gpt_neox": Profile(norm="layer", mlp="plain", fused_qkv=True, parallel_residual=True,
+                        rotary_cat=True),
+    "olmo2": Profile(mlp_hidden=1, post_norm=True, norm_out_fp32=True, rotary_fp32=True),
     "gpt_oss": Profile(masks="both", moe="gpt_oss", sinks=True, eager_upcast=False,
-                       norm_out_fp32=True),
+                       norm_out_fp32=True, rotary_half=True),
     "custom": Profile(),
 }
 
@@ -174,35 +192,67 @@ def _window(spec: ModelSpec) -> int | None:
 
 
 def resident_bytes(spec: ModelSpec, prof: Profile, s: Shapes, attn: str,
-                   first_stage: bool) -> dict[str, int]:
-    """Tensors alive through the whole forward of the prefill (see the module docstring)."""
+                   first_stage: bool, kv_len: int | None = None) -> dict[str, int]:
+    """Tensors alive through the whole forward of ``s.P`` query tokens attending to ``kv_len``
+    keys (default ``s.P``: the prefill; a decode step has one query and the cached keys)."""
     B, P, b, N, h = s.B, s.P, s.b, s.N, s.h
+    kv = P if kv_len is None else kv_len
     out = {"input_ids": 8 * B * P, "position_ids": 8 * P}
     if spec.mla is not None:
         out["rotary"] = 8 * P * (spec.mla.qk_rope_head_dim // 2)  # complex64 freqs_cis
     elif s.rope_dim:
-        out["rotary"] = 2 * P * s.rope_dim * b
+        # Gemma 3 computes one cos/sin pair per attention type (local and global rope)
+        sets = len(_attention_kinds(spec)) if spec.model_type == "gemma3_text" else 1
+        width = s.rope_dim // 2 if prof.rotary_half else s.rope_dim
+        out["rotary"] = sets * 2 * P * width * (4 if prof.rotary_fp32 else b)
     out["inputs_embeds"] = N * h * b if first_stage else 0
     if prof.learned_positions and first_stage:
         out["position_embeds"] = P * h * b
     out["layer_input"] = N * h * b if (s.layers > 1 or not first_stage) else 0
-    masks = 0
-    window = _window(spec)
-    for kind in _mask_types(spec, prof):
-        if attn == "eager":
-            masks += B * P * P * b
-        elif kind == "sliding" and (prof.sliding_mask_always or (window is not None
-                                                                  and P >= window)):
-            masks += P * P  # bool (1, 1, P, P), expanded over the batch
-    out["masks"] = masks
+    out["masks"] = _mask_bytes(spec, prof, s, attn, kv)
     return out
 
 
+def _sliding_mask(spec: ModelSpec, prof: Profile, kv: int) -> bool:
+    """Whether SDPA gets an explicit (boolean) window mask: once the keys reach the window
+    (Qwen2-MoE builds it always)."""
+    window = _window(spec)
+    return prof.sliding_mask_always or (window is not None and kv >= window)
+
+
+def _mask_bytes(spec: ModelSpec, prof: Profile, s: Shapes, attn: str, kv: int) -> int:
+    """The masks the model builds: eager an additive (B, 1, q, kv) mask per mask type; SDPA a
+    (1, 1, q, kv) bool window mask (expanded over the batch) and none for causal layers."""
+    masks = 0
+    window = _window(spec)
+    for kind in _mask_types(spec, prof):
+        k = min(kv, window) if (kind == "sliding" and window and s.P == 1) else kv
+        if attn == "eager":
+            masks += s.B * s.P * k * s.b
+        elif kind == "sliding" and _sliding_mask(spec, prof, kv):
+            masks += s.P * k
+    return masks
+
+
 def _rms(s: Shapes, prof: Profile | None = None) -> int:
-    """RMSNorm's transient: x.to(float32) and its square (or x * rsqrt), 4 bytes each (gpt-oss
-    also holds the fp32 product with its weight while casting it back)."""
-    extra = s.N * s.h * s.b if prof is not None and prof.norm_out_fp32 else 0
-    return 2 * 4 * s.N * s.h + extra
+    """RMSNorm's transient over the hidden width (see :func:`_rms_width`)."""
+    return _rms_width(s.N, s.h, 1, s.b, prof is not None and prof.norm_out_fp32)
+
+
+def _rms_width(N: int, width: int, groups: int, b: int, out_fp32: bool = False) -> int:
+    """RMSNorm's transient over ``N`` tokens of ``width`` (``groups`` norms per token: a
+    per-head q/k norm has one per head): ``x.to(float32)`` (no copy in fp32), the variance and
+    its rsqrt (4 bytes per group), ``x * rsqrt`` (fp32); then llama's ``weight *
+    x.to(dtype)`` (two b-sized tensors beside the fp32 one) or, ``out_fp32`` (OLMo 2, gpt-oss),
+    ``(weight * x).to(dtype)``: the fp32 product, then its cast."""
+    up = 4 * N * width if b < 4 else 0  # the fp32 copy of the input
+    first = up + 4 * N * width + 8 * N * groups
+    cast = N * width * b if b < 4 else 0
+    if out_fp32:
+        second = 8 * N * width + cast + 4 * N * groups
+    else:
+        second = 4 * N * width + cast + N * width * b + 4 * N * groups
+    return max(first, second)
 
 
 def _eager_score_bytes(prof: Profile, s: Shapes) -> int:
@@ -218,14 +268,25 @@ def _eager_score_bytes(prof: Profile, s: Shapes) -> int:
 def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                     first_stage: bool = True, layer: LayerSpec | None = None,
                     dequant_bytes: int = 0, moe_k: int = 0, moe_width: int = 0,
-                    shared_width: int = 0, sdpa_math: bool = False) -> list[Moment]:
-    """The candidate peaks of the prefill inside the last decoder layer of this GPU."""
+                    shared_width: int = 0, sdpa_math: bool = False,
+                    kv_len: int | None = None, resident: int | None = None,
+                    layer_input: bool = True) -> list[Moment]:
+    """The candidate peaks of the prefill inside the last decoder layer of this GPU.
+
+    ``kv_len`` (default ``s.P``): the keys each query attends to; a decode step is the same
+    forward with ``s.P = 1`` query and the cached keys (:func:`decode_attention`), which also
+    passes its own ``resident`` bytes. ``layer_input=False``: the layer is the stage's first.
+    """
     B, P, b, N, h = s.B, s.P, s.b, s.N, s.h
-    res = resident_bytes(spec, prof, s, attn, first_stage)
-    R = sum(res.values())
+    kv = P if kv_len is None else kv_len
+    Nk = B * kv  # key/value rows
+    res = resident_bytes(spec, prof, s, attn, first_stage, kv_len=kv)
+    if not layer_input:  # the stage's first layer reads the embeddings themselves
+        res["layer_input"] = 0
+    R = sum(res.values()) if resident is None else resident
     q_w = s.heads * s.d
     kv_w = s.kv_heads * s.d
-    S = B * s.heads * P * P
+    S = B * s.heads * P * kv
     X = N * h * b
     moments: list[Moment] = []
     res_txt = f"R {R}"
@@ -238,27 +299,29 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
     # 2. attention (its input is the norm's output; OLMo 2 feeds the residual itself)
     Xn = 0 if prof.post_norm else X
     mla = spec.mla
-    S1 = B * s.heads * P * (P + 1) if prof.sinks else S  # gpt-oss: one sink column more
+    S1 = B * s.heads * P * (kv + 1) if prof.sinks else S  # gpt-oss: one sink column more
     probs = S1 * b if (attn == "eager" and prof.keeps_probs) else 0
     if mla is not None:
         d_qk, d_v = mla.qk_head_dim, mla.v_head_dim
         a = s.heads
         live = (X + N * a * d_qk * b  # norm out, q projection (its q_nope view stays)
+                + N * (mla.kv_lora_rank + mla.qk_rope_head_dim) * b  # kv_a output (kv_nope view)
                 + N * a * mla.qk_rope_head_dim * b  # rotated q_pe
                 + N * a * d_qk * b  # query_states = cat(q_nope, q_pe)
-                + N * a * (mla.qk_nope_head_dim + d_v) * b  # kv_b_proj output (k_nope, v views)
-                + N * a * d_qk * b)  # key_states (new_empty, filled)
+                + Nk * a * (mla.qk_nope_head_dim + d_v) * b  # kv_b_proj output (k_nope, v)
+                + Nk * a * d_qk * b)  # key_states (new_empty, filled)
         if attn == "eager":
             work = S * _eager_score_bytes(prof, s)
-            f = "R + N*h*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b + S*(b+4+4)"
+            f = ("R + N*h*b + N*(r_kv + d_rope)*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b "
+                 "+ S*(b+4+4)")
         else:
-            # PyTorch's SDPA has no fused CPU kernel for d_qk != d_v: the math path upcasts
-            # q, k, v to fp32, scales q, and materialises the fp32 scores and softmax.
-            work = (N * a * (3 * d_qk + d_v) * 4 + 2 * S * 4 + 4 * P * P if sdpa_math
-                    else N * a * d_v * b)
-            f = ("R + N*h*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b + N*a'*(3*d_qk + d_v)*4 "
-                 "+ 2*S*4 + 4*P*P (SDPA math path: fp32 copies, scores, softmax, float mask)"
-                 if sdpa_math else "R + N*h*b + N*a'*(...)*b + N*a'*d_v*b (fused kernel)")
+            # d_qk != d_v: CUDA runs a fused kernel (memory-efficient / cuDNN; the tracer's
+            # memfit::fused_attention): no scores, the output (B, a', P, d_v) and an fp32
+            # log-sum-exp; transpose(1, 2).contiguous() then copies the output for o_proj
+            # while it is still referenced (the copy outweighs the log-sum-exp).
+            work = max(2 * N * a * d_v * b, N * a * d_v * b + 4 * B * a * P)
+            f = ("R + N*h*b + N*(r_kv + d_rope)*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b "
+                 "+ 2*N*a'*d_v*b (fused kernel output and its contiguous copy)")
         moments.append(Moment("prefill/attention", R + live + work, formula=f,
                               substituted=f"{res_txt} + {live} + {work}"))
     else:
@@ -270,30 +333,86 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
         moments.append(Moment("prefill/qkv", R + Xn + rot, kv_full=False,
                               formula="R + N*h*b + (4*q + 2*kv)*N*b",
                               substituted=f"{res_txt} + {Xn} + {rot}"))
+        if spec.qk_norm in ("head", "full"):
+            # q_norm(q_proj(x)): the projection beside the norm's fp32 working set (per head
+            # for Qwen 3 / Gemma 3, over the whole q width for OLMo 2)
+            groups = s.heads if spec.qk_norm == "head" else 1
+            qn = N * q_w * b + _rms_width(N, q_w, groups, b, prof.norm_out_fp32)
+            moments.append(Moment("prefill/q_norm", R + Xn + qn, kv_full=False,
+                                  formula="R + N*h*b + N*q*b + RMSNorm(q) working set",
+                                  substituted=f"{res_txt} + {Xn} + {qn}"))
         q_live = N * q_w * b
         repeat = 0
         if attn == "eager":
             if 1 < s.kv_heads < s.heads:
                 # repeat_kv: K and V expanded to a' heads (a view for a single KV head)
-                repeat = 2 * N * q_w * b
+                repeat = 2 * Nk * q_w * b
             if prof.sinks:
-                # masked scores, cat(scores, sinks) and its max-subtracted copy (softmax in b)
-                work = S * b + 2 * S1 * b
-                f = "R + N*h*b + q + 2*N*q*b (repeat_kv) + S*b + 2*B*a'*P*(P+1)*b (sinks)"
+                # masked scores, cat(scores, sinks), its row max and the max-subtracted copy
+                # (softmax in b)
+                work = S * b + 2 * S1 * b + B * s.heads * P * b
+                f = ("R + N*h*b + q + 2*N*q*b (repeat_kv) + S*b + 2*B*a'*P*(P+1)*b + B*a'*P*b "
+                     "(sinks)")
             else:
                 work = S * _eager_score_bytes(prof, s)
                 f = "R + N*h*b + q + 2*N*q*b (repeat_kv) + S*(b + 4 + 4)"
         else:
             mask_present = res["masks"] > 0 and layer is not None and layer.attention == "sliding"
-            if 1 < s.kv_heads < s.heads and mask_present:
-                repeat = 2 * N * q_w * b  # a mask disables SDPA's enable_gqa: repeat_kv
-            work = N * q_w * b + 4 * B * s.heads * P  # output + log-sum-exp
-            if prof.parallel_residual:
-                work += N * q_w * b  # GPT-NeoX: transpose(1, 2).contiguous() copies it
-            f = "R + N*h*b + q + N*q*b + 4*B*a'*P (SDPA output, log-sum-exp)"
+            if sdpa_math and not mask_present and s.kv_heads < s.heads:
+                # fp32 with grouped KV heads (enable_gqa, no mask): CUDA has no fused kernel
+                # and runs the math one: K and V repeated to a' heads, q * sqrt(scale), the
+                # causal mask as a float P x P, then the scores and the masked scores
+                # (``attn.add(mask)``, out of place under the tracer's dispatch mode); a
+                # decode step (one query, not causal) has no mask: its peak is the scores
+                # beside the scaled K^T they are computed from
+                repeat = 2 * Nk * q_w * b
+                # at q @ K^T: the scaled K^T, and (B > 1, P > 1) q's copy that folds the batch
+                # and head dims of its (B, P, a', d)-major layout for bmm
+                fold = B > 1 and P > 1 and not prof.rotary_cat
+                at_bmm = S * b + Nk * q_w * b + (N * q_w * b if fold else 0)
+                scores = max(2 * S * b, at_bmm) if P > 1 else at_bmm
+                work = N * q_w * b + (P * kv * b if P > 1 else 0) + scores
+                f = ("R + N*h*b + q + 2*N*q*b (K, V repeated) + N*q*b (scaled q) + P*P*b "
+                     "(float causal mask) + 2*S*b (scores, masked scores): SDPA math kernel")
+            else:
+                if 1 < s.kv_heads < s.heads and mask_present and P > 1:
+                    # a mask disables SDPA's enable_gqa: repeat_kv (one query: pack_gqa
+                    # folds the query heads instead)
+                    repeat = 2 * Nk * q_w * b
+                lse = 4 * B * s.heads * P
+                work = N * q_w * b + lse  # output + log-sum-exp
+                if prof.parallel_residual:
+                    # GPT-NeoX: transpose(1, 2).contiguous() copies the output (the
+                    # log-sum-exp is gone by then)
+                    work = 2 * N * q_w * b + max(0, lse - N * q_w * b)
+                f = "R + N*h*b + q + N*q*b + 4*B*a'*P (SDPA output, log-sum-exp)"
+                if mask_present:
+                    # SDPA turns the boolean window mask into an additive one in q's dtype
+                    # (convert_boolean_attn_mask), full size over the batch
+                    work += B * P * kv * b
+                    f += " + B*P*P*b (the window mask made additive)"
         attn_live = Xn + q_live + qkv + repeat + work
         moments.append(Moment("prefill/attention", R + attn_live, formula=f,
                               substituted=f"{res_txt} + {Xn} + {q_live + qkv} + {repeat} + {work}"))
+        if attn == "eager":
+            # probs @ v's output, then its transpose(1, 2).contiguous() copy for o_proj, while
+            # the probabilities and the (repeated) K, V are still referenced (the larger
+            # moment for short prompts: P < 2*d)
+            # (one query: the transpose keeps the output contiguous, no copy)
+            out_live = Xn + q_live + qkv + repeat + S1 * b + (2 if P > 1 else 1) * N * q_w * b
+            moments.append(Moment("prefill/attention_out", R + out_live,
+                                  formula="R + N*h*b + q + KV repeats + S*b + 2*N*q*b (the "
+                                          "output and its transposed copy)",
+                                  substituted=f"{res_txt} + {out_live}"))
+        if attn == "eager" and s.kv_heads == 1 < s.heads and not prof.sinks:
+            # one KV head: repeat_kv is an expanded view, which ``probs @ v`` copies to a'
+            # heads (matmul folds the batch dims): the probabilities, the copy and the output
+            # (the larger moment for few queries: a decode step)
+            v_live = Xn + q_live + qkv + S * b + Nk * q_w * b + N * q_w * b
+            moments.append(Moment("prefill/attention_v", R + v_live,
+                                  formula="R + N*h*b + q + S*b + B*kv*a'*d*b + N*q*b (probs @ "
+                                          "the single KV head expanded)",
+                                  substituted=f"{res_txt} + {v_live}"))
 
     # 3. the norm before the MLP
     if prof.norm == "rms":
@@ -303,9 +422,9 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
 
     # 3b. OLMo 2 normalises the MLP's output (post-norm) while the residual waits
     if prof.post_norm:
-        moments.append(Moment("prefill/post_mlp_norm", R + 2 * X + _rms(s, prof),
-                              formula="R + 2*N*h*b + 2*4*N*h",
-                              substituted=f"{res_txt} + {2 * X} + {_rms(s, prof)}"))
+        moments.append(Moment("prefill/post_mlp_norm", R + 2 * X + _rms(s, prof) + probs,
+                              formula="R + 2*N*h*b + 2*4*N*h (+ S*b eager probs)",
+                              substituted=f"{res_txt} + {2 * X} + {_rms(s, prof)} + {probs}"))
 
     # 4. the MLP (dense or MoE) of the last layer
     is_moe = layer is not None and layer.moe and spec.moe is not None and moe_k > 0
@@ -318,8 +437,10 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
         w = 4 if prof.moe in ("mixtral", "deepseek") else b  # routing weights' dtype
         rb = 4 if prof.moe == "deepseek" else b  # router logits (DeepSeek: fp32 router)
         # router logits (kept by ``_, weights, index = self.gate(x)``), top-k weights and
-        # indices, the int64 sort permutation
-        routing = N * E * rb + N * moe_k * (w + 8) + 8 * sN
+        # indices; grouped_mm's sort of the expert ids (sorted ids and permutation, int64),
+        # histc's 4-byte copy of the ids, the permuted routing weights, the per-expert counts
+        # and offsets; the inverse permutation joins them at the down projection
+        routing = (N * E * rb + N * moe_k * (w + 8) + 2 * 8 * sN + 4 * sN + sN * w + 8 * E)
         shared_first = X if prof.moe == "qwen" and shared_width else 0
         if prof.moe == "gpt_oss":
             # gathered tokens, gate_up output and its gathered bias, then the clamped GLU's
@@ -336,6 +457,7 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                               formula=f_up + " (+ routing tensors)",
                               substituted=f"{res_txt} + {hidden + shared_first} + {routing} "
                                           f"+ {up}"))
+        down += 8 * sN  # inv_perm
         moments.append(Moment("prefill/moe_down", base + down,
                               formula="R + 2*N*h*b + 2*s*h*b + 2*s*h*w (weighted, unpermuted)",
                               substituted=f"{res_txt} + {hidden + shared_first} + {routing} "
@@ -365,6 +487,7 @@ def logits_moments(spec: ModelSpec, s: Shapes, *, logits: str, last_stage: bool 
     if not last_stage:
         return []
     B, P, b, h, V = s.B, s.P, s.b, s.h, s.V
+    prof = profile_for(spec)
     rows = B if logits == "last" else B * P
     lg = rows * V * b
     ids = 8 * B * P
@@ -372,8 +495,8 @@ def logits_moments(spec: ModelSpec, s: Shapes, *, logits: str, last_stage: bool 
     extra = lg if s.softcap_logits else 0  # x / cap, tanh, * cap: two logits-sized at once
     fp32_row = 4 * B * V
     return [
-        Moment("prefill/final_norm", ids + X + _rms(s), kv_full=True,
-               formula="8*B*P + N*h*b + 2*4*N*h", substituted=f"{ids} + {X} + {_rms(s)}"),
+        Moment("prefill/final_norm", ids + X + _rms(s, prof), kv_full=True,
+               formula="8*B*P + N*h*b + 2*4*N*h", substituted=f"{ids} + {X} + {_rms(s, prof)}"),
         Moment("prefill/logits", ids + X + extra, logits=lg,
                formula=f"8*B*P + N*h*b + {'B' if logits == 'last' else 'B*P'}*V'*b"
                        + (" (x2: soft-capping)" if extra else ""),
@@ -384,45 +507,31 @@ def logits_moments(spec: ModelSpec, s: Shapes, *, logits: str, last_stage: bool 
     ]
 
 
-def decode_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str, T: int,
-                   rep_tokens: int, moe_k: int = 0, moe_width: int = 0,
-                   any_moe: bool = False, last_stage: bool = True,
-                   sdpa_math: bool = False) -> list[Moment]:
-    """Candidate peaks of the last decode step (``T`` cached tokens after it), besides the
-    cache's own growth (``engines``: old and new tensors of one layer during ``torch.cat``).
+def decode_attention(spec: ModelSpec, prof: Profile, s1: Shapes, *, attn: str,
+                     layer: LayerSpec | None, tokens: int, first_stage: bool = True,
+                     sdpa_math: bool = False, resident: int = 0) -> list[Moment]:
+    """A decode step's attention inside one layer: :func:`prefill_moments`' attention with
+    one query token (``s1``: ``P = 1``) over the layer's ``tokens`` cached keys, on top of
+    ``resident`` (:func:`decode_resident` + :func:`decode_step_resident`)."""
+    out = []
+    for m in prefill_moments(spec, prof, s1, attn=attn, first_stage=first_stage, layer=layer,
+                             sdpa_math=sdpa_math, kv_len=tokens, resident=resident):
+        if m.name in ("prefill/attention", "prefill/attention_v", "prefill/attention_out"):
+            out.append(Moment(m.name.replace("prefill", "decode"), m.activations, formula=(
+                "decode_resident + the step's forward (one query, T cached keys): "
+                + m.formula), substituted=m.substituted))
+    return out
 
-    ``rep_tokens``: the cached tokens of the layer whose ``repeat_kv`` copies are largest.
-    """
-    B, b, h, V = s.B, s.b, s.h, s.V
+
+def decode_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, T: int,
+                   last_stage: bool = True) -> list[Moment]:
+    """The end of the last decode step (``T`` cached tokens after it), with the whole cache
+    grown: the logits beside this and the previous step's fp32 row. Each layer's attention
+    (:func:`decode_attention`), MoE block (:func:`decode_moe`) and the cache's own growth are
+    candidates of their own (``engines``: with the cache as it is inside that layer)."""
+    B, b, V = s.B, s.b, s.V
     small = decode_resident(s, T, last_stage)
     out: list[Moment] = []
-    if spec.mla is not None:
-        m = spec.mla
-        a = s.heads
-        t = rep_tokens
-        exp = B * t * a * (m.qk_nope_head_dim + m.v_head_dim) * b + B * a * t * m.qk_head_dim * b
-        if attn == "eager":
-            work = B * a * t * (b + 4 + 4)
-        elif sdpa_math:
-            work = B * a * t * (m.qk_head_dim + m.v_head_dim) * 4
-        else:
-            work = 0
-        out.append(Moment("decode/mla_expand", small + exp + work,
-                          formula="kv_b(latent): B*T*a'*(d_nope+d_v)*b + K: B*a'*T*d_qk*b"
-                                  + (" + fp32 K, V copies (SDPA math path)" if sdpa_math else ""),
-                          substituted=f"{small} + {exp} + {work}"))
-    elif attn == "eager" and 1 < s.kv_heads < s.heads:
-        rep = 2 * B * s.heads * rep_tokens * s.d * b
-        out.append(Moment("decode/repeat_kv", small + rep,
-                          formula="2*B*a'*T*d*b (repeat_kv of K and V)",
-                          substituted=f"{small} + {rep}"))
-    if any_moe and moe_k:
-        sel = B * moe_k
-        coeff = 3 if spec.mlp_gated else 2
-        g = coeff * sel * moe_width * h * b
-        out.append(Moment("decode/moe_gather", small + g,
-                          formula=f"{coeff}*(B*k)*I_e*h*b (batched_mm gathers expert weights)",
-                          substituted=f"{small} + {g}"))
     if last_stage:
         lg = B * V * b
         extra = lg if s.softcap_logits else 0
@@ -432,10 +541,68 @@ def decode_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str, T: i
     return out
 
 
+def decode_moe(spec: ModelSpec, prof: Profile, s1: Shapes, *, attn: str, tokens: int,
+               moe_k: int, moe_width: int, shared_width: int = 0,
+               resident: int = 0) -> Moment:
+    """A decode step's MoE block: transformers' ``batched_mm`` experts gather each selected
+    expert's weights per token (``coeff * (B*k) * I_e * h * b``), beside the step's hidden
+    states, the routing tensors and the experts' activations (``s1``: one query token;
+    ``tokens``: the layer's cached keys, for eager attention's kept probabilities)."""
+    assert spec.moe is not None
+    B, b, h = s1.B, s1.b, s1.h
+    sel = B * moe_k  # token-expert pairs
+    coeff = 3 if spec.mlp_gated else 2
+    g = coeff * sel * moe_width * h * b
+    w = 4 if prof.moe in ("mixtral", "deepseek") else b  # routing weights' dtype
+    rb = 4 if prof.moe == "deepseek" else b  # router logits
+    routing = B * spec.moe.num_experts * rb + sel * (w + 8)
+    X = B * h * b
+    hidden = prof.mlp_hidden * X + (X if prof.moe == "qwen" and shared_width else 0)
+    working = sel * h * b + sel * moe_width * b  # gathered tokens, the act * up product
+    if prof.moe == "gpt_oss":
+        working += sel * 2 * moe_width * b  # gate_up's bias gathered per token
+    # eager attention's probabilities stay referenced by the decoder layer
+    probs = (B * s1.heads * (tokens + (1 if prof.sinks else 0)) * b
+             if attn == "eager" and prof.keeps_probs else 0)
+    act = hidden + routing + working + probs
+    return Moment("decode/moe_gather", resident + act + g,
+                  formula=f"{coeff}*(B*k)*I_e*h*b (batched_mm gathers expert weights) "
+                          "+ the step's hidden states, routing and expert activations",
+                  substituted=f"{resident} + {act} + {g}")
+
+
 def decode_resident(s: Shapes, T: int, last_stage: bool) -> int:
-    """What a decode step keeps besides weights and cache: ``input_ids`` (8*B*T) and the
-    previous step's fp32 copy of the last logits row (4*B*V')."""
-    return 8 * s.B * T + (4 * s.B * s.V if last_stage else 0)
+    """What a decode step keeps besides weights and cache: ``input_ids`` (8*B*T), the previous
+    step's next tokens (8*B, this step's input) and its fp32 copy of the last logits row
+    (4*B*V')."""
+    return 8 * s.B * T + 8 * s.B + (4 * s.B * s.V if last_stage else 0)
+
+
+def decode_step_resident(spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,
+                         first_stage: bool, kv_len: int, layer_input: bool = True) -> int:
+    """The tensors a decode step's forward holds through a layer (``s1``: the shapes with one
+    query token): position id, cos/sin, ``inputs_embeds``, the layer's input (not for the
+    stage's first layer: ``layer_input=False``) and the masks over ``kv_len`` keys; the
+    step's input ids are the previous step's next tokens (in :func:`decode_resident`)."""
+    res = resident_bytes(spec, prof, s1, attn, first_stage, kv_len=kv_len)
+    return (sum(res.values()) - res["input_ids"]
+            - (0 if layer_input else res["layer_input"]))
+
+
+def decode_growth_bytes(spec: ModelSpec, prof: Profile, s1: Shapes) -> int:
+    """The step's attention tensors alive while a layer's cache grows (``cache.update``
+    holds its new K and V): the norm's output, q, and the new K and V (rotated k, v; the
+    fused q/k/v output and its rotated q, k; MLA: q, q_pe, the normed latent and k_pe)."""
+    B, b, h = s1.B, s1.b, s1.h
+    Xn = 0 if prof.post_norm else B * h * b
+    q_w, kv_w = s1.heads * s1.d, s1.kv_heads * s1.d
+    if spec.mla is not None:
+        m = spec.mla
+        return (Xn + B * s1.heads * (m.qk_head_dim + m.qk_rope_head_dim) * b
+                + B * (m.kv_lora_rank + m.qk_rope_head_dim) * b)
+    if prof.fused_qkv:
+        return Xn + B * (q_w + 2 * kv_w) * b + (B * (q_w + kv_w) * b if s1.rope_dim else 0)
+    return Xn + B * (q_w + 2 * kv_w) * b
 
 
 def moment_term(m: Moment, family: str, total: int) -> Term:

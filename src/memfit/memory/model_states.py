@@ -580,6 +580,7 @@ class StateInputs:
     layer_elements: int  # one decoder layer (an FSDP unit)
     root_elements: int  # embeddings + final norm + LM head (FSDP root unit)
     layers: int  # decoder layers on this rank
+    fp32_trainable: int = 0  # trainable elements kept in fp32 whatever the recipe (routers)
 
 
 @dataclass(frozen=True)
@@ -626,9 +627,12 @@ def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: st
     """
     P = x.trainable
     W = x.weight_bytes
-    grad = P * recipe.grad_bytes
+    # tensors kept in fp32 (DeepSeek's router) have fp32 gradients, and under bf16-master
+    # their "master" is the parameter itself (``p.float()`` returns it)
+    f32 = x.fp32_trainable
+    grad = P * recipe.grad_bytes + f32 * max(0, 4 - recipe.grad_bytes)
     extra = P * recipe.extra_grad_bytes
-    master = P * recipe.master_bytes
+    master = (P - f32) * recipe.master_bytes
     state = x.state_bytes
     temps = x.temporaries + x.step_counters
     step_grad = P * recipe.step_grad_bytes

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from ..arch import LayerSpec, ModelSpec
 from ..dtypes import (
@@ -53,12 +54,6 @@ WEIGHT_COMPONENTS = ("embeddings", "attention", "mlp", "experts", "router", "nor
                      "buffers")
 
 _SRC_SHAPES = "transformers/models/<type>/modeling_<type>.py (5.x): parameter shapes"
-
-#: Count the LM head that ``AutoModelForCausalLM.from_config`` allocates before tying it to
-#: the embeddings (a ``load``-phase transient of ``V*h*b``, measured by memfit.trace, which
-#: builds models that way). ``from_pretrained`` initialises on the meta device and never
-#: allocates it; set to False if the reference stops counting model construction.
-FROM_CONFIG_TIED_TRANSIENT = False
 
 
 def plain_weight_bytes(n_params: int, dtype: str) -> int:
@@ -331,7 +326,6 @@ class ModelWeights:
     components: dict[str, int]
     extra_terms: tuple[Term, ...] = field(default=())
     dequant_bytes: int = 0  # transient 16-bit copy of the largest quantized matrix
-    tied_transient_bytes: int = 0  # from_config: the LM head allocated before tying
     _terms_args: tuple = field(default=(), repr=False, compare=False)
 
     @property
@@ -393,22 +387,38 @@ def _gguf_format(rw: ResolvedWeights, spec: ModelSpec, grole: str, i_layer: int,
     return get_ggml_type(name)
 
 
-# Per-spec memo keyed by identity (ModelSpec hashing walks every layer; solvers call the
-# estimate hundreds of times for one spec).
-_MEMO: dict[tuple[int, str], tuple[object, object]] = {}
-_MEMO_MAX = 256
+# Per-spec memo keyed by identity (ModelSpec hashing walks every layer; solvers and sweeps
+# call the estimate thousands of times for one spec). One table per model, the oldest model's
+# dropped past _MEMO_SPECS models (the catalog has ~60); a model's table is emptied past
+# _MEMO_PER_SPEC entries, so a long-running server's memory stays bounded. The table holds
+# the spec, so its id is not reused while the entry lives.
+_MEMO: dict[int, tuple[ModelSpec, dict[Any, Any]]] = {}
+_MEMO_SPECS = 128
+_MEMO_PER_SPEC = 4096
+_MISSING = object()
 
 
-def memo(spec: ModelSpec, key: str, make):  # type: ignore[no-untyped-def]
+def memo_table(spec: ModelSpec) -> dict[Any, Any]:
+    """The memo table of one spec object (see above)."""
+    slot = _MEMO.get(id(spec))
+    if slot is not None and slot[0] is spec:
+        table = slot[1]
+        if len(table) >= _MEMO_PER_SPEC:
+            table.clear()
+        return table
+    if len(_MEMO) >= _MEMO_SPECS:
+        _MEMO.pop(next(iter(_MEMO)))
+    table = {}
+    _MEMO[id(spec)] = (spec, table)
+    return table
+
+
+def memo(spec: ModelSpec, key: Any, make):  # type: ignore[no-untyped-def]
     """``make()`` computed once per (spec object, key)."""
-    slot = (id(spec), key)
-    hit = _MEMO.get(slot)
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_MEMO) >= _MEMO_MAX:
-        _MEMO.clear()
-    value = make()
-    _MEMO[slot] = (spec, value)
+    table = memo_table(spec)
+    value = table.get(key, _MISSING)
+    if value is _MISSING:
+        value = table[key] = make()
     return value
 
 
@@ -478,7 +488,6 @@ def model_weights(spec: ModelSpec, rw: ResolvedWeights, *, tp: int = 1, ep: int 
             for c, n in lw.components.items():
                 comps[c] += n * count
     inv = memo(spec, f"inventory:{tp}:{ep}", lambda: tensor_inventory(spec, tp=tp, ep=ep))
-    tied_transient = 0
     if first:
         c = memo(spec, f"first:{rw.name}:{tp}:{ep}", lambda: _bytes_rows(inv["first"], rw, spec)[0])
         for k, n in c.items():
@@ -492,15 +501,13 @@ def model_weights(spec: ModelSpec, rw: ResolvedWeights, *, tp: int = 1, ep: int 
         for k, n in c.items():
             comps[k] += n
     if first or last:
-        comps["buffers"] = 4 * buffer_elements(spec)
-    if (FROM_CONFIG_TIED_TRANSIENT and spec.tie_word_embeddings and first and last
-            and rw.fmt is not None and rw.fmt.kind == "float"):
-        # AutoModelForCausalLM.from_config builds nn.Linear(h, V) for lm_head and only then
-        # ties it to the embedding table (post_init -> tie_weights), which frees it.
-        tied_transient = memo(spec, f"tied:{rw.name}:{tp}", lambda: tensor_bytes(
-            inv["first"][0][4], _tensor_fmt(rw, "lm_head")))
+        # fp32 buffers (rotary inv_freq...); Gemma's embed_scale scalar is created in the
+        # model's dtype
+        extra = spec.extra_buffers
+        comps["buffers"] = (4 * (buffer_elements(spec) - extra)
+                            + extra * int(dtype_bytes(rw.compute_dtype)))
     dequant = 2 * largest if rw.needs_dequant_buffer else 0
-    return ModelWeights(comps, (), dequant, tied_transient, _terms_args=(spec, rw, tp, ep))
+    return ModelWeights(comps, (), dequant, _terms_args=(spec, rw, tp, ep))
 
 
 def _terms(spec: ModelSpec, rw: ResolvedWeights, comps: dict[str, int], tp: int, ep: int,

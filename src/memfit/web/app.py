@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -37,9 +38,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -105,10 +108,22 @@ class _Unprocessable(Exception):
 
 
 def _jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: an odd value as its repr, NaN and infinities (which
+    strict JSON has no words for) as ``'nan'``, ``'inf'``, ``'-inf'``."""
     try:
-        return jsonable_encoder(value)
+        return _finite(jsonable_encoder(value))
     except Exception:  # noqa: BLE001 - an odd value is shown as its repr
         return repr(value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -450,6 +465,17 @@ def create_app(settings: WebSettings | None = None, *,
     async def _memfit_error(request: Request, exc: MemfitError) -> JSONResponse:
         detail = _memfit_detail(exc, _Where(None, ()))
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        # FastAPI answers a body its JSON parser gave up on (too deeply nested: the parser
+        # recurses once per level) with a bare 400; it is bad input like any other.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse({"detail": [{
+                "type": "json_invalid", "loc": ["body"],
+                "msg": "the body could not be parsed as JSON (nested too deeply?)",
+                "input": None, "allowed": "a JSON object"}]}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

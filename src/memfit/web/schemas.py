@@ -15,7 +15,7 @@ from dataclasses import MISSING, fields
 from dataclasses import Field as DataclassField
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 
 from ..workload import InferenceOptions, TrainingOptions
 
@@ -107,6 +107,12 @@ def option_field(mode: str, name: str) -> DataclassField[Any] | None:
     return next((f for f in fields(cls) if f.name == key), None)
 
 
+def _exact_int(value: Any) -> Any:
+    if type(value) is not int:
+        raise ValueError("input should be an integer (not a boolean or a float)")
+    return value
+
+
 def options_model(cls: type, *, skip: tuple[str, ...] = (), name: str | None = None
                   ) -> type[BaseModel]:
     """A pydantic model with one field per dataclass field of ``cls`` (unknown keys refused).
@@ -123,6 +129,9 @@ def options_model(cls: type, *, skip: tuple[str, ...] = (), name: str | None = N
         if kind == "choice":
             shown = tuple(c for c in meta["choices"] if c is not None)
             ann: Any = Literal[shown]  # type: ignore[valid-type]
+            if all(type(c) is int for c in shown):
+                # a Literal matches by equality, so true and 1.0 would pass as 1
+                ann = Annotated[ann, BeforeValidator(_exact_int)]
         elif kind == "boolean":
             ann = bool
         else:
@@ -140,7 +149,8 @@ def options_model(cls: type, *, skip: tuple[str, ...] = (), name: str | None = N
                                   "x-allowed": allowed_text(cls, f)}}
         spec[f.name] = (ann, Field(**info))
     model_name = name or f"{cls.__name__}Model"
-    return create_model(model_name, __config__=ConfigDict(extra="forbid"),  # type: ignore[call-overload]
+    # strict: "8", true or 1.5 are not an integer here either, as in the Python API
+    return create_model(model_name, __config__=ConfigDict(extra="forbid", strict=True),  # type: ignore[call-overload]
                         __doc__=(cls.__doc__ or "").strip(), **spec)
 
 
