@@ -11,6 +11,7 @@ of the peak (and of each component the trace splits out), then the median and th
     python benchmarks/accuracy.py --traced other.json --components
     python benchmarks/accuracy.py --live                # no file: trace a default set now
     python benchmarks/accuracy.py --gpu validation/gpu/h100-2026-11-26.json
+    python benchmarks/accuracy.py --train-grid 207     # trace a random training grid now
 
 ``--gpu`` compares with real CUDA runs instead (``max_memory_allocated``, which also counts
 PyTorch's cuBLAS workspace, ~32 MiB on Hopper, that the tracer and ``peak_bytes`` leave out;
@@ -109,6 +110,65 @@ def live_cases() -> Iterator[dict[str, Any]]:
                "components": dict(r.components), "phases": dict(r.phase_peaks)}
 
 
+# The training grid (--train-grid N): families with 1-4 layers (the tracer's time grows with
+# layers and ops, the errors do not), random recipes, optimizers, attention, checkpointing,
+# micro-batches, batch 1-4 and seq 256-4096 (at most 8192 tokens), seed 2026.
+GRID_MODELS = {"gpt2": 2, "qwen2.5-0.5b": 2, "llama-3.2-1b": 2, "smollm2-135m": 4,
+               "qwen3-0.6b": 4, "gemma-3-1b": 4, "pythia-160m": 2, "phi-3-mini-4k": 2,
+               "olmo-2-7b": 2, "gemma-2-2b": 2, "gemma-2b": 2, "tinyllama-1.1b": 2,
+               "mistral-7b-v0.1": 2, "mixtral-8x7b": 1, "qwen1.5-moe-a2.7b": 2,
+               "qwen3-30b-a3b": 1, "deepseek-v2-lite": 2, "gpt-oss-20b": 2}
+
+
+def grid_specs(n: int, seed: int = 2026) -> list[dict[str, Any]]:
+    """``n`` random training scenarios (the same ones for the same ``n`` and seed)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        m = rng.choice(sorted(GRID_MODELS))
+        prec = rng.choice(["fp32", "bf16-true", "bf16-true", "bf16-mixed", "bf16-mixed",
+                           "bf16-master"])
+        impl = rng.choice(["foreach", "foreach", "foreach", "fused", "forloop"])
+        opt = rng.choice(["adamw"] * 6 + ["sgd", "sgd-momentum", "adafactor", "lion"])
+        if opt in ("adafactor", "lion") and impl == "fused":
+            impl = "foreach"
+        attn = rng.choice(["sdpa"] * 4 + ["eager"])
+        ckpt = rng.choice(["none"] * 4 + ["full"])
+        batch, seq = rng.choice([1, 2, 4]), rng.choice([256, 512, 1024, 2048, 4096])
+        if m.startswith("gpt2") and seq > 1024:
+            seq = 1024
+        if batch * seq > 8192:
+            seq = max(256, 8192 // batch)
+        mb = rng.choice([1] * 8 + [2])
+        out.append({"model": m, "layers": GRID_MODELS[m], "batch": batch, "seq": seq,
+                    "precision": prec, "optimizer": opt, "optimizer_impl": impl, "attn": attn,
+                    "checkpointing": ckpt, "microbatches": mb})
+    return out
+
+
+def grid_cases(n: int) -> Iterator[dict[str, Any]]:
+    from memfit.catalog import get_entry
+    from memfit.trace import trace_training
+
+    for c in grid_specs(n):
+        cfg = dict(get_entry(c["model"]).config)
+        key = "n_layer" if "n_layer" in cfg else "num_hidden_layers"
+        cfg[key] = c["layers"]
+        if "layer_types" in cfg:
+            cfg["layer_types"] = cfg["layer_types"][:c["layers"]]
+        opts = {k: v for k, v in c.items() if k not in ("model", "layers")}
+        r = trace_training(cfg, TrainingOptions(**opts))
+        name = (f"{c['model']}({c['layers']}L) b{c['batch']} s{c['seq']} {c['precision']} "
+                f"{c['optimizer']}/{c['optimizer_impl']} {c['attn']}"
+                + (" ckpt" if c["checkpointing"] == "full" else "")
+                + (f" mb{c['microbatches']}" if c["microbatches"] > 1 else ""))
+        yield {"id": name,
+               "mode": "train", "model": cfg, "options": opts, "peak": r.peak_bytes,
+               "components": dict(r.components), "phases": dict(r.phase_peaks)}
+
+
 def gpu_cases(path: Path) -> Iterator[dict[str, Any]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     for c in data["cases"]:
@@ -141,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live", action="store_true", help="trace a default set now")
     p.add_argument("--gpu", type=Path, help="compare with a validation/gpu measurement file")
     p.add_argument("--components", action="store_true", help="also per-component errors")
+    p.add_argument("--train-grid", type=int, metavar="N",
+                   help="trace N random training scenarios now (207: docs/training.md)")
     args = p.parse_args(argv)
 
     if args.gpu:
         cases = list(gpu_cases(args.gpu))
+    elif args.train_grid:
+        cases = grid_cases(args.train_grid)  # type: ignore[assignment]
     elif args.live:
         cases = list(live_cases())
     elif args.traced.is_file():

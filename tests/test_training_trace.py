@@ -45,6 +45,8 @@ FAST = [
     ("llama-3.2-1b", 2, dict(batch=4, seq=1024, precision="bf16-true", checkpointing="full")),
     ("smollm2-135m", 4, dict(batch=1, seq=256, precision="bf16-master", optimizer_impl="fused")),
     ("pythia-160m", 2, dict(batch=4, seq=1024, precision="bf16-true")),
+    # use_cache (the config default): GPT-2 saves the cache's copies of k and v on top
+    ("gpt2", 2, dict(batch=2, seq=1024, precision="bf16-mixed")),
 ]
 
 SLOW = [
@@ -60,6 +62,16 @@ SLOW = [
     ("llama-3.2-1b", 2, dict(batch=4, seq=1024, precision="bf16-master", microbatches=2)),
     ("deepseek-v2-lite", 2, dict(batch=2, seq=1024, precision="bf16-true")),
     ("gpt-oss-20b", 2, dict(batch=2, seq=1024, precision="bf16-true")),
+    # eager at long sequences: the softmax's backward after the MLP's and o_proj's
+    ("mistral-7b-v0.1", 2, dict(batch=2, seq=4096, precision="bf16-true", attn="eager")),
+    # fp32 with grouped KV heads: SDPA's math kernel
+    ("llama-3.2-1b", 2, dict(batch=2, seq=2048, precision="fp32")),
+    # MLA: the fused kernel (SDPA) and eager
+    ("deepseek-v2-lite", 1, dict(batch=4, seq=2048, precision="bf16-true")),
+    ("deepseek-v2-lite", 1, dict(batch=4, seq=2048, precision="bf16-true", attn="eager")),
+    # bf16-master's gradient casts before a step with few temporaries
+    ("tinyllama-1.1b", 2, dict(batch=1, seq=1024, precision="bf16-master",
+                               optimizer="sgd-momentum", optimizer_impl="forloop")),
 ]
 
 

@@ -227,7 +227,6 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
         s1 = replace(s, P=1)
         grow = decode_growth_bytes(spec, prof, s1)
         math = _sdpa_math(spec, attn, b, tp)
-        rows = st.rows
         for t in sorted({1, G}):
             # the cache at its largest: one layer's old and new tensors during torch.cat
             kv_t, name, inner = _growth_peak(spec, st, B, P, t, kvdt, tp)

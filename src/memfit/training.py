@@ -336,7 +336,14 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     # what it recomputes), and what the total drops once it is done (its kept activations).
     # copies_layer is the same for every layer.
     c_layer = copies_layer[0] if copies_layer else 0
-    extra_of_kind = [act.backward_transient + dequant + (
+    # the scores' backward comes after the MLP's and o_proj's: their gradients exist by then
+    # (and, under autocast, their 16-bit weight copies are gone)
+    share = [_late_grad_share(spec, x, o.tp, o.ep) for x in kind_list]
+    attn_g = [(g_of_kind[k] if not accumulating else 0) * share[k]
+              - (c_layer * share[k] if autocast else 0) for k in range(len(kind_list))]
+    extra_of_kind = [max(act.backward_transient,
+                         act.attn_backward + int(attn_g[k]) if act.attn_backward else 0)
+                     + dequant + (
         kind_total[k] + (c_layer if autocast else 0) if ckpt == "full"
         else act.s2 if ckpt == "selective" else 0) for k, act in enumerate(acts)]
     kept_of_kind = [ckpt_input if ckpt == "full" else kind_total[k] - act.s2
@@ -374,6 +381,17 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     optimizer = {"weights": sb.weights, "optimizer_states": Ost,
                  "gradients": sb.step_gradients, "temporaries": sb.temporaries,
                  "activations": inputs, "comm_buffers": buffers}
+    if recipe.master_bytes and not lora and o.zero == 0 and o.fsdp is None and pp == 1:
+        # bf16-master casts each 16-bit gradient to its master's fp32 one and frees it, in
+        # parameter order: at tensor i the fp32 gradients of tensors <= i meet the 16-bit ones
+        # of tensors >= i, 2 G16 + g_i - (16-bit bytes after i); largest at the embedding
+        # (first), at the last layer's big tensors or the LM head. With few step temporaries
+        # (SGD, fused) or a large vocabulary that moment outweighs the step.
+        gb = recipe.grad_bytes
+        cast = sb.step_gradients + _master_cast_extra(spec, layers[-1], o.tp, o.ep, V,
+                                                      sb.gradients, gb)
+        if cast > sb.step_gradients + sb.temporaries:
+            optimizer.update(gradients=cast, temporaries=0)
 
     kinds = list(zip(acts, kind_count, strict=True))
     # the derivations are formatted only when read (Estimate.terms is LazyTerms)
@@ -384,6 +402,43 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
                        Phase("optimizer", _clean(optimizer))),
             "terms": terms, "host": sb.host, "shards": N, "notes": sb.notes,
             "trainable": P, "stage": stage, "layers": len(layers)}
+
+
+def _master_cast_extra(spec: ModelSpec, last_layer: Any, tp: int, ep: int, V: int,
+                       g16: int, gb: int) -> int:
+    """The most bf16-master's gradient casts hold beyond every fp32 gradient (see the
+    optimizer phase): max over tensors i of g_i - (16-bit bytes after i), with the embedding
+    first (2 g_0 - G16), then the last layer's tensors (its norms last, as transformers
+    registers them), the final norm and an untied LM head."""
+    h = spec.hidden_size
+    groups = layer_tensors(spec, last_layer.moe, tp, ep)
+    order = [g for g in groups if not g.name.startswith("norms")]
+    order += [g for g in groups if g.name.startswith("norms")]
+    seq = [g.numel * gb for g in order for _ in range(g.count)]
+    seq.append(h * gb * (2 if spec.norm_bias else 1))  # the final norm
+    if not spec.tie_word_embeddings:
+        seq.append(V * h * gb)
+    best = 2 * V * h * gb - g16  # the embedding, first
+    after = 0
+    for g in reversed(seq):
+        best = max(best, g - after)
+        after += g
+    return best
+
+
+def _late_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
+    """The share of a layer's parameters whose gradients its backward makes before it reaches
+    the attention scores: everything but the q/k/v projections, their norms and the input
+    norm (one of the layer's two norms)."""
+    groups = layer_tensors(spec, layer.moe, tp, ep)
+    total = tensor_elements(groups) or 1
+    early = sum(g.elements for g in groups
+                if g.name.split(".")[0] in ("q_proj", "k_proj", "v_proj", "qkv_proj", "q_norm",
+                                            "k_norm", "q_a_proj", "q_a_layernorm", "q_b_proj",
+                                            "kv_a_proj_with_mqa", "kv_a_layernorm",
+                                            "kv_b_proj"))
+    early += spec.hidden_size * (2 if spec.norm_bias else 1)  # the input norm
+    return max(0.0, 1 - early / total)
 
 
 def _use_cache(config: Mapping[str, Any] | None, o: TrainingOptions) -> bool:
@@ -400,7 +455,7 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
                   adapter_bytes: int = 4
                   ) -> tuple[StateInputs, tuple[TensorGroup, ...], int, dict[str, int]]:
     """The sums over one rank's tensors that the model states need (memoised per layout)."""
-    trainable = _adapters(groups, o.lora_rank) if lora else groups
+    trainable = _adapters(groups, o.lora_rank or 0) if lora else groups
     P = tensor_elements(trainable)
     W = _weight_bytes(groups, recipe, o.qlora) + (adapter_bytes * P if lora else 0)
     if first:

@@ -135,6 +135,9 @@ class ActivationSetup:
 class LayerActivations:
     """One decoder layer: bytes saved for backward by part, and its transient peaks.
 
+    ``attn_backward``: eager (and the fp32 math kernel) at the softmax's backward: its two fp32
+    S x S gradients less what the layer's backward has freed by then (the MLP, the second
+    norm, o_proj's input, the probabilities' 16-bit cast, v); may be negative.
     ``cache_forward``: with ``use_cache`` (transformers' default outside checkpointing) the
     layer's ``DynamicCache`` entries (``torch.cat`` copies of K and V) that backward does not
     save; the cache holds them until the model's output is dropped, after the loss.
@@ -149,6 +152,7 @@ class LayerActivations:
     backward_transient: int = 0
     s2: int = 0
     cache_forward: int = 0  # the DynamicCache's copies nothing saves: alive to the forward's end
+    attn_backward: int = 0  # the scores' backward beyond the saved tensors still alive then
 
     @property
     def total(self) -> int:
@@ -271,6 +275,7 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
             qkv = b * (q + 2 * kv)
         n_rep = a // a_kv
         s2 = 0
+        probs_cast = 0  # eager: the probabilities' 16-bit cast, saved by probs @ v
         # CUDA has no fused fp32 SDPA kernel for grouped KV heads (enable_gqa): it runs the
         # math kernel, which repeats K/V, scales q and saves the fp32 softmax (the tracer
         # calls the same kernel; memfit/trace/compat.py).
@@ -311,6 +316,7 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
                 s2 = sm + a * S_kv + b * a * S_kv  # softmax out, mask, dropped weights
             else:
                 s2 = sm + cast
+                probs_cast = cast
             if s.attn_softcap:
                 s2 += b * a * S_kv  # tanh(scores / cap), saved by tanh's backward
             attn_bytes = inp + qk_norm + core + s2
@@ -354,16 +360,32 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         spec.moe.expert_intermediate_size * spec.moe.top_k // tp if spec.moe else 0)
     fwd_t = T * 4 * h  # the norm's fp32 product before the cast back
     bwd_t = T * (3 * b * I + 2 * br * h)  # dL/d(product), d(act), d(up); residual gradients
+    attn_bwd = 0
     if s.attn == "eager" or (spec.mla is None and s.attn == "sdpa" and b == 4
-                             and not s.autocast and a > a_kv and d <= 256):
+                             and not s.autocast and a > a_kv and d <= 256 and not sliding):
         S_kv = s.kv_seq
         # forward: the masked scores are alive while softmax writes its (saved) output;
         # backward: softmax's fp32 gradient in and out (2 x 4 a S) beside the saved softmax.
         fwd_t = max(fwd_t, T * a * S_kv * (4 if s.autocast else b))
-        bwd_t = max(bwd_t, T * a * S_kv * 2 * 4)
+        scores_bwd = T * a * S_kv * 2 * 4
+        plain = (spec.mla is None and not fused_qkv and not lora and not any(s.dropout)
+                 and not spec.attention_sinks and not s.attn_softcap)
+        if plain:
+            # the layer's backward reaches the softmax after the MLP's, the second norm's,
+            # o_proj's and probs @ v's: their saved tensors are gone by then
+            v_saved = b * kv if (n_rep == 1 and s.attn == "eager") else b * q
+            freed = (saved.get("mlp", 0) + saved.get("moe", 0)
+                     + _norm_saved(style, h, br) * T // sp_div
+                     + T * (b * q + probs_cast + v_saved))
+            # beside the residual's gradient and v's (repeated) gradient; the MLP's and
+            # o_proj's weight gradients, already made, are added by the caller
+            attn_bwd = scores_bwd - freed + T * (br * h + b * q)
+        else:
+            bwd_t = max(bwd_t, scores_bwd)
     return LayerActivations(saved=saved, forward_transient=fwd_t, backward_transient=bwd_t,
                             s2=T * s2 if spec.mla is None else 0,
-                            cache_forward=_cache_forward(spec, layer, s, sliding))
+                            cache_forward=_cache_forward(spec, layer, s, sliding),
+                            attn_backward=attn_bwd)
 
 
 def _cache_forward(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, sliding: bool) -> int:
