@@ -130,14 +130,19 @@ def _stages(spec: ModelSpec, pp: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _last_index_of_kinds(spec: ModelSpec, start: int, stop: int) -> dict[LayerSpec, int]:
-    """The last index of each layer kind inside ``layers[start:stop]``."""
+def _kind_positions(spec: ModelSpec) -> dict[LayerSpec, list[int]]:
+    """The sorted layer indices of each layer kind (memoized per model)."""
     def build() -> dict[LayerSpec, list[int]]:
         pos: dict[LayerSpec, list[int]] = {}
         for i, layer in enumerate(spec.layers):
             pos.setdefault(layer, []).append(i)
         return pos
-    positions = memo(spec, "kind_positions", build)
+    return memo(spec, "kind_positions", build)
+
+
+def _last_index_of_kinds(spec: ModelSpec, start: int, stop: int) -> dict[LayerSpec, int]:
+    """The last index of each layer kind inside ``layers[start:stop]``."""
+    positions = _kind_positions(spec)
     out = {}
     for kind, idx in positions.items():
         j = bisect.bisect_left(idx, stop) - 1
@@ -364,12 +369,7 @@ def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt
 
 def _first_index_of_kinds(spec: ModelSpec, start: int, stop: int) -> dict[LayerSpec, int]:
     """The first index of each layer kind inside ``layers[start:stop]``."""
-    def build() -> dict[LayerSpec, list[int]]:
-        pos: dict[LayerSpec, list[int]] = {}
-        for i, layer in enumerate(spec.layers):
-            pos.setdefault(layer, []).append(i)
-        return pos
-    positions = memo(spec, "kind_positions", build)
+    positions = _kind_positions(spec)
     out = {}
     for kind, idx in positions.items():
         j = bisect.bisect_left(idx, start)
