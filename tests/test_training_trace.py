@@ -47,6 +47,11 @@ FAST = [
     ("pythia-160m", 2, dict(batch=4, seq=1024, precision="bf16-true")),
     # use_cache (the config default): GPT-2 saves the cache's copies of k and v on top
     ("gpt2", 2, dict(batch=2, seq=1024, precision="bf16-mixed")),
+    # LoRA through peft: frozen base, fp32 adapters casting their inputs (16-bit under
+    # autocast); QLoRA: NF4 base whose matmuls return fp32 (peft's fp32 embedding), fp32 GQA
+    # attention on SDPA's math kernel
+    ("llama-3.2-1b", 2, dict(batch=2, seq=1024, precision="bf16-mixed", lora_rank=16)),
+    ("llama-3.1-8b", 1, dict(batch=1, seq=1024, precision="bf16-true", qlora=True)),
 ]
 
 SLOW = [
@@ -72,6 +77,13 @@ SLOW = [
     # bf16-master's gradient casts before a step with few temporaries
     ("tinyllama-1.1b", 2, dict(batch=1, seq=1024, precision="bf16-master",
                                optimizer="sgd-momentum", optimizer_impl="forloop")),
+    ("llama-3.1-8b", 2, dict(batch=1, seq=2048, precision="bf16-true", lora_rank=8)),
+    ("llama-3.1-8b", 2, dict(batch=2, seq=1024, precision="bf16-true", lora_rank=16,
+                             checkpointing="full")),
+    ("llama-3.1-8b", 2, dict(batch=1, seq=1024, precision="bf16-mixed", qlora=True)),
+    ("llama-3.1-8b", 2, dict(batch=1, seq=1024, precision="bf16-mixed", qlora=True,
+                             checkpointing="full")),
+    ("mistral-7b-v0.1", 2, dict(batch=1, seq=2048, precision="bf16-true", qlora=True)),
 ]
 
 

@@ -37,6 +37,7 @@ from .memory.activations import (
     head_activations,
     korthikanti_per_layer,
     layer_activations,
+    lora_unsaved_prefix,
     mask_bytes,
     rotary_bytes,
     softcap_config,
@@ -201,10 +202,14 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     b = recipe.compute_bytes
     residual = 4 if (autocast or b == 4 or o.qlora) else 2
     attn_softcap, logit_softcap = softcap_config(spec, c.config)
-    setup = ActivationSetup(batch=o.batch, seq=o.seq // o.cp, compute_bytes=b,
+    # QLoRA: bitsandbytes casts each NF4 matmul's output back to its input's dtype, and
+    # peft's fp32 embedding makes that fp32: every activation outside the matmuls is fp32.
+    setup = ActivationSetup(batch=o.batch, seq=o.seq // o.cp,
+                            compute_bytes=4 if o.qlora else b,
                             residual_bytes=residual, autocast=autocast, attn=c.attn, tp=o.tp,
                             attn_softcap=attn_softcap, logit_softcap=logit_softcap,
                             sp=o.sp, ep=o.ep, cp=o.cp, lora=lora, lora_rank=o.lora_rank or 0,
+                            lora_bytes=c.lora_bytes,
                             qlora=o.qlora, dropout=dropout_config(spec, c.config),
                             full_seq=o.seq, use_cache=_use_cache(c.config, o))
     T = setup.tokens
@@ -242,8 +247,12 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
         kept = [kind_kept[i] for i in layer_kind]
     else:
         kept = totals
+    if first and kept and ckpt != "full":
+        kept = [kept[0] - lora_unsaved_prefix(spec, setup), *kept[1:]]
     emb = embedding_activations(spec, setup) if first else {}
-    head = head_activations(spec, setup, 4 if (b == 4 or o.qlora) else b) if last else {}
+    # the logits' dtype: QLoRA's LM head is fp32 (peft), but an autocast op all the same
+    logit_b = 4 if (b == 4 or (o.qlora and not autocast)) else b
+    head = head_activations(spec, setup, logit_b) if last else {}
     masks = mask_bytes(spec, setup)  # not saved: freed when the forward returns
     shared = rotary_bytes(spec, setup) + masks
     inputs = 16 * T  # input_ids and labels (int64), alive through the step
@@ -280,12 +289,12 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     # them as inputs of the layers it recomputes
     A_bwd = A_all - (0 if ckpt == "full" else inflight * masks)
 
-    logit_b = 4 if (b == 4 or o.qlora) else b
     logits = T * V * logit_b if last else 0
     upcast = T * V * 4 if (last and logit_b != 4) else 0
-    if last and autocast:
-        # The final norm's fp32 output is still a local of the model's forward during the
-        # loss (the LM head saved its own 16-bit cast).
+    if last and (autocast or lora):
+        # The final norm's output is still a local of the model's forward during the loss
+        # (under autocast the LM head saved its own 16-bit cast; LoRA's frozen head saved
+        # nothing).
         upcast += T * h * residual // sp_div
 
     # -- forward ------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from .model_states import fused_projections
 __all__ = [
     "ActivationSetup", "LayerActivations", "layer_activations", "head_activations",
     "embedding_activations", "rotary_bytes", "mask_bytes", "korthikanti_per_layer",
-    "dropout_config", "softcap_config", "NORM_STYLES", "NO_SDPA",
+    "dropout_config", "softcap_config", "lora_unsaved_prefix", "NORM_STYLES", "NO_SDPA",
 ]
 
 # How each family's RMSNorm computes (transformers 5.x):
@@ -115,6 +115,7 @@ class ActivationSetup:
     cp: int = 1
     lora: bool = False  # frozen base linears with trainable adapters
     lora_rank: int = 0
+    lora_bytes: int = 4  # the adapters' dtype: fp32 (peft's default) or 16-bit
     qlora: bool = False
     dropout: tuple[bool, bool, bool] = (False, False, False)
     full_seq: int = 0  # S before context parallelism (K/V length); 0 = seq
@@ -171,6 +172,37 @@ def _norm_saved(style: str, width: int, b_in: int, frozen: bool = False) -> int:
         return b_in * width + 8
     keep = 0 if frozen else (b_in * width if style == "llama" else 4 * width)
     return 4 * width + 4 + keep
+
+
+def lora_unsaved_prefix(spec: ModelSpec, s: ActivationSetup) -> int:
+    """LoRA: what the first decoder layer does not save (bytes, all tokens on the rank).
+
+    The embedding is frozen, so nothing requires grad before the first adapter: the first
+    layer's input norm saves nothing (its fp32 input and 1/rms, 4h + 4 per token), and the
+    frozen q/k/v matmuls keep no weight copy (see :func:`lora_unsaved_copies`).
+    """
+    if not s.lora:
+        return 0
+    style = NORM_STYLES.get(spec.model_type, "llama")
+    return s.tokens * _norm_saved(style, spec.hidden_size, s.residual_bytes, True) // (
+        s.tp if s.sp else 1)
+
+
+def _adapter_input_bytes(s: ActivationSetup) -> int:
+    """Bytes per element of what a LoRA adapter saves (its input for lora_A, lora_A's output
+    for lora_B). peft keeps the adapters in fp32 (``autocast_adapter_dtype``) and casts the
+    input to their dtype (``_cast_input_dtype``): 4 bytes; under autocast the matmul casts
+    that back to 16 bits and saves the cast: 2 bytes. The frozen base matmul saves no input."""
+    return 2 if s.autocast else s.lora_bytes
+
+
+def _adapter_inputs(s: ActivationSetup, width: int, n_proj: int, in_bytes: int) -> int:
+    """Bytes per token the adapters of ``n_proj`` projections reading one ``width``-wide
+    input save: each casts the input to its own copy, unless the input already has the
+    adapters' dtype (no cast, no autocast: one shared tensor); lora_B's input each."""
+    ad = _adapter_input_bytes(s)
+    shared = in_bytes == ad and not s.autocast
+    return ad * width * (1 if shared else n_proj) + ad * s.lora_rank * n_proj
 
 
 def _act_saved_tensors(activation: str) -> int:
@@ -249,9 +281,12 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         saved["attention"] = T * (inp + lat + core)
     else:
         q, kv = a * d, a_kv * d
+        # autocast runs the attention in 16 bits even where the rest of the layer is fp32
+        # (QLoRA's fp32 MLP: SDPA is an autocast op, bitsandbytes' matmul is not)
+        b = 2 if s.autocast else s.compute_bytes
         n_in = 1 if fused_qkv else 3
         if lora:
-            inp = 4 * h * (1 if fused_qkv else 3) + 4 * s.lora_rank * n_in
+            inp = _adapter_inputs(s, h, n_in, br)
         elif s.autocast:
             inp = 2 * h * n_in
         else:
@@ -337,8 +372,15 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
                 # (B, a, S, d) layout and ``transpose(1, 2).contiguous()`` copies it for o_proj.
                 attn_bytes += b * q
         if lora:
-            attn_bytes += 4 * q + 4 * s.lora_rank  # o_proj's adapter: fp32 copy of its input
+            # o_proj's adapter saves its input (and lora_B's): where that is a cast, the
+            # cast; where it is the attention output itself, nothing more. The eager and
+            # math kernels' transposed copy (counted above, b q) is then saved by no one.
+            ad = _adapter_input_bytes(s)
+            copy_counted = s.attn == "eager" or math_sdpa
+            attn_bytes += ad * s.lora_rank + (
+                (ad - b) * q if copy_counted else (ad * q if (ad != b or s.autocast) else 0))
         saved["attention"] = T * attn_bytes
+    b = s.compute_bytes
     if resid_drop:
         saved["dropout_masks"] = 2 * T * h // sp_div  # after attention and after the MLP
 
@@ -359,6 +401,13 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
     I = (spec.intermediate_size // tp) if not layer.moe else (
         spec.moe.expert_intermediate_size * spec.moe.top_k // tp if spec.moe else 0)
     fwd_t = T * 4 * h  # the norm's fp32 product before the cast back
+    if lora and spec.mlp_gated and not layer.moe:
+        # LoRA projections: the base output, the adapter's output and its scaled copy (in
+        # the adapter dtype a_b) are alive together. up_proj: beyond the up output and
+        # down's adapter input saved later, (b + 2 a_b - b - a_b) I = a_b I; down_proj: the
+        # unsaved product b I and (b + 2 a_b) h.
+        ad = _adapter_input_bytes(s)
+        fwd_t = max(fwd_t, T * ad * I, T * (b * I + (b + 2 * ad) * h))
     bwd_t = T * (3 * b * I + 2 * br * h)  # dL/d(product), d(act), d(up); residual gradients
     attn_bwd = 0
     if s.attn == "eager" or (spec.mla is None and s.attn == "sdpa" and b == 4
@@ -368,15 +417,17 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         # backward: softmax's fp32 gradient in and out (2 x 4 a S) beside the saved softmax.
         fwd_t = max(fwd_t, T * a * S_kv * (4 if s.autocast else b))
         scores_bwd = T * a * S_kv * 2 * 4
-        plain = (spec.mla is None and not fused_qkv and not lora and not any(s.dropout)
+        plain = (spec.mla is None and not fused_qkv and not any(s.dropout)
                  and not spec.attention_sinks and not s.attn_softcap)
         if plain:
             # the layer's backward reaches the softmax after the MLP's, the second norm's,
             # o_proj's and probs @ v's: their saved tensors are gone by then
             v_saved = b * kv if (n_rep == 1 and s.attn == "eager") else b * q
+            # o_proj's input, or (LoRA) its adapter's copy and lora_B's input
+            o_in = (q + s.lora_rank) * _adapter_input_bytes(s) if lora else b * q
             freed = (saved.get("mlp", 0) + saved.get("moe", 0)
-                     + _norm_saved(style, h, br) * T // sp_div
-                     + T * (b * q + probs_cast + v_saved))
+                     + _norm_saved(style, h, br, lora) * T // sp_div
+                     + T * (o_in + probs_cast + v_saved))
             # beside the residual's gradient and v's (repeated) gradient; the MLP's and
             # o_proj's weight gradients, already made, are added by the caller
             attn_bwd = scores_bwd - freed + T * (br * h + b * q)
@@ -417,7 +468,9 @@ def _cache_forward(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, slidin
         s.attn == "eager" or sliding or d > 256)))
     if repeated:
         return T * (k_b + b) * kv
-    return T * k_b * kv if k_b != b else 0
+    saved_b = 2 if s.autocast else b  # what the attention saves: autocast's 16-bit casts
+    # v is the projection's output: 16-bit under autocast, but fp32 under QLoRA (b = 4)
+    return T * kv * ((k_b if k_b != saved_b else 0) + (b if b != saved_b else 0))
 
 
 def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate_up: bool
@@ -426,16 +479,17 @@ def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate
     gated: gate out, act(gate), up out, product = 4 b I; plain: n_act b I + the output b I."""
     b, h = s.compute_bytes, spec.hidden_size
     n_proj = 1 if (fused_gate_up or not spec.mlp_gated) else 2
+    ad = _adapter_input_bytes(s)
     if s.lora:
-        inp = 4 * h * n_proj + 4 * s.lora_rank * n_proj
+        inp = _adapter_inputs(s, h, n_proj, s.residual_bytes)
     elif s.autocast:
         inp = 2 * h * n_proj
     else:
         inp = b * h
     if spec.mlp_gated:
         body = 4 * b * I
-        if s.lora:  # down is frozen: its adapter keeps an fp32 copy instead of the product
-            body = 3 * b * I + 4 * I + 4 * s.lora_rank
+        if s.lora:  # down is frozen: its adapter keeps its own copy instead of the product
+            body = 3 * b * I + ad * (I + s.lora_rank)
     else:
         body = (_act_saved_tensors(spec.activation) + 1) * b * I
         if s.autocast and _act_saved_tensors(spec.activation) == 4:
@@ -443,7 +497,7 @@ def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate
             # 0.5 x stays 16-bit, the product is fp32 and down casts it to 16 bits again.
             body = (3 * 4 + 2) * I + 2 * I
         if s.lora:
-            body = _act_saved_tensors(spec.activation) * b * I + 4 * I + 4 * s.lora_rank
+            body = _act_saved_tensors(spec.activation) * b * I + ad * (I + s.lora_rank)
     return inp + body
 
 
@@ -525,8 +579,10 @@ def head_activations(spec: ModelSpec, s: ActivationSetup, logits_bytes: int) -> 
     head_in = 2 * h if s.autocast else s.compute_bytes * h
     if logits_bytes == 4 and not s.autocast:
         head_in = 4 * h
+    if s.lora:  # frozen norm weight and LM head: neither saves its input's 16-bit value
+        head_in = 0
     out = {
-        "final_norm": T * _norm_saved(style, h, s.residual_bytes) // sp_div,
+        "final_norm": T * _norm_saved(style, h, s.residual_bytes, s.lora) // sp_div,
         "lm_head_input": T * head_in,
         "log_softmax": 4 * T * V,
         "labels": 8 * T,
