@@ -52,6 +52,8 @@ FAST = [
     # attention on SDPA's math kernel
     ("llama-3.2-1b", 2, dict(batch=2, seq=1024, precision="bf16-mixed", lora_rank=16)),
     ("llama-3.1-8b", 1, dict(batch=1, seq=1024, precision="bf16-true", qlora=True)),
+    # FSDP2 per rank: the root's and each layer's all-gather and reduce-scatter buffers
+    ("llama-3.2-1b", 2, dict(batch=2, seq=1024, precision="bf16-mixed", dp=8, fsdp="full")),
 ]
 
 SLOW = [
@@ -84,6 +86,15 @@ SLOW = [
     ("llama-3.1-8b", 2, dict(batch=1, seq=1024, precision="bf16-mixed", qlora=True,
                              checkpointing="full")),
     ("mistral-7b-v0.1", 2, dict(batch=1, seq=2048, precision="bf16-true", qlora=True)),
+    ("llama-3.1-8b", 2, dict(batch=1, seq=1024, precision="fp32", dp=4, fsdp="grad-op")),
+    ("llama-3.1-8b", 2, dict(batch=1, seq=1024, precision="bf16-true", dp=8, fsdp="full",
+                             microbatches=2)),
+    ("mistral-7b-v0.1", 2, dict(batch=2, seq=2048, precision="bf16-mixed", dp=2,
+                                fsdp="grad-op", checkpointing="full")),
+    # 60 experts on 8 ranks: FSDP2 pads each tensor's dim 0 to a multiple of the ranks
+    ("qwen1.5-moe-a2.7b", 2, dict(batch=1, seq=1024, precision="bf16-mixed", dp=8,
+                                  fsdp="full")),
+    ("gpt2", None, dict(batch=4, seq=1024, precision="bf16-mixed", dp=2, fsdp="full")),
 ]
 
 

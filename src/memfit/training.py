@@ -49,6 +49,7 @@ from .memory.model_states import (
     Recipe,
     StateInputs,
     TensorGroup,
+    fsdp_padded_elements,
     get_optimizer,
     get_recipe,
     layer_tensors,
@@ -193,8 +194,13 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
                                             len(layers), ab)
     xin, trainable, linear_el, parts = cached
     P = xin.trainable
+    fsdp_cfg = FsdpConfig(gpus_per_node=c.gpus_per_node)
+    padded = 0
+    if o.fsdp is not None:
+        n_shards = min(o.dp, fsdp_cfg.gpus_per_node) if o.fsdp == "hybrid" else o.dp
+        padded = fsdp_padded_elements(trainable, n_shards)
     sb = shard_states(xin, eff, dp=o.dp, zero=o.zero, fsdp=o.fsdp, offload=o.offload,
-                      fsdp_cfg=FsdpConfig(gpus_per_node=c.gpus_per_node))
+                      fsdp_cfg=fsdp_cfg, padded=padded)
     N = sb.shards
 
     # -- activations per micro-batch -------------------------------------------------------
@@ -385,11 +391,25 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     if end > best[0]:
         best = (end, {"gradients": G, "activations": inputs + tied_extra})
     backward = {"weights": Wres, "optimizer_states": Ost, "comm_buffers": buffers, **best[1]}
+    if o.fsdp is not None and o.dp > 1 and not lora:
+        forward, backward = _fsdp_timeline(_FsdpStep(
+            sharded=sb.weights, states=Ost, grads=G, prev_grads=G_prev,
+            c=xin.compute_bytes, r=recipe.grad_bytes, N=N,
+            root=xin.root_elements if (first or last) else 0,
+            head=parts["head"] if last else 0, emb=parts["embed"] if first else 0,
+            tied=spec.tie_word_embeddings and first and last,
+            unit=fsdp_padded_elements(tuple(g for g in trainable if g.part == "layer"), N)
+            // max(1, len(layers)),
+            grad_op=o.fsdp == "grad-op",
+            kept=kept, extra=[extra_of_kind[k] for k in layer_kind],
+            acts_all=A_all, acts_bwd=A_bwd, acts_head=A_head, inputs=inputs,
+            fwd_layer=fwd_layer_t, fwd_loss=A_bwd + upcast + cache_fwd, logits=logits,
+            loss_grads=loss_grads, emb_out_grad=T * residual * h // sp_div if first else 0))
 
     # -- optimizer step ----------------------------------------------------------------------
     optimizer = {"weights": sb.weights, "optimizer_states": Ost,
                  "gradients": sb.step_gradients, "temporaries": sb.temporaries,
-                 "activations": inputs, "comm_buffers": buffers}
+                 "activations": inputs, "comm_buffers": 0 if o.fsdp else buffers}
     if recipe.master_bytes and not lora and o.zero == 0 and o.fsdp is None and pp == 1:
         # bf16-master casts each 16-bit gradient to its master's fp32 one and frees it, in
         # parameter order: at tensor i the fp32 gradients of tensors <= i meet the 16-bit ones
@@ -502,6 +522,102 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
     return xin, trainable, _linear_elements(per_layer), parts
 
 
+@dataclass(frozen=True)
+class _FsdpStep:
+    """What :func:`_fsdp_timeline` needs of one rank (bytes, unless said elements)."""
+
+    sharded: int  # the rank's parameter shards
+    states: int  # optimizer state (and masters) shards
+    grads: int  # every gradient shard after the step's backward
+    prev_grads: int  # gradient shards held from earlier micro-batches
+    c: int  # unsharded parameter dtype bytes (MixedPrecisionPolicy.param_dtype)
+    r: int  # gradient reduce dtype bytes (reduce_dtype)
+    N: int  # shards
+    root: int  # elements of the root unit (embeddings, final norm, LM head)
+    head: int  # elements of an untied LM head
+    emb: int  # elements of the embedding
+    tied: bool
+    unit: int  # elements of one decoder layer (one fully_shard unit)
+    grad_op: bool  # reshard_after_forward=False
+    kept: list[int]  # each layer's activations kept for backward
+    extra: list[int]  # each layer's backward transient beyond its kept activations
+    acts_all: int
+    acts_bwd: int
+    acts_head: int
+    inputs: int
+    fwd_layer: int  # the largest layer's forward transient
+    fwd_loss: int  # activations at the loss (before the logits)
+    logits: int
+    loss_grads: int
+    emb_out_grad: int
+
+
+def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
+    """Forward and backward peaks of one FSDP2 rank, moment by moment.
+
+    FSDP2 (``fully_shard`` per decoder layer, then the root; read off
+    ``torch/distributed/fsdp/_fully_shard/`` and checked op by op on the tracer) all-gathers a
+    unit into a flat buffer (c U) and copies it out into the unsharded parameters (c U); the
+    flat buffer is freed only when the next all-gather's copy-out is done, so three units are
+    alive at a copy-out. The root's parameters (c R) stay unsharded through the forward and
+    again through the backward. Backward prefetches the previous layer's all-gather; each
+    layer's 16-bit gradients (c U) go into a flat fp32 reduce-scatter input (r U) that lives
+    until the next layer's reduce-scatter; its output (r U / N) is the gradient shard. The
+    root reduce-scatters last: its 16-bit gradients (c R) and its flat input (r R) at once.
+    ``grad-op`` keeps every layer unsharded from its all-gather to its own reduce-scatter.
+    """
+    cU, rU, cR = f.c * f.unit, f.r * f.unit, f.c * f.root
+    L = len(f.kept)
+    done = 0 if f.prev_grads else 1  # accumulating micro-batches add to existing shards
+    held = (lambda i: i * cU) if f.grad_op else (lambda i: 0)  # grad-op: layers kept whole
+
+    def moment(params: int, flats: int, grads: int, acts: int, logits: int = 0
+               ) -> dict[str, int]:
+        return {"weights": f.sharded + params, "optimizer_states": f.states,
+                "gradients": grads, "comm_buffers": flats, "activations": acts,
+                "logits": logits}
+
+    # -- forward: the root's parameters throughout; each layer's all-gather and compute
+    p0 = f.prev_grads
+    above = f.acts_all - f.acts_head
+    forward = max((
+        moment(cR + cU, cR + cU, p0, f.inputs),  # layer 0's copy-out beside the root's flat
+        moment(cR + held(L - 1) + cU, 2 * cU, p0, above - (f.kept[-1] if L else 0)),
+        moment(cR + held(L - 1) + cU, cU, p0, above + f.fwd_layer),
+        moment(cR + held(L), cU, p0, f.fwd_loss, f.logits),  # the loss; the last flat buffer
+    ), key=lambda m: sum(m.values()))
+    # -- backward
+    whole = held(L)  # grad-op: every layer still unsharded
+    # full: the root was resharded when the forward ended and is gathered again
+    cands = [moment(cR + whole, 0 if f.grad_op else cR, p0, f.acts_bwd),
+             moment(cR + whole, 0 if f.grad_op else cU, p0, f.acts_bwd + f.loss_grads)]
+    # the LM head's 16-bit gradient (tied: the shared table's first partial) until the root's
+    # turn
+    head_grad = f.c * (f.emb if f.tied else f.head)
+    g = p0 + head_grad
+    a = f.acts_bwd - f.acts_head
+    rs_prev = 0
+    for i in reversed(range(L)):
+        prefetch = cU if (i and not f.grad_op) else 0  # layer i-1's all-gather
+        own = 0 if f.grad_op else cU  # layer i's parameters, gathered again
+        cands.append(moment(cR + whole + own, prefetch + rs_prev, g, a + f.extra[i]))
+        a -= f.kept[i]
+        whole -= cU if f.grad_op else 0
+        # its reduce-scatter: the 16-bit gradients copied into the flat input (the previous
+        # one freed), then, with the gradient shard made, layer i-1's copy-out
+        cands.append(moment(cR + whole, rU + prefetch, g + cU, a))
+        g += done * -(-rU // f.N)
+        cands.append(moment(cR + whole + prefetch, rU + prefetch, g, a))
+        rs_prev = rU
+    # the embedding's backward (beside the root's parameters and the LM head's gradient),
+    # then the root's reduce-scatter: its 16-bit gradients and their flat fp32 input
+    emb_grads = f.c * f.emb * (2 if f.tied else 1)
+    cands.append(moment(cR, rs_prev, g + emb_grads, a + f.emb_out_grad + f.inputs))
+    cands.append(moment(0, f.r * f.root, g - head_grad + cR, f.inputs))
+    backward = max(cands, key=lambda m: sum(m.values()))
+    return forward, backward
+
+
 def _grad_part(parts: dict[str, int], part: str, sb: Any, P: int) -> int:
     """Gradient bytes (as held, sharded or not) of the parameters of one ``part`` ("embed",
     "head") on this rank."""
@@ -541,11 +657,23 @@ def _terms(c: _Ctx, stage: int, recipe: Recipe, opt: Any, sb: Any, P: int, W: in
               "forloop": "2 * max_tensor * b_s"}.get(o.optimizer_impl, ""),
              f"impl={o.optimizer_impl}", opt.source),
     ]
-    if sb.gathered or sb.gathered_grad_op:
+    if c.o.fsdp is not None and sb.gathered:
+        t.append(Term("gathered_params", sb.gathered + sb.gathered_grad_op,
+                      "c R (root) + 2 c U (a layer's flat all-gather buffer and parameters; "
+                      "3 c U at a copy-out)" + (" + L c U (grad-op)" if sb.gathered_grad_op
+                                                else ""),
+                      f"{sb.gathered} + {sb.gathered_grad_op}",
+                      "torch FSDP2 _fsdp_param_group.py / _fsdp_collectives.py; checked op by "
+                      "op on the tracer (memfit.training._fsdp_timeline)"))
+    elif sb.gathered or sb.gathered_grad_op:
         t.append(Term("gathered_params", sb.gathered + sb.gathered_grad_op,
                       "unsharded working set (16-bit)", f"{sb.gathered} + {sb.gathered_grad_op}",
                       "DeepSpeed stage3.py (prefetch, persistence); torch FSDP2 fully_shard"))
-    if sb.grad_buffers:
+    if c.o.fsdp is not None and sb.grad_buffers:
+        t.append(Term("comm_buffers", sb.grad_buffers, "r U (a layer's flat reduce-scatter "
+                      "input, alive until the next layer's)", f"{sb.grad_buffers}",
+                      "torch FSDP2 foreach_reduce (_fsdp_collectives.py)"))
+    elif sb.grad_buffers:
         t.append(Term("comm_buffers", sb.grad_buffers, "bucket elements * b_g",
                       f"{sb.grad_buffers}", "DeepSpeed reduce_bucket_size 5e8; torch DDP buckets"))
     L = len(per)

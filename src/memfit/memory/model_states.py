@@ -601,9 +601,17 @@ class StateBytes:
     notes: tuple[str, ...] = ()
 
 
+def fsdp_padded_elements(groups: tuple[TensorGroup, ...], shards: int) -> int:
+    """Elements of ``groups`` once FSDP2 pads each tensor's first dimension to a multiple of
+    ``shards`` (``fully_shard`` chunks dim 0, ``torch.chunk`` with padding): 60 experts on
+    8 ranks hold 8 x 8 slots."""
+    return sum(g.count * -(-g.shape[0] // shards) * shards * (g.numel // max(1, g.shape[0]))
+               if g.shape else g.count for g in groups)
+
+
 def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: str | None,
                  offload: str, zero_cfg: ZeroConfig = DEEPSPEED_DEFAULTS,
-                 fsdp_cfg: FsdpConfig = FsdpConfig()) -> StateBytes:
+                 fsdp_cfg: FsdpConfig = FsdpConfig(), padded: int = 0) -> StateBytes:
     """Model states on one data-parallel rank.
 
     Symbols: P trainable elements, N shards, W the weights' bytes, b_g / b_m / K as in
@@ -616,7 +624,8 @@ def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: st
     * ZeRO-2: W + P b_g / N + reduce bucket(s) + (b_m + K) P / N (+ 4P/N at the step).
     * ZeRO-3: W / N + gathered (largest module + prefetch bucket 5e7 + persistent params, in
       16 bits) + P b_g / N + bucket + (b_m + K) P / N.
-    * FSDP2: W / N + P b_g / N + (b_m + K) P / N; unsharded: the root (embeddings, LM head)
+    * FSDP2: W / N + P b_g / N + (b_m + K) P / N (each tensor's dim 0 padded to a multiple
+      of N: ``padded`` elements instead of P); unsharded: the root (embeddings, LM head)
       and (1 + prefetch) layers in the 16-bit param dtype; ``grad-op`` keeps every layer
       unsharded from forward to backward; ``hybrid`` shards over min(dp, gpus_per_node).
 
@@ -643,9 +652,12 @@ def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: st
         gathered = x.root_elements * x.compute_bytes + (1 + fsdp_cfg.prefetch_layers) * unit
         grad_op = x.layers * unit if fsdp == "grad-op" else 0
         host = 0
-        weights, grads = -(-W // N), -(-grad // N)
-        st, ms, sg = -(-state // N), -(-master // N), -(-step_grad // N)
-        tmp = -(-temps // N)
+        # ``padded``: the trainable elements with each dim 0 padded to a multiple of N
+        def per_rank(n: int) -> int:
+            return -(-n * max(padded, P) // (max(P, 1) * N))
+        weights, grads = per_rank(W), per_rank(grad)
+        st, ms, sg = per_rank(state), per_rank(master), per_rank(step_grad)
+        tmp = per_rank(temps)
         if offload != "none":
             host = weights + grads + st + ms
             weights = grads = st = ms = sg = tmp = 0
@@ -653,7 +665,7 @@ def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: st
                          "state on the host; the step runs on the CPU")
         return StateBytes(weights=weights, gathered=gathered, gathered_grad_op=grad_op,
                           gradients=grads + -(-extra // N), step_gradients=max(sg, grads),
-                          grad_buffers=unit * 4 // x.compute_bytes if dp > 1 else 0,
+                          grad_buffers=x.layer_elements * recipe.grad_bytes if dp > 1 else 0,
                           master=ms, optimizer=st, temporaries=tmp, host=host, shards=N,
                           notes=tuple(notes))
     N = dp if zero else 1
