@@ -150,6 +150,22 @@ CASES = [
           qlora=True, lora_rank=16),
     train("llama-3.1-8b", "b1-s2048-qlora16-ckpt", batch=1, seq=2048, precision="bf16-true",
           qlora=True, lora_rank=16, checkpointing="full"),
+    # -- added with the FSDP2 timeline and the peft re-derivation (second session)
+    train("qwen1.5-moe-a2.7b", "b2-s2048-dp8-fsdpfull", batch=2, seq=2048, dp=8, fsdp="full"),
+    train("llama-3.1-8b", "b1-s2048-fp32-dp4-fsdpgradop", batch=1, seq=2048, precision="fp32",
+          dp=4, fsdp="grad-op"),
+    train("mistral-7b-v0.1", "b2-s4096-bf16true-dp2-fsdpfull-ckpt", batch=2, seq=4096,
+          precision="bf16-true", dp=2, fsdp="full", checkpointing="full"),
+    train("llama-3.2-1b", "b4-s2048-dp8-fsdpfull-mb2", batch=4, seq=2048, dp=8, fsdp="full",
+          microbatches=2),
+    train("llama-3.2-1b", "b8-s2048-lora16-ckpt", batch=8, seq=2048, lora_rank=16,
+          checkpointing="full"),
+    train("qwen2.5-7b", "b2-s2048-bf16true-lora64", batch=2, seq=2048, precision="bf16-true",
+          lora_rank=64),
+    train("mistral-7b-v0.1", "b1-s4096-bf16true-qlora16", batch=1, seq=4096,
+          precision="bf16-true", qlora=True, lora_rank=16),
+    train("llama-3.1-8b", "b1-s2048-qlora16-mixed", batch=1, seq=2048, precision="bf16-mixed",
+          qlora=True, lora_rank=16),
 ]
 
 
