@@ -12,6 +12,7 @@ of the peak (and of each component the trace splits out), then the median and th
     python benchmarks/accuracy.py --live                # no file: trace a default set now
     python benchmarks/accuracy.py --gpu validation/gpu/h100-2026-11-26.json
     python benchmarks/accuracy.py --train-grid 207     # trace a random training grid now
+    python benchmarks/accuracy.py --variant-grid 60    # LoRA / QLoRA / FSDP2 grid
 
 ``--gpu`` compares with real CUDA runs instead (``max_memory_allocated``, which also counts
 PyTorch's cuBLAS workspace, ~32 MiB on Hopper, that the tracer and ``peak_bytes`` leave out;
@@ -148,11 +149,48 @@ def grid_specs(n: int, seed: int = 2026) -> list[dict[str, Any]]:
     return out
 
 
-def grid_cases(n: int) -> Iterator[dict[str, Any]]:
+# The adapter and sharding grid (--variant-grid N): LoRA / QLoRA through peft on the families
+# with q/k/v/o/gate/up/down projections, FSDP2 (full, grad-op) on 2-8 fake ranks, seed 2027.
+VARIANT_MODELS = {"qwen2.5-0.5b": 2, "llama-3.2-1b": 2, "smollm2-135m": 4, "qwen3-0.6b": 4,
+                  "tinyllama-1.1b": 2, "mistral-7b-v0.1": 2, "llama-3.1-8b": 2,
+                  "gemma-2b": 2, "olmo-2-7b": 2, "qwen1.5-moe-a2.7b": 2}
+
+
+def variant_specs(n: int, seed: int = 2027) -> list[dict[str, Any]]:
+    """``n`` random LoRA / QLoRA / FSDP2 training scenarios (the same for the same ``n``)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        m = rng.choice(sorted(VARIANT_MODELS))
+        kind = rng.choice(["lora", "qlora", "fsdp-full", "fsdp-grad-op"])
+        if kind == "qlora":
+            prec = rng.choice(["bf16-true", "bf16-true", "bf16-mixed"])
+        else:
+            prec = rng.choice(["fp32", "bf16-true", "bf16-mixed", "bf16-mixed"])
+        impl = rng.choice(["foreach", "foreach", "fused", "forloop"])
+        ckpt = rng.choice(["none", "none", "full"])
+        attn = rng.choice(["sdpa"] * 3 + ["eager"])
+        batch, seq = rng.choice([1, 2, 4]), rng.choice([256, 512, 1024, 2048, 4096])
+        if batch * seq > 8192:
+            seq = max(256, 8192 // batch)
+        spec = {"model": m, "layers": VARIANT_MODELS[m], "batch": batch, "seq": seq,
+                "precision": prec, "optimizer": "adamw", "optimizer_impl": impl,
+                "attn": attn, "checkpointing": ckpt, "microbatches": rng.choice([1] * 4 + [2])}
+        if kind in ("lora", "qlora"):
+            spec.update(lora_rank=rng.choice([4, 8, 16, 64]), qlora=kind == "qlora")
+        else:
+            spec.update(dp=rng.choice([2, 4, 8]), fsdp=kind[5:])
+        out.append(spec)
+    return out
+
+
+def grid_cases(n: int, specs: Any = None) -> Iterator[dict[str, Any]]:
     from memfit.catalog import get_entry
     from memfit.trace import trace_training
 
-    for c in grid_specs(n):
+    for c in (specs or grid_specs)(n):
         cfg = dict(get_entry(c["model"]).config)
         key = "n_layer" if "n_layer" in cfg else "num_hidden_layers"
         cfg[key] = c["layers"]
@@ -163,7 +201,10 @@ def grid_cases(n: int) -> Iterator[dict[str, Any]]:
         name = (f"{c['model']}({c['layers']}L) b{c['batch']} s{c['seq']} {c['precision']} "
                 f"{c['optimizer']}/{c['optimizer_impl']} {c['attn']}"
                 + (" ckpt" if c["checkpointing"] == "full" else "")
-                + (f" mb{c['microbatches']}" if c["microbatches"] > 1 else ""))
+                + (f" mb{c['microbatches']}" if c["microbatches"] > 1 else "")
+                + (f" {'q' if c.get('qlora') else ''}lora{c['lora_rank']}"
+                   if c.get("lora_rank") else "")
+                + (f" dp{c['dp']}-{c['fsdp']}" if c.get("fsdp") else ""))
         yield {"id": name,
                "mode": "train", "model": cfg, "options": opts, "peak": r.peak_bytes,
                "components": dict(r.components), "phases": dict(r.phase_peaks)}
@@ -203,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--components", action="store_true", help="also per-component errors")
     p.add_argument("--train-grid", type=int, metavar="N",
                    help="trace N random training scenarios now (207: docs/training.md)")
+    p.add_argument("--variant-grid", type=int, metavar="N",
+                   help="trace N random LoRA/QLoRA/FSDP2 scenarios now (docs/training.md)")
     args = p.parse_args(argv)
 
     if args.gpu:
         cases = list(gpu_cases(args.gpu))
     elif args.train_grid:
         cases = grid_cases(args.train_grid)  # type: ignore[assignment]
+    elif args.variant_grid:
+        cases = grid_cases(args.variant_grid, variant_specs)  # type: ignore[assignment]
     elif args.live:
         cases = list(live_cases())
     elif args.traced.is_file():

@@ -31,6 +31,7 @@ from .catalog import resolve_model
 from .errors import MemfitError
 from .memory.activations import (
     NO_SDPA,
+    NORM_STYLES,
     ActivationSetup,
     dropout_config,
     embedding_activations,
@@ -271,7 +272,16 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     if autocast:
         # QLoRA's NF4 linears are not autocast ops (bitsandbytes dequantizes them itself)
         lin = 0 if o.qlora else linear_el
-        copies_layer = [2 * lin // max(1, len(layers))] * len(layers)
+        n = max(1, len(layers))
+        if lora:  # the adapters' fp32 weights are cast too (and cached: they require grad)
+            lin += sum(g.elements for g in trainable if g.part == "layer")
+        copies_layer = [2 * lin // n] * len(layers)
+        if lora and first and layers and not o.qlora:
+            # nothing before the first adapter needs a gradient: the first layer's frozen
+            # q/k/v matmuls keep no copy of their weights
+            qkv = sum(g.elements for g in groups if g.part == "layer"
+                      and g.name.split(".")[0] in ("q_proj", "k_proj", "v_proj", "qkv_proj"))
+            copies_layer[0] -= 2 * qkv // n
         if last:
             copies_head = 2 * V * h
     copies_all = sum(copies_layer) + copies_head
@@ -350,17 +360,32 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     # Per layer kind: what its backward holds beyond the running total (its transient, and
     # what it recomputes), and what the total drops once it is done (its kept activations).
     # copies_layer is the same for every layer.
-    c_layer = copies_layer[0] if copies_layer else 0
+    c_layer = copies_layer[-1] if copies_layer else 0
     # the scores' backward comes after the MLP's and o_proj's: their gradients exist by then
     # (and, under autocast, their 16-bit weight copies are gone)
     share = [_late_grad_share(spec, x, o.tp, o.ep) for x in kind_list]
-    attn_g = [(g_of_kind[k] if not accumulating else 0) * share[k]
-              - (c_layer * share[k] if autocast else 0) for k in range(len(kind_list))]
-    extra_of_kind = [max(act.backward_transient,
-                         act.attn_backward + int(attn_g[k]) if act.attn_backward else 0)
-                     + dequant + (
-        kind_total[k] + (c_layer if autocast else 0) if ckpt == "full"
-        else act.s2 if ckpt == "selective" else 0) for k, act in enumerate(acts)]
+
+    # RMSNorm's backward (the second norm's, right after the MLP's): four fp32 T x h
+    # temporaries beside the MLP's gradients, its saved tensors gone
+    norm_bwd = 0 if NORM_STYLES.get(spec.model_type, "llama") == "layernorm" else (
+        16 * T * h // sp_div)
+    mlp_share = [_mlp_grad_share(spec, x, o.tp, o.ep) for x in kind_list]
+
+    def layer_extras(grads_of_kind: list[int]) -> list[int]:
+        """Each kind's backward beyond the running total, given its gradients' bytes."""
+        attn_g = [grads_of_kind[k] * share[k] - (c_layer * share[k] if autocast else 0)
+                  for k in range(len(kind_list))]
+        norm_g = [grads_of_kind[k] * mlp_share[k] - (c_layer * mlp_share[k] if autocast else 0)
+                  for k in range(len(kind_list))]
+        return [max(act.backward_transient,
+                    act.attn_backward + int(attn_g[k]) if act.attn_backward else 0,
+                    norm_bwd + int(norm_g[k]) - act.saved.get("mlp", 0)
+                    - act.saved.get("moe", 0))
+                + dequant + (kind_total[k] + (c_layer if autocast else 0) if ckpt == "full"
+                             else act.s2 if ckpt == "selective" else 0)
+                for k, act in enumerate(acts)]
+
+    extra_of_kind = layer_extras([0 if accumulating else g for g in g_of_kind])
     kept_of_kind = [ckpt_input if ckpt == "full" else kind_total[k] - act.s2
                     if ckpt == "selective" else kind_total[k] for k, act in enumerate(acts)]
     dc = c_layer if ckpt != "full" else 0
@@ -392,16 +417,18 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
         best = (end, {"gradients": G, "activations": inputs + tied_extra})
     backward = {"weights": Wres, "optimizer_states": Ost, "comm_buffers": buffers, **best[1]}
     if o.fsdp is not None and o.dp > 1 and not lora:
+        unit = (fsdp_padded_elements(tuple(g for g in trainable if g.part == "layer"), N)
+                // max(1, len(layers)))
+        # a layer's gradients are unsharded (c U) until its reduce-scatter
+        fsdp_extra = layer_extras([xin.compute_bytes * unit] * len(kind_list))
         forward, backward = _fsdp_timeline(_FsdpStep(
             sharded=sb.weights, states=Ost, grads=G, prev_grads=G_prev,
             c=xin.compute_bytes, r=recipe.grad_bytes, N=N,
             root=xin.root_elements if (first or last) else 0,
             head=parts["head"] if last else 0, emb=parts["embed"] if first else 0,
             tied=spec.tie_word_embeddings and first and last,
-            unit=fsdp_padded_elements(tuple(g for g in trainable if g.part == "layer"), N)
-            // max(1, len(layers)),
-            grad_op=o.fsdp == "grad-op",
-            kept=kept, extra=[extra_of_kind[k] for k in layer_kind],
+            unit=unit, grad_op=o.fsdp == "grad-op",
+            kept=kept, extra=[fsdp_extra[k] for k in layer_kind],
             acts_all=A_all, acts_bwd=A_bwd, acts_head=A_head, inputs=inputs,
             fwd_layer=fwd_layer_t, fwd_loss=A_bwd + upcast + cache_fwd, logits=logits,
             loss_grads=loss_grads, emb_out_grad=T * residual * h // sp_div if first else 0))
@@ -468,6 +495,16 @@ def _late_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
                                             "kv_b_proj"))
     early += spec.hidden_size * (2 if spec.norm_bias else 1)  # the input norm
     return max(0.0, 1 - early / total)
+
+
+def _mlp_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
+    """The share of a layer's parameters in its MLP (or routed and shared experts, router):
+    the gradients its backward has made when it reaches the second norm."""
+    groups = layer_tensors(spec, layer.moe, tp, ep)
+    total = tensor_elements(groups) or 1
+    mlp = sum(g.elements for g in groups if g.name.split(".")[0] in (
+        "mlp", "experts", "router", "shared_expert", "shared_expert_gate"))
+    return mlp / total
 
 
 def _use_cache(config: Mapping[str, Any] | None, o: TrainingOptions) -> bool:
@@ -602,6 +639,8 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
         own = 0 if f.grad_op else cU  # layer i's parameters, gathered again
         cands.append(moment(cR + whole + own, prefetch + rs_prev, g, a + f.extra[i]))
         a -= f.kept[i]
+        # the layer's backward done: all its 16-bit gradients, its parameters not yet resharded
+        cands.append(moment(cR + whole + own, prefetch + rs_prev, g + cU, a))
         whole -= cU if f.grad_op else 0
         # its reduce-scatter: the 16-bit gradients copied into the flat input (the previous
         # one freed), then, with the gradient shard made, layer i-1's copy-out
@@ -614,6 +653,9 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
     emb_grads = f.c * f.emb * (2 if f.tied else 1)
     cands.append(moment(cR, rs_prev, g + emb_grads, a + f.emb_out_grad + f.inputs))
     cands.append(moment(0, f.r * f.root, g - head_grad + cR, f.inputs))
+    # (its output, r R / N, is allocated once the embedding's 16-bit gradient is freed)
+    cands.append(moment(0, f.r * f.root, g - head_grad + cR - f.c * f.emb
+                        + -(-f.r * f.root // f.N), f.inputs))
     backward = max(cands, key=lambda m: sum(m.values()))
     return forward, backward
 

@@ -181,7 +181,7 @@ def lora_unsaved_prefix(spec: ModelSpec, s: ActivationSetup) -> int:
     layer's input norm saves nothing (its fp32 input and 1/rms, 4h + 4 per token), and the
     frozen q/k/v matmuls keep no weight copy (see :func:`lora_unsaved_copies`).
     """
-    if not s.lora:
+    if not s.lora or spec.model_type == "olmo2":  # OLMo 2 norms after, not before
         return 0
     style = NORM_STYLES.get(spec.model_type, "llama")
     return s.tokens * _norm_saved(style, spec.hidden_size, s.residual_bytes, True) // (
@@ -294,10 +294,10 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         qk_norm = 0
         if spec.qk_norm == "head":
             nstyle = "gemma" if style == "gemma" else "llama"
-            qk_norm = ((_norm_saved(nstyle, q, b) - 4 + 4 * a)
-                       + (_norm_saved(nstyle, kv, b) - 4 + 4 * a_kv))
+            qk_norm = ((_norm_saved(nstyle, q, b, lora) - 4 + 4 * a)
+                       + (_norm_saved(nstyle, kv, b, lora) - 4 + 4 * a_kv))
         elif spec.qk_norm == "full":
-            qk_norm = _norm_saved(style, q, b) + _norm_saved(style, kv, b)
+            qk_norm = _norm_saved(style, q, b, lora) + _norm_saved(style, kv, b, lora)
         rotary = spec.rope_dim > 0
         if fused_qkv:
             qkv = b * (q + 2 * kv) + (b * (q + kv) if rotary else 0)
@@ -392,7 +392,7 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
                                                     s, fused_gate_up)
             if spec.moe.shared_expert_gate:
                 # sigmoid(gate) and the shared output (+ the gate's own 16-bit input cast)
-                saved["mlp"] += T * (b + b * h + (2 * h if s.autocast else 0))
+                saved["mlp"] += T * (b + b * h + (2 * h if s.autocast and not lora else 0))
     else:
         saved["mlp"] = T * _mlp_saved_per_token(spec, spec.intermediate_size // tp, s,
                                                 fused_gate_up)
@@ -526,6 +526,11 @@ def _moe_saved_per_token(spec: ModelSpec, s: ActivationSetup) -> int:
     # (up + 1) term saves five I_e-wide tensors.
     n_act = 5 if spec.model_type == "gpt_oss" else 2
     experts = k * (be * h + n_in * be * I_e + n_act * be * I_e + be * h + 4)
+    if s.lora:
+        # frozen experts and router (peft adapts nn.Linear projections only): grouped_mm
+        # keeps no gathered input and no product for weight gradients, the router no input
+        router -= router_in
+        experts -= k * (be * h + be * I_e)
     if spec.model_type in ("deepseek_v2",):
         router += 4 * h  # the gate casts its input to fp32 (F.linear in fp32)
     return router + dispatch + experts
