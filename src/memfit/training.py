@@ -285,6 +285,13 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
         if last:
             copies_head = 2 * V * h
     copies_all = sum(copies_layer) + copies_head
+    copies_fwd_loss = copies_fwd_mid = copies_all
+    if autocast and lora and ckpt == "full" and layers:
+        # autocast caches only the casts of tensors that require grad (the adapters'); a
+        # checkpointed layer saves nothing, so the frozen base's casts go with each matmul
+        adapters = 2 * sum(g.elements for g in trainable if g.part == "layer")
+        copies_fwd_loss = adapters + copies_head
+        copies_fwd_mid = adapters + (copies_layer[-1] - adapters // len(layers)) + copies_head
     # Full checkpointing discards the forward's saved casts: in backward only the head's copy
     # (saved by the un-checkpointed LM head) and the recomputed layer's live.
     copies_bwd = copies_head + (0 if ckpt == "full" else sum(copies_layer))
@@ -318,17 +325,20 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     # again in backward for the input gradient): one layer's largest weight at a time.
     dequant = 2 * max((g.numel for g in groups if g.linear and g.part == "layer"
                        and len(g.shape) == 2), default=0) if o.qlora else 0
-    fwd_layer_t = max((act.forward_transient + (kind_total[i] if ckpt == "full" else 0)
-                       for i, act in enumerate(acts)), default=0) + dequant
+    # A checkpointed layer's forward saves nothing: at most its attention's or its MLP's
+    # tensors are alive at once, beside the transient.
+    fwd_layer_t = max((act.forward_transient + (_ckpt_working_set(act) if ckpt == "full" else 0)
+                       for act in acts), default=0) + dequant
     fwd_base = Wres + Ost + G_prev + buffers
     # the DynamicCache's copies that backward does not save live until the output is dropped
     cache_fwd = inflight * sum(act.cache_forward for act in per)
     # (the masks are gone by the loss: the decoder's forward that built them has returned)
-    fwd_loss = fwd_base + A_bwd + copies_all + upcast + cache_fwd
-    fwd_mid = fwd_base + A_all - A_head + copies_all - copies_head + fwd_layer_t + cache_fwd
+    fwd_loss = fwd_base + A_bwd + copies_fwd_loss + upcast + cache_fwd
+    fwd_mid = fwd_base + A_all - A_head + copies_fwd_mid - copies_head + fwd_layer_t + cache_fwd
     if fwd_loss + logits >= fwd_mid:
         forward = {"weights": Wres, "optimizer_states": Ost, "gradients": G_prev,
-                   "activations": A_bwd + copies_all + upcast + cache_fwd, "logits": logits,
+                   "activations": A_bwd + copies_fwd_loss + upcast + cache_fwd,
+                   "logits": logits,
                    "comm_buffers": buffers}
     else:
         forward = {"weights": Wres, "optimizer_states": Ost, "gradients": G_prev,
@@ -377,11 +387,12 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
                   for k in range(len(kind_list))]
         norm_g = [grads_of_kind[k] * mlp_share[k] - (c_layer * mlp_share[k] if autocast else 0)
                   for k in range(len(kind_list))]
-        return [max(act.backward_transient,
+        # QLoRA's dequantized weight (dequant) exists only inside a matmul: the MLP's
+        return [max(act.backward_transient + dequant,
                     act.attn_backward + int(attn_g[k]) if act.attn_backward else 0,
                     norm_bwd + int(norm_g[k]) - act.saved.get("mlp", 0)
                     - act.saved.get("moe", 0))
-                + dequant + (kind_total[k] + (c_layer if autocast else 0) if ckpt == "full"
+                + (kind_total[k] + (c_layer if autocast else 0) if ckpt == "full"
                              else act.s2 if ckpt == "selective" else 0)
                 for k, act in enumerate(acts)]
 
@@ -495,6 +506,14 @@ def _late_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
                                             "kv_b_proj"))
     early += spec.hidden_size * (2 if spec.norm_bias else 1)  # the input norm
     return max(0.0, 1 - early / total)
+
+
+def _ckpt_working_set(act: Any) -> int:
+    """What a checkpointed layer's forward (which saves nothing) holds beside its transient:
+    the larger of its attention block (with the norms) and its MLP block."""
+    parts = act.saved
+    return max(parts.get("norms", 0) + parts.get("attention", 0),
+               parts.get("mlp", 0) + parts.get("moe", 0) + parts.get("dropout_masks", 0))
 
 
 def _mlp_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
