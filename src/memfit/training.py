@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +196,14 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     xin, trainable, linear_el, parts = cached
     P = xin.trainable
     fsdp_cfg = FsdpConfig(gpus_per_node=c.gpus_per_node)
-    padded = 0
+    padded = padded_layers = 0
     if o.fsdp is not None:
         n_shards = min(o.dp, fsdp_cfg.gpus_per_node) if o.fsdp == "hybrid" else o.dp
-        padded = fsdp_padded_elements(trainable, n_shards)
+        pkey = ("padded", skey, n_shards)
+        if pkey not in memo:
+            memo[pkey] = (fsdp_padded_elements(trainable, n_shards), fsdp_padded_elements(
+                tuple(g for g in trainable if g.part == "layer"), n_shards))
+        padded, padded_layers = memo[pkey]
     sb = shard_states(xin, eff, dp=o.dp, zero=o.zero, fsdp=o.fsdp, offload=o.offload,
                       fsdp_cfg=fsdp_cfg, padded=padded)
     N = sb.shards
@@ -428,12 +432,11 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
         best = (end, {"gradients": G, "activations": inputs + tied_extra})
     backward = {"weights": Wres, "optimizer_states": Ost, "comm_buffers": buffers, **best[1]}
     if o.fsdp is not None and o.dp > 1 and not lora:
-        unit = (fsdp_padded_elements(tuple(g for g in trainable if g.part == "layer"), N)
-                // max(1, len(layers)))
+        unit = padded_layers // max(1, len(layers))
         # a layer's gradients are unsharded (c U) until its reduce-scatter
         fsdp_extra = layer_extras([xin.compute_bytes * unit] * len(kind_list))
         forward, backward = _fsdp_timeline(_FsdpStep(
-            sharded=sb.weights, states=Ost, grads=G, prev_grads=G_prev,
+            sharded=sb.weights, states=Ost, prev_grads=G_prev,
             c=xin.compute_bytes, r=recipe.grad_bytes, N=N,
             root=xin.root_elements if (first or last) else 0,
             head=parts["head"] if last else 0, emb=parts["embed"] if first else 0,
@@ -493,6 +496,7 @@ def _master_cast_extra(spec: ModelSpec, last_layer: Any, tp: int, ep: int, V: in
     return best
 
 
+@lru_cache(maxsize=4096)
 def _late_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
     """The share of a layer's parameters whose gradients its backward makes before it reaches
     the attention scores: everything but the q/k/v projections, their norms and the input
@@ -516,6 +520,7 @@ def _ckpt_working_set(act: Any) -> int:
                parts.get("mlp", 0) + parts.get("moe", 0) + parts.get("dropout_masks", 0))
 
 
+@lru_cache(maxsize=4096)
 def _mlp_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
     """The share of a layer's parameters in its MLP (or routed and shared experts, router):
     the gradients its backward has made when it reaches the second norm."""
@@ -584,7 +589,6 @@ class _FsdpStep:
 
     sharded: int  # the rank's parameter shards
     states: int  # optimizer state (and masters) shards
-    grads: int  # every gradient shard after the step's backward
     prev_grads: int  # gradient shards held from earlier micro-batches
     c: int  # unsharded parameter dtype bytes (MixedPrecisionPolicy.param_dtype)
     r: int  # gradient reduce dtype bytes (reduce_dtype)
@@ -628,20 +632,22 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
     held = (lambda i: i * cU) if f.grad_op else (lambda i: 0)  # grad-op: layers kept whole
 
     def moment(params: int, flats: int, grads: int, acts: int, logits: int = 0
-               ) -> dict[str, int]:
-        return {"weights": f.sharded + params, "optimizer_states": f.states,
-                "gradients": grads, "comm_buffers": flats, "activations": acts,
-                "logits": logits}
+               ) -> tuple[int, int, int, int, int, int]:
+        return (params + flats + grads + acts + logits, params, flats, grads, acts, logits)
+
+    def phase(m: tuple[int, int, int, int, int, int]) -> dict[str, int]:
+        return {"weights": f.sharded + m[1], "optimizer_states": f.states,
+                "gradients": m[3], "comm_buffers": m[2], "activations": m[4], "logits": m[5]}
 
     # -- forward: the root's parameters throughout; each layer's all-gather and compute
     p0 = f.prev_grads
     above = f.acts_all - f.acts_head
-    forward = max((
+    forward = phase(max(
         moment(cR + cU, cR + cU, p0, f.inputs),  # layer 0's copy-out beside the root's flat
         moment(cR + held(L - 1) + cU, 2 * cU, p0, above - (f.kept[-1] if L else 0)),
         moment(cR + held(L - 1) + cU, cU, p0, above + f.fwd_layer),
         moment(cR + held(L), cU, p0, f.fwd_loss, f.logits),  # the loss; the last flat buffer
-    ), key=lambda m: sum(m.values()))
+    ))
     # -- backward
     whole = held(L)  # grad-op: every layer still unsharded
     # full: the root was resharded when the forward ended and is gathered again
@@ -653,20 +659,40 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
     g = p0 + head_grad
     a = f.acts_bwd - f.acts_head
     rs_prev = 0
+    own = 0 if f.grad_op else cU  # a layer's parameters, gathered again for its backward
+    shard = done * -(-rU // f.N)
+    best = max(cands)
+    # Along a run of identical layers each moment changes linearly (the shards grow, the
+    # activations shrink), so its largest is at the run's first or last layer: only those
+    # (and the walk's two ends, where the prefetch and the previous flat buffer change) are
+    # evaluated, and only a new largest moment is kept: estimates stay fast.
+    ends = {0, 1, L - 2, L - 1} | {i for i in range(1, L) if
+                                   (f.kept[i], f.extra[i]) != (f.kept[i - 1], f.extra[i - 1])}
+    ends |= {i - 1 for i in ends if i > 0}
     for i in reversed(range(L)):
+        if i not in ends:
+            a -= f.kept[i]
+            whole -= cU if f.grad_op else 0
+            g += shard
+            continue
         prefetch = cU if (i and not f.grad_op) else 0  # layer i-1's all-gather
-        own = 0 if f.grad_op else cU  # layer i's parameters, gathered again
-        cands.append(moment(cR + whole + own, prefetch + rs_prev, g, a + f.extra[i]))
+        p, fl = cR + whole + own, prefetch + rs_prev
+        for m in ((p, fl, g, a + f.extra[i]),  # the layer's own backward peak
+                  # done: all its 16-bit gradients, its parameters not yet resharded
+                  (p, fl, g + cU, a - f.kept[i]),
+                  # its reduce-scatter: the gradients copied into the flat input (the
+                  # previous one freed), then with the shard made, layer i-1's copy-out
+                  (p - own - (cU if f.grad_op else 0), rU + prefetch, g + cU, a - f.kept[i]),
+                  (p - own - (cU if f.grad_op else 0) + prefetch, rU + prefetch, g + shard,
+                   a - f.kept[i])):
+            total = m[0] + m[1] + m[2] + m[3]
+            if total > best[0]:
+                best = (total, *m, 0)
         a -= f.kept[i]
-        # the layer's backward done: all its 16-bit gradients, its parameters not yet resharded
-        cands.append(moment(cR + whole + own, prefetch + rs_prev, g + cU, a))
         whole -= cU if f.grad_op else 0
-        # its reduce-scatter: the 16-bit gradients copied into the flat input (the previous
-        # one freed), then, with the gradient shard made, layer i-1's copy-out
-        cands.append(moment(cR + whole, rU + prefetch, g + cU, a))
-        g += done * -(-rU // f.N)
-        cands.append(moment(cR + whole + prefetch, rU + prefetch, g, a))
+        g += shard
         rs_prev = rU
+    cands.append(best)
     # the embedding's backward (beside the root's parameters and the LM head's gradient),
     # then the root's reduce-scatter: its 16-bit gradients and their flat fp32 input
     emb_grads = f.c * f.emb * (2 if f.tied else 1)
@@ -675,8 +701,7 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
     # (its output, r R / N, is allocated once the embedding's 16-bit gradient is freed)
     cands.append(moment(0, f.r * f.root, g - head_grad + cR - f.c * f.emb
                         + -(-f.r * f.root // f.N), f.inputs))
-    backward = max(cands, key=lambda m: sum(m.values()))
-    return forward, backward
+    return forward, phase(max(cands))
 
 
 def _grad_part(parts: dict[str, int], part: str, sb: Any, P: int) -> int:
