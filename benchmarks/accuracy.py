@@ -150,7 +150,8 @@ def grid_specs(n: int, seed: int = 2026) -> list[dict[str, Any]]:
 
 
 # The adapter and sharding grid (--variant-grid N): LoRA / QLoRA through peft on the families
-# with q/k/v/o/gate/up/down projections, FSDP2 (full, grad-op) on 2-8 fake ranks, seed 2027.
+# with q/k/v/o/gate/up/down projections, FSDP2 (full, grad-op) on 2-8 fake ranks, and LoRA
+# under FSDP2, seed 2027.
 VARIANT_MODELS = {"qwen2.5-0.5b": 2, "llama-3.2-1b": 2, "smollm2-135m": 4, "qwen3-0.6b": 4,
                   "tinyllama-1.1b": 2, "mistral-7b-v0.1": 2, "llama-3.1-8b": 2,
                   "gemma-2b": 2, "olmo-2-7b": 2, "qwen1.5-moe-a2.7b": 2}
@@ -164,9 +165,16 @@ def variant_specs(n: int, seed: int = 2027) -> list[dict[str, Any]]:
     out = []
     for _ in range(n):
         m = rng.choice(sorted(VARIANT_MODELS))
-        kind = rng.choice(["lora", "qlora", "fsdp-full", "fsdp-grad-op"])
+        kind = rng.choice(["lora", "qlora", "fsdp-full", "fsdp-grad-op", "fsdp-lora"])
+        if kind == "fsdp-lora":  # torchtune's distributed LoRA: a mixed or fp32 recipe
+            spec_extra = {"lora_rank": rng.choice([8, 16, 64]), "dp": rng.choice([2, 4, 8]),
+                          "fsdp": rng.choice(["full", "grad-op"])}
+        else:
+            spec_extra = {}
         if kind == "qlora":
             prec = rng.choice(["bf16-true", "bf16-true", "bf16-mixed"])
+        elif kind == "fsdp-lora":
+            prec = rng.choice(["fp32", "bf16-mixed", "bf16-mixed"])
         else:
             prec = rng.choice(["fp32", "bf16-true", "bf16-mixed", "bf16-mixed"])
         impl = rng.choice(["foreach", "foreach", "fused", "forloop"])
@@ -180,6 +188,8 @@ def variant_specs(n: int, seed: int = 2027) -> list[dict[str, Any]]:
                 "attn": attn, "checkpointing": ckpt, "microbatches": rng.choice([1] * 4 + [2])}
         if kind in ("lora", "qlora"):
             spec.update(lora_rank=rng.choice([4, 8, 16, 64]), qlora=kind == "qlora")
+        elif kind == "fsdp-lora":
+            spec.update(spec_extra)
         else:
             spec.update(dp=rng.choice([2, 4, 8]), fsdp=kind[5:])
         out.append(spec)

@@ -262,9 +262,11 @@ def test_checkpointing_never_raises_activation_memory(case: Any) -> None:
     # LoRA: without full checkpointing the first layer's input norm saves nothing (the frozen
     # embedding needs no gradient); full checkpointing keeps that layer's input all the same
     lora = opts.get("lora_rank") is not None or opts.get("qlora")
+    fp32_stream = opts.get("qlora") or opts.get("precision") in (
+        "fp32", "bf16-mixed", "fp16-mixed")  # the residual stream's dtype
     prefix = lora_unsaved_prefix(resolve_model(name)[0], ActivationSetup(
         batch=opts["batch"], seq=opts["seq"], lora=True, tp=opts.get("tp", 1),
-        sp=opts.get("sp", False))) if lora else 0
+        sp=opts.get("sp", False), residual_bytes=4 if fp32_stream else 2)) if lora else 0
     assert peaks["full"] <= peaks["selective"] + one_input + masks + prefix, (
         peaks, one_input, masks, prefix)
 

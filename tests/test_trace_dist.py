@@ -156,11 +156,29 @@ def test_real_run_matches_fsdp_mem_tracker() -> None:
     assert peaks["full"] != peaks["grad-op"]
 
 
+@pytest.mark.parametrize(("world", "mode", "precision", "ckpt"), [
+    (2, "full", "bf16-mixed", "none"),
+    (4, "grad-op", "fp32", "full"),
+])
+def test_fsdp_with_lora_fake_equals_real(world: int, mode: str, precision: str,
+                                         ckpt: str) -> None:
+    """LoRA adapters put on before sharding (torchtune's order): the frozen base is
+    all-gathered with its adapters, only the adapters get gradients and optimizer state."""
+    r = check(LLAMA, options(dp=world, fsdp=mode, precision=precision, checkpointing=ckpt,
+                             lora_rank=4))
+    plain = trace_training(LLAMA, options(dp=world, fsdp=mode, precision=precision,
+                                          checkpointing=ckpt))
+    assert r.components["optimizer_states"] < plain.components["optimizer_states"] / 10
+    assert r.scenario["resolved"]["trainable_params"] < 100_000
+
+
 @pytest.mark.parametrize(("kw", "field"), [
     ({"dp": 4}, "dp"),
     ({"dp": 4, "fsdp": "full", "precision": "bf16-master"}, "precision"),
     ({"dp": 4, "fsdp": "hybrid"}, "fsdp"),
     ({"dp": 1, "fsdp": "full"}, "fsdp"),
+    ({"dp": 2, "fsdp": "full", "lora_rank": 4, "precision": "bf16-true"}, "fsdp"),
+    ({"dp": 2, "fsdp": "full", "qlora": True, "precision": "bf16-mixed"}, "fsdp"),
 ])
 def test_unsupported_fsdp_inputs_raise(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(MemfitError, match=field):

@@ -95,6 +95,11 @@ SLOW = [
     ("qwen1.5-moe-a2.7b", 2, dict(batch=1, seq=1024, precision="bf16-mixed", dp=8,
                                   fsdp="full")),
     ("gpt2", None, dict(batch=4, seq=1024, precision="bf16-mixed", dp=2, fsdp="full")),
+    # LoRA under FSDP2: the frozen base all-gathered, only the adapters reduce-scattered
+    ("llama-3.1-8b", 2, dict(batch=2, seq=2048, precision="bf16-mixed", dp=8, fsdp="full",
+                             lora_rank=16, checkpointing="full")),
+    ("llama-3.2-1b", 2, dict(batch=2, seq=1024, precision="fp32", dp=2, fsdp="grad-op",
+                             lora_rank=8)),
 ]
 
 

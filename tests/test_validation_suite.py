@@ -37,7 +37,7 @@ def test_suite_covers_both_modes_and_the_distributed_and_adapter_cases() -> None
     ids = [c["id"] for c in CASES]
     assert sum(c["mode"] == "infer" for c in CASES) >= 25
     assert sum(c["mode"] == "train" for c in CASES) >= 40
-    for needle in ("fsdpfull", "fsdpgradop", "lora16", "qlora16"):
+    for needle in ("fsdpfull", "fsdpgradop", "lora16", "qlora16", "fsdpfull-lora16"):
         assert any(needle in i for i in ids), needle
 
 

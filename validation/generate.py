@@ -166,6 +166,11 @@ CASES = [
           precision="bf16-true", qlora=True, lora_rank=16),
     train("llama-3.1-8b", "b1-s2048-qlora16-mixed", batch=1, seq=2048, precision="bf16-mixed",
           qlora=True, lora_rank=16),
+    # LoRA under FSDP2 (torchtune's lora_finetune_distributed layout)
+    train("llama-3.1-8b", "b2-s4096-dp8-fsdpfull-lora16-ckpt", batch=2, seq=4096, dp=8,
+          fsdp="full", lora_rank=16, checkpointing="full"),
+    train("mistral-7b-v0.1", "b1-s4096-dp4-fsdpgradop-lora8", batch=1, seq=4096, dp=4,
+          fsdp="grad-op", lora_rank=8),
 ]
 
 

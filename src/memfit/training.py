@@ -220,7 +220,8 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
                             residual_bytes=residual, autocast=autocast, attn=c.attn, tp=o.tp,
                             attn_softcap=attn_softcap, logit_softcap=logit_softcap,
                             sp=o.sp, ep=o.ep, cp=o.cp, lora=lora, lora_rank=o.lora_rank or 0,
-                            lora_bytes=c.lora_bytes,
+                            # FSDP2's MixedPrecisionPolicy casts the adapters too
+                            lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
                             qlora=o.qlora, dropout=dropout_config(spec, c.config),
                             full_seq=o.seq, use_cache=_use_cache(c.config, o))
     T = setup.tokens
@@ -431,17 +432,22 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     if end > best[0]:
         best = (end, {"gradients": G, "activations": inputs + tied_extra})
     backward = {"weights": Wres, "optimizer_states": Ost, "comm_buffers": buffers, **best[1]}
-    if o.fsdp is not None and o.dp > 1 and not lora:
-        unit = padded_layers // max(1, len(layers))
+    if o.fsdp is not None and o.dp > 1:
+        n_layers = max(1, len(layers))
+        grad_unit = padded_layers // n_layers  # a layer's elements with gradients
+        # a layer's parameters, all-gathered: with LoRA the frozen base and its adapters
+        unit = (fsdp_padded_elements(tuple(g for g in groups + trainable if g.part == "layer"),
+                                     N) // n_layers if lora else grad_unit)
         # a layer's gradients are unsharded (c U) until its reduce-scatter
-        fsdp_extra = layer_extras([xin.compute_bytes * unit] * len(kind_list))
+        fsdp_extra = layer_extras([xin.compute_bytes * grad_unit] * len(kind_list))
         forward, backward = _fsdp_timeline(_FsdpStep(
             sharded=sb.weights, states=Ost, prev_grads=G_prev,
             c=xin.compute_bytes, r=recipe.grad_bytes, N=N,
             root=xin.root_elements if (first or last) else 0,
             head=parts["head"] if last else 0, emb=parts["embed"] if first else 0,
             tied=spec.tie_word_embeddings and first and last,
-            unit=unit, grad_op=o.fsdp == "grad-op",
+            unit=unit, grad_unit=grad_unit, grad_op=o.fsdp == "grad-op",
+            root_grad=0 if lora else xin.root_elements if (first or last) else 0,
             kept=kept, extra=[fsdp_extra[k] for k in layer_kind],
             acts_all=A_all, acts_bwd=A_bwd, acts_head=A_head, inputs=inputs,
             fwd_layer=fwd_layer_t, fwd_loss=A_bwd + upcast + cache_fwd, logits=logits,
@@ -598,6 +604,8 @@ class _FsdpStep:
     emb: int  # elements of the embedding
     tied: bool
     unit: int  # elements of one decoder layer (one fully_shard unit)
+    grad_unit: int  # elements of one decoder layer with gradients (LoRA: its adapters)
+    root_grad: int  # elements of the root with gradients (LoRA: none)
     grad_op: bool  # reshard_after_forward=False
     kept: list[int]  # each layer's activations kept for backward
     extra: list[int]  # each layer's backward transient beyond its kept activations
@@ -626,7 +634,8 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
     root reduce-scatters last: its 16-bit gradients (c R) and its flat input (r R) at once.
     ``grad-op`` keeps every layer unsharded from its all-gather to its own reduce-scatter.
     """
-    cU, rU, cR = f.c * f.unit, f.r * f.unit, f.c * f.root
+    cU, cR = f.c * f.unit, f.c * f.root
+    cG, rG = f.c * f.grad_unit, f.r * f.grad_unit  # a layer's 16-bit gradients, flat input
     L = len(f.kept)
     done = 0 if f.prev_grads else 1  # accumulating micro-batches add to existing shards
     held = (lambda i: i * cU) if f.grad_op else (lambda i: 0)  # grad-op: layers kept whole
@@ -660,7 +669,7 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
     a = f.acts_bwd - f.acts_head
     rs_prev = 0
     own = 0 if f.grad_op else cU  # a layer's parameters, gathered again for its backward
-    shard = done * -(-rU // f.N)
+    shard = done * -(-rG // f.N)
     best = max(cands)
     # Along a run of identical layers each moment changes linearly (the shards grow, the
     # activations shrink), so its largest is at the run's first or last layer: only those
@@ -679,11 +688,11 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
         p, fl = cR + whole + own, prefetch + rs_prev
         for m in ((p, fl, g, a + f.extra[i]),  # the layer's own backward peak
                   # done: all its 16-bit gradients, its parameters not yet resharded
-                  (p, fl, g + cU, a - f.kept[i]),
+                  (p, fl, g + cG, a - f.kept[i]),
                   # its reduce-scatter: the gradients copied into the flat input (the
                   # previous one freed), then with the shard made, layer i-1's copy-out
-                  (p - own - (cU if f.grad_op else 0), rU + prefetch, g + cU, a - f.kept[i]),
-                  (p - own - (cU if f.grad_op else 0) + prefetch, rU + prefetch, g + shard,
+                  (p - own - (cU if f.grad_op else 0), rG + prefetch, g + cG, a - f.kept[i]),
+                  (p - own - (cU if f.grad_op else 0) + prefetch, rG + prefetch, g + shard,
                    a - f.kept[i])):
             total = m[0] + m[1] + m[2] + m[3]
             if total > best[0]:
@@ -691,16 +700,18 @@ def _fsdp_timeline(f: _FsdpStep) -> tuple[dict[str, int], dict[str, int]]:
         a -= f.kept[i]
         whole -= cU if f.grad_op else 0
         g += shard
-        rs_prev = rU
+        rs_prev = rG
     cands.append(best)
     # the embedding's backward (beside the root's parameters and the LM head's gradient),
     # then the root's reduce-scatter: its 16-bit gradients and their flat fp32 input
     emb_grads = f.c * f.emb * (2 if f.tied else 1)
     cands.append(moment(cR, rs_prev, g + emb_grads, a + f.emb_out_grad + f.inputs))
-    cands.append(moment(0, f.r * f.root, g - head_grad + cR, f.inputs))
-    # (its output, r R / N, is allocated once the embedding's 16-bit gradient is freed)
-    cands.append(moment(0, f.r * f.root, g - head_grad + cR - f.c * f.emb
-                        + -(-f.r * f.root // f.N), f.inputs))
+    if f.root_grad:
+        rR = f.r * f.root_grad
+        cands.append(moment(0, rR, g - head_grad + f.c * f.root_grad, f.inputs))
+        # (its output, r R / N, is allocated once the embedding's 16-bit gradient is freed)
+        cands.append(moment(0, rR, g - head_grad + f.c * (f.root_grad - f.emb) + -(-rR // f.N),
+                            f.inputs))
     return forward, phase(max(cands))
 
 

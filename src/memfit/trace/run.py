@@ -95,8 +95,12 @@ def _check_training(options: TrainingOptions) -> None:
             raise _not_yet("precision", options.precision,
                            " or ".join(QLORA_PRECISIONS) + " with --qlora")
     if options.lora_rank is not None or options.qlora:
-        if options.fsdp is not None:
-            raise _not_yet("fsdp", options.fsdp, "none with --lora-rank")
+        if options.fsdp is not None and (options.qlora or options.precision not in (
+                "bf16-mixed", "fp16-mixed", "fp32")):
+            raise _not_yet("fsdp", options.fsdp, "none with --qlora, or with --lora-rank a "
+                           "mixed or fp32 recipe (FSDP2 all-gathers one dtype per layer: "
+                           "peft's fp32 adapters beside a 16-bit base need its "
+                           "MixedPrecisionPolicy)")
         if options.precision == "bf16-master":
             raise _not_yet("precision", options.precision,
                            "fp32, bf16-true, fp16-true, bf16-mixed or fp16-mixed with "
@@ -405,6 +409,10 @@ def trace_training(config: Mapping[str, Any], options: TrainingOptions, *,
             def prepare(model: Any) -> None:
                 if options.checkpointing == "full":
                     _enable_checkpointing(model)
+                if options.lora_rank is not None:  # torchtune's order: adapters, then shards
+                    from .lora import apply_lora
+
+                    apply_lora(model, options.lora_rank)  # in place: the base is frozen
                 shard_model(model, mesh, fsdp, mp_dtype)
         elif options.qlora:
             from .lora import apply_qlora
