@@ -99,7 +99,7 @@ def test_lora_base_is_frozen_in_the_recipe_dtype() -> None:
 
 
 @pytest.mark.parametrize(("kw", "field"), [
-    ({"dp": 2, "fsdp": "full"}, "fsdp"),
+    ({"dp": 2, "fsdp": "full", "precision": "bf16-true"}, "fsdp"),  # (mixed: traced)
     ({"precision": "bf16-master"}, "precision"),
     ({"qlora": True, "precision": "fp16-true"}, "precision"),
     ({"qlora": True, "precision": "bf16-master"}, "precision"),
