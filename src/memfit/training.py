@@ -211,12 +211,14 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     # -- activations per micro-batch -------------------------------------------------------
     autocast = c.runtime == "autocast"
     b = recipe.compute_bytes
-    residual = 4 if (autocast or b == 4 or o.qlora) else 2
-    attn_softcap, logit_softcap = softcap_config(spec, c.config)
     # QLoRA: bitsandbytes casts each NF4 matmul's output back to its input's dtype, and
-    # peft's fp32 embedding makes that fp32: every activation outside the matmuls is fp32.
+    # peft's fp32 embedding makes that fp32: every activation outside the matmuls is fp32
+    # (under FSDP2 the policy casts the embedding to 16 bits).
+    fp32_stream = o.qlora and o.fsdp is None
+    residual = 4 if (autocast or b == 4 or fp32_stream) else 2
+    attn_softcap, logit_softcap = softcap_config(spec, c.config)
     setup = ActivationSetup(batch=o.batch, seq=o.seq // o.cp,
-                            compute_bytes=4 if o.qlora else b,
+                            compute_bytes=4 if fp32_stream else b,
                             residual_bytes=residual, autocast=autocast, attn=c.attn, tp=o.tp,
                             attn_softcap=attn_softcap, logit_softcap=logit_softcap,
                             sp=o.sp, ep=o.ep, cp=o.cp, lora=lora, lora_rank=o.lora_rank or 0,
@@ -263,7 +265,7 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
         kept = [kept[0] - lora_unsaved_prefix(spec, setup), *kept[1:]]
     emb = embedding_activations(spec, setup) if first else {}
     # the logits' dtype: QLoRA's LM head is fp32 (peft), but an autocast op all the same
-    logit_b = 4 if (b == 4 or (o.qlora and not autocast)) else b
+    logit_b = 4 if (b == 4 or (fp32_stream and not autocast)) else b
     head = head_activations(spec, setup, logit_b) if last else {}
     masks = mask_bytes(spec, setup)  # not saved: freed when the forward returns
     shared = rotary_bytes(spec, setup) + masks
@@ -438,6 +440,10 @@ def _stage_estimate(c: _Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
         # a layer's parameters, all-gathered: with LoRA the frozen base and its adapters
         unit = (fsdp_padded_elements(tuple(g for g in groups + trainable if g.part == "layer"),
                                      N) // n_layers if lora else grad_unit)
+        if o.qlora:  # the NF4 base is all-gathered as stored (packed values and scales)
+            base = tuple(g for g in groups if g.part == "layer")
+            unit = (-(-_weight_bytes(base, recipe, True) // (n_layers * xin.compute_bytes))
+                    + grad_unit)
         # a layer's gradients are unsharded (c U) until its reduce-scatter
         fsdp_extra = layer_extras([xin.compute_bytes * grad_unit] * len(kind_list))
         forward, backward = _fsdp_timeline(_FsdpStep(
