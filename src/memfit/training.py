@@ -773,8 +773,11 @@ def _terms(c: _Ctx, stage: int, recipe: Recipe, opt: Any, sb: Any, P: int, W: in
                       "unsharded working set (16-bit)", f"{sb.gathered} + {sb.gathered_grad_op}",
                       "DeepSpeed stage3.py (prefetch, persistence); torch FSDP2 fully_shard"))
     if c.o.fsdp is not None and sb.grad_buffers:
-        t.append(Term("comm_buffers", sb.grad_buffers, "r U (a layer's flat reduce-scatter "
-                      "input, alive until the next layer's)", f"{sb.grad_buffers}",
+        # LoRA: only the adapters (all of them in the layers) are reduce-scattered
+        rs = (P // max(1, len(per)) * recipe.grad_bytes if c.o.lora_rank is not None
+              else sb.grad_buffers)
+        t.append(Term("comm_buffers", rs, "r U (a layer's flat reduce-scatter input of its "
+                      "parameters with gradients, alive until the next layer's)", f"{rs}",
                       "torch FSDP2 foreach_reduce (_fsdp_collectives.py)"))
     elif sb.grad_buffers:
         t.append(Term("comm_buffers", sb.grad_buffers, "bucket elements * b_g",
