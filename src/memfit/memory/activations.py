@@ -178,10 +178,11 @@ def lora_unsaved_prefix(spec: ModelSpec, s: ActivationSetup) -> int:
     """LoRA: what the first decoder layer does not save (bytes, all tokens on the rank).
 
     The embedding is frozen, so nothing requires grad before the first adapter: the first
-    layer's input norm saves nothing (its fp32 input and 1/rms, 4h + 4 per token), and the
-    frozen q/k/v matmuls keep no weight copy (see :func:`lora_unsaved_copies`).
+    layer's input norm saves nothing (its fp32 input and 1/rms, 4h + 4 per token); the frozen
+    q/k/v matmuls keep no weight cast either (counted with autocast's casts in
+    ``memfit.training``). OLMo 2 normalises after attention, not before: nothing to drop.
     """
-    if not s.lora or spec.model_type == "olmo2":  # OLMo 2 norms after, not before
+    if not s.lora or spec.model_type == "olmo2":
         return 0
     style = NORM_STYLES.get(spec.model_type, "llama")
     return s.tokens * _norm_saved(style, spec.hidden_size, s.residual_bytes, True) // (
