@@ -121,6 +121,15 @@ GRID_MODELS = {"gpt2": 2, "qwen2.5-0.5b": 2, "llama-3.2-1b": 2, "smollm2-135m": 
                "qwen3-30b-a3b": 1, "deepseek-v2-lite": 2, "gpt-oss-20b": 2}
 
 
+def _batch_seq(rng: Any, max_seq: int = 4096) -> tuple[int, int]:
+    """A random batch 1-4 and sequence 256-``max_seq``, at most 8192 tokens in all."""
+    batch, seq = rng.choice([1, 2, 4]), rng.choice([256, 512, 1024, 2048, 4096])
+    seq = min(seq, max_seq)
+    if batch * seq > 8192:
+        seq = max(256, 8192 // batch)
+    return batch, seq
+
+
 def grid_specs(n: int, seed: int = 2026) -> list[dict[str, Any]]:
     """``n`` random training scenarios (the same ones for the same ``n`` and seed)."""
     import random
@@ -137,11 +146,7 @@ def grid_specs(n: int, seed: int = 2026) -> list[dict[str, Any]]:
             impl = "foreach"
         attn = rng.choice(["sdpa"] * 4 + ["eager"])
         ckpt = rng.choice(["none"] * 4 + ["full"])
-        batch, seq = rng.choice([1, 2, 4]), rng.choice([256, 512, 1024, 2048, 4096])
-        if m.startswith("gpt2") and seq > 1024:
-            seq = 1024
-        if batch * seq > 8192:
-            seq = max(256, 8192 // batch)
+        batch, seq = _batch_seq(rng, 1024 if m.startswith("gpt2") else 4096)
         mb = rng.choice([1] * 8 + [2])
         out.append({"model": m, "layers": GRID_MODELS[m], "batch": batch, "seq": seq,
                     "precision": prec, "optimizer": opt, "optimizer_impl": impl, "attn": attn,
@@ -180,9 +185,7 @@ def variant_specs(n: int, seed: int = 2027) -> list[dict[str, Any]]:
         impl = rng.choice(["foreach", "foreach", "fused", "forloop"])
         ckpt = rng.choice(["none", "none", "full"])
         attn = rng.choice(["sdpa"] * 3 + ["eager"])
-        batch, seq = rng.choice([1, 2, 4]), rng.choice([256, 512, 1024, 2048, 4096])
-        if batch * seq > 8192:
-            seq = max(256, 8192 // batch)
+        batch, seq = _batch_seq(rng)
         spec = {"model": m, "layers": VARIANT_MODELS[m], "batch": batch, "seq": seq,
                 "precision": prec, "optimizer": "adamw", "optimizer_impl": impl,
                 "attn": attn, "checkpointing": ckpt, "microbatches": rng.choice([1] * 4 + [2])}

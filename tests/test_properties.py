@@ -23,9 +23,8 @@ from hypothesis import strategies as st
 
 import memfit
 from memfit import MemfitError
-from memfit.catalog import resolve_model
+from memfit.catalog import entry_names, resolve_model
 from memfit.memory.activations import ActivationSetup, lora_unsaved_prefix
-from memfit.catalog import entry_names
 from memfit.memory.breakdown import Estimate
 from memfit.workload import MAX_COUNT
 

@@ -24,17 +24,9 @@ from memfit.trace import trace_training  # noqa: E402
 from memfit.workload import TrainingOptions  # noqa: E402
 
 from .configs.families import FAMILY_CONFIGS  # noqa: E402
-from .test_trace import assert_fake_equals_real  # noqa: E402
+from .test_trace import assert_fake_equals_real, one_thread  # noqa: E402, F401
 
 LLAMA = FAMILY_CONFIGS["llama"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def options(**kw: Any) -> TrainingOptions:

@@ -508,18 +508,22 @@ def _master_cast_extra(spec: ModelSpec, last_layer: Any, tp: int, ep: int, V: in
     return best
 
 
+def _elements_named(spec: ModelSpec, layer: Any, tp: int, ep: int,
+                    names: tuple[str, ...]) -> tuple[int, int]:
+    """(elements of the layer's tensors whose module is one of ``names``, all its elements)."""
+    groups = layer_tensors(spec, layer.moe, tp, ep)
+    named = sum(g.elements for g in groups if g.name.split(".")[0] in names)
+    return named, tensor_elements(groups) or 1
+
+
 @lru_cache(maxsize=4096)
 def _late_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
     """The share of a layer's parameters whose gradients its backward makes before it reaches
     the attention scores: everything but the q/k/v projections, their norms and the input
     norm (one of the layer's two norms)."""
-    groups = layer_tensors(spec, layer.moe, tp, ep)
-    total = tensor_elements(groups) or 1
-    early = sum(g.elements for g in groups
-                if g.name.split(".")[0] in ("q_proj", "k_proj", "v_proj", "qkv_proj", "q_norm",
-                                            "k_norm", "q_a_proj", "q_a_layernorm", "q_b_proj",
-                                            "kv_a_proj_with_mqa", "kv_a_layernorm",
-                                            "kv_b_proj"))
+    early, total = _elements_named(spec, layer, tp, ep, (
+        "q_proj", "k_proj", "v_proj", "qkv_proj", "q_norm", "k_norm", "q_a_proj",
+        "q_a_layernorm", "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj"))
     early += spec.hidden_size * (2 if spec.norm_bias else 1)  # the input norm
     return max(0.0, 1 - early / total)
 
@@ -536,9 +540,7 @@ def _ckpt_working_set(act: Any) -> int:
 def _mlp_grad_share(spec: ModelSpec, layer: Any, tp: int, ep: int) -> float:
     """The share of a layer's parameters in its MLP (or routed and shared experts, router):
     the gradients its backward has made when it reaches the second norm."""
-    groups = layer_tensors(spec, layer.moe, tp, ep)
-    total = tensor_elements(groups) or 1
-    mlp = sum(g.elements for g in groups if g.name.split(".")[0] in (
+    mlp, total = _elements_named(spec, layer, tp, ep, (
         "mlp", "experts", "router", "shared_expert", "shared_expert_gate"))
     return mlp / total
 
