@@ -77,7 +77,7 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 _QLORA_FORMAT = "nf4-dq"
 
 # Extra keyword options of the Python API (beside TrainingOptions' fields).
-_API_OPTIONS = ("states_convention", "gpus_per_node", "lora_dtype")
+_API_OPTIONS = ("states_convention", "gpus_per_node")
 
 
 # ---------------------------------------------------------------------------------------
@@ -876,10 +876,8 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
     if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
         raise MemfitError.bad_value("gpus-per-node", gpn, "a positive integer")
     attn = "eager" if (o.attn == "sdpa" and spec.model_type in NO_SDPA) else o.attn
-    lora_dtype = extra.get("lora_dtype", "fp32")
-    if lora_dtype not in ("fp32", "bf16"):
-        raise MemfitError.bad_value("lora-dtype", lora_dtype, "fp32 (peft's default), bf16")
-    if lora_dtype != "fp32" and o.lora_rank is None:
+    lora_dtype = o.lora_dtype or "fp32"
+    if o.lora_dtype is not None and o.lora_rank is None:
         raise MemfitError.bad_value("lora-dtype", lora_dtype, "only with --lora-rank or --qlora")
     c = _Ctx(spec, config, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2)
     counts = stage_layers(spec.num_layers, o.pp)
@@ -947,9 +945,7 @@ def train(model: ModelLike, **options: Any) -> Estimate:
 
     ``options`` are :class:`~memfit.workload.TrainingOptions`' fields (the CLI's names with
     underscores), plus ``states_convention`` ("zero-16", "megatron-18", "mtnlg-20", with
-    ``precision="bf16-master"``), ``gpus_per_node`` (HSDP shard group, default 8) and
-    ``lora_dtype`` ("fp32", peft's default, or "bf16" as the QLoRA paper's qlora.py casts the
-    adapters).
+    ``precision="bf16-master"``) and ``gpus_per_node`` (HSDP shard group, default 8).
     """
     spec, config = resolve_model(model)
     opts, extra = _split_options(dict(options))

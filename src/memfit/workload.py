@@ -25,20 +25,29 @@ __all__ = [
     "ENGINES",
     "FSDP_MODES",
     "OFFLOAD",
+    "LOSSES",
+    "FSDP_VERSIONS",
+    "QLORA_STREAMS",
+    "ADAPTER_DTYPES",
     "option_fields",
     "make_options",
 ]
 
 PRECISIONS = ("fp32", "bf16-true", "fp16-true", "bf16-mixed", "fp16-mixed", "bf16-master")
-OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum",
+              "adafactor", "lion")
 OPTIMIZER_IMPLS = ("foreach", "fused", "forloop")
-CHECKPOINTING = ("none", "full", "selective")
+CHECKPOINTING = ("none", "full", "selective", "op-selective")
 ATTN_IMPLS = ("sdpa", "eager")
 LOGITS = ("last", "all")
 ENGINES = ("hf", "vllm", "llamacpp")
 FSDP_MODES = ("full", "grad-op", "hybrid")
 OFFLOAD = ("none", "optimizer", "params")
 ZERO_STAGES = (0, 1, 2, 3)
+FSDP_VERSIONS = (1, 2)
+LOSSES = ("hf", "chunked", "fused-linear")
+QLORA_STREAMS = ("fp32", "16-bit")
+ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 
 # The largest size any count option accepts: far beyond any real run, small enough that the
 # byte arithmetic stays exact and fast.
@@ -164,9 +173,35 @@ class TrainingOptions:
                              max=1 << 20)
     cp: int = _opt(1, "context-parallel degree", min=1, max=4096)
     ep: int = _opt(1, "expert-parallel degree (MoE)", min=1, max=4096)
+    fsdp_version: int = _opt(2, "FSDP generation with --fsdp: 2 = PyTorch fully_shard "
+                             "(torchtitan, torchtune); 1 = FullyShardedDataParallel's flat "
+                             "parameters (accelerate, HF Trainer)", choices=FSDP_VERSIONS)
     lora_rank: int | None = _opt(None, "LoRA rank (frozen base, trainable adapters)", min=1,
                                  max=1 << 16, nullable=True)
-    qlora: bool = _opt(False, "QLoRA: base linears in bitsandbytes NF4", flag=True)
+    lora_targets: str = _opt("peft", "modules that get adapters: peft (peft's default for the "
+                             "model type, q_proj,v_proj for Llama), all-linear, attention, mlp, "
+                             "or a comma list of module names")
+    lora_dropout: float = _opt(0.0, "LoRA dropout probability (p > 0 keeps a mask and a dropped "
+                               "copy of each adapter's input)", min=0.0, max=0.99)
+    lora_dtype: str | None = _opt(None, "adapter weights' dtype; default: peft's fp32",
+                                  choices=ADAPTER_DTYPES + (None,), nullable=True)
+    dora: bool = _opt(False, "DoRA: weight-decomposed adapters (peft use_dora)", flag=True)
+    lora_experts: bool = _opt(False, "adapters on the MoE experts' projections too",
+                              flag=True)
+    qlora: bool = _opt(False, "QLoRA: base linears in bitsandbytes NF4 (rank 16 unless "
+                       "--lora-rank)", flag=True)
+    qlora_stream: str = _opt("fp32", "QLoRA activation stream: fp32 = peft's "
+                             "prepare_model_for_kbit_training; 16-bit = torchtune, Unsloth, "
+                             "axolotl or peft without the prepare step", choices=QLORA_STREAMS)
+    loss: str = _opt("hf", "cross-entropy: hf (full fp32 logits), chunked (torchtune), "
+                     "fused-linear (Liger, Cut Cross-Entropy)", choices=LOSSES)
+    loss_chunks: int = _opt(8, "chunks of the chunked loss", min=1, max=1 << 16)
+    checkpoint_every: int = _opt(1, "checkpoint every N-th layer (with --checkpointing)",
+                                 min=1, max=1 << 20)
+    activation_offload: bool = _opt(False, "saved activations offloaded to CPU memory",
+                                    flag=True)
+    optimizer_in_backward: bool = _opt(False, "optimizer step inside backward (per-parameter "
+                                       "hooks: no full gradient set)", flag=True)
     offload: str = _opt("none", "offload to CPU memory", choices=OFFLOAD)
     gpu: str | None = _opt(None, "GPU to check the fit against (see `memfit gpus`)",
                            nullable=True)
