@@ -230,7 +230,7 @@ def test_cli_infer_report_and_explain(capsys) -> None:
     assert "in GiB (1 GiB = 2^30" in out
     assert "Phases" in out and "<- peak" in out and "FITS on h100-sxm" in out
     assert "formula" in out and "numbers" in out and "source" in out
-    assert "The seed's rules of thumb" in out and "KV cache: seed: not counted" in out
+    assert "Back-of-envelope rules of thumb" in out and "KV cache: seed: not counted" in out
 
 
 def test_cli_train_units(capsys) -> None:

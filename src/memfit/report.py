@@ -646,8 +646,9 @@ def render_seed_check(est: Estimate, spec: Any, unit: str = DEFAULT_UNIT) -> str
         return re.sub(r"\{(-?\d+)\}", lambda m: fmt_bytes(int(m.group(1)), unit, suffix=True),
                       text)
 
-    out = ["The seed's rules of thumb (shared/seed, in decimal GB there; here in "
-           f"{unit}) against memfit's numbers:"]
+    out = [_wrap("Back-of-envelope rules of thumb (\"seed\" below: weights = P x bytes, "
+                 "activations = B x S x h x L x bytes, no KV cache or runtime overheads; "
+                 f"here in {unit}) against memfit's numbers:")]
     for part, text in items:
         out.append(_wrap(f"{part}: {fill(text)}", indent="    ", first="  - "))
     return "\n".join(out)
