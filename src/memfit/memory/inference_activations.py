@@ -50,17 +50,18 @@ utils.py`` (``next_token_logits = outputs.logits[:, -1, :].to(copy=True, dtype=f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..arch import LayerSpec, ModelSpec
 from .breakdown import Term
+from .weights import memo
 
 __all__ = ["Profile", "PROFILES", "profile_for", "Shapes", "Moment", "prefill_moments",
            "decode_moments", "decode_attention", "decode_moe", "logits_moments",
            "decode_resident",
-           "decode_step_resident", "decode_growth_bytes"]
+           "decode_step_resident", "decode_step_residents", "decode_growth_bytes"]
 
 _SRC = "transformers/models/{t}/modeling_{t}.py (5.x), checked against memfit.trace"
 
@@ -124,9 +125,10 @@ def profile_for(spec: ModelSpec) -> Profile:
     return PROFILES.get(spec.model_type, PROFILES["llama"])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Shapes:
-    """Per-GPU widths (elements per token) of one scenario."""
+    """Per-GPU widths (elements per token) of one scenario (built per estimate and never
+    changed; not frozen, which makes it cheaper to build)."""
 
     B: int
     P: int
@@ -148,88 +150,106 @@ class Shapes:
         return self.B * self.P
 
 
-@dataclass(frozen=True)
 class Moment:
     """What is live at one instant, besides the weights: activations, cache, logits (bytes).
 
     ``kv_full`` says whether the whole prefill cache of this GPU's layers is live (True after
-    the layer's cache update); else the cache less the current layer's.
+    the layer's cache update); else the cache less the current layer's. ``substituted`` (the
+    formula with numbers) may be given as a function: it is then formatted when first read,
+    since only the peak moment's is ever shown. Read-only by convention (a plain class with
+    slots: a frozen dataclass costs several times more to build, and an estimate builds
+    dozens of moments).
     """
 
-    name: str
-    activations: int
-    kv_full: bool = True
-    logits: int = 0
-    formula: str = ""
-    substituted: str = ""
-    parts: Mapping[str, int] = field(default_factory=dict)
+    __slots__ = ("name", "activations", "kv_full", "logits", "formula", "_substituted")
+
+    def __init__(self, name: str, activations: int, kv_full: bool = True, logits: int = 0,
+                 formula: str = "", substituted: str | Callable[[], str] = "") -> None:
+        self.name = name
+        self.activations = activations
+        self.kv_full = kv_full
+        self.logits = logits
+        self.formula = formula
+        self._substituted = substituted
+
+    @property
+    def substituted(self) -> str:
+        text = self._substituted
+        if not isinstance(text, str):
+            text = self._substituted = text()
+        return text
+
+    def __repr__(self) -> str:
+        return (f"Moment({self.name!r}, activations={self.activations}, "
+                f"kv_full={self.kv_full}, logits={self.logits})")
 
 
-def _attention_kinds(spec: ModelSpec) -> frozenset[str]:
-    from .weights import memo
+@dataclass(frozen=True)
+class _Consts:
+    """What the masks and rotary tables need of a model, computed once per model."""
 
-    return memo(spec, "attention_kinds", lambda: frozenset(x.attention for x in spec.layers))
-
-
-def _mask_types(spec: ModelSpec, prof: Profile) -> list[str]:
-    kinds = _attention_kinds(spec)
-    if prof.masks == "both":
-        return ["full", "sliding"]
-    if prof.masks == "if_sliding":
-        return ["full", "sliding"] if "sliding" in kinds else ["full"]
-    # Mistral, Mixtral, Phi-3: one mask function, sliding when the config has a window
-    return ["sliding"] if "sliding" in kinds else ["full"]
+    kinds: frozenset[str]  # the attention kinds of its layers
+    window: int | None  # the smallest sliding window
+    mask_types: tuple[str, ...]  # the masks the model builds (by the profile's ``masks``)
 
 
-def _window(spec: ModelSpec) -> int | None:
-    from .weights import memo
-
-    def build() -> int | None:
+def _consts(spec: ModelSpec, prof: Profile) -> _Consts:
+    def build() -> _Consts:
+        kinds = frozenset(x.attention for x in spec.layers)
         wins = [x.window for x in dict.fromkeys(spec.layers) if x.attention == "sliding"
                 and x.window]
-        return min(wins) if wins else None
-    return memo(spec, "min_window", build)
+        if prof.masks == "both":
+            types: tuple[str, ...] = ("full", "sliding")
+        elif prof.masks == "if_sliding":
+            types = ("full", "sliding") if "sliding" in kinds else ("full",)
+        else:
+            # Mistral, Mixtral, Phi-3: one mask function, sliding when the config has a window
+            types = ("sliding",) if "sliding" in kinds else ("full",)
+        return _Consts(kinds, min(wins) if wins else None, types)
+    return memo(spec, ("ia_consts", prof.masks), build)
 
 
 def resident_bytes(spec: ModelSpec, prof: Profile, s: Shapes, attn: str,
                    first_stage: bool, kv_len: int | None = None) -> dict[str, int]:
     """Tensors alive through the whole forward of ``s.P`` query tokens attending to ``kv_len``
     keys (default ``s.P``: the prefill; a decode step has one query and the cached keys)."""
-    B, P, b, N, h = s.B, s.P, s.b, s.N, s.h
+    B, P, b, h = s.B, s.P, s.b, s.h
+    N = B * P
     kv = P if kv_len is None else kv_len
+    c = _consts(spec, prof)
     out = {"input_ids": 8 * B * P, "position_ids": 8 * P}
     if spec.mla is not None:
         out["rotary"] = 8 * P * (spec.mla.qk_rope_head_dim // 2)  # complex64 freqs_cis
     elif s.rope_dim:
         # Gemma 3 computes one cos/sin pair per attention type (local and global rope)
-        sets = len(_attention_kinds(spec)) if spec.model_type == "gemma3_text" else 1
+        sets = len(c.kinds) if spec.model_type == "gemma3_text" else 1
         width = s.rope_dim // 2 if prof.rotary_half else s.rope_dim
         out["rotary"] = sets * 2 * P * width * (4 if prof.rotary_fp32 else b)
     out["inputs_embeds"] = N * h * b if first_stage else 0
     if prof.learned_positions and first_stage:
         out["position_embeds"] = P * h * b
     out["layer_input"] = N * h * b if (s.layers > 1 or not first_stage) else 0
-    out["masks"] = _mask_bytes(spec, prof, s, attn, kv)
+    out["masks"] = _mask_bytes(c, prof, s, attn, kv)
     return out
 
 
-def _sliding_mask(spec: ModelSpec, prof: Profile, kv: int) -> bool:
+def _sliding_mask(c: _Consts, prof: Profile, kv: int) -> bool:
     """Whether SDPA gets an explicit (boolean) window mask: once the keys reach the window
     (Qwen2-MoE builds it always)."""
-    window = _window(spec)
+    window = c.window
     return prof.sliding_mask_always or (window is not None and kv >= window)
 
 
-def _mask_bytes(spec: ModelSpec, prof: Profile, s: Shapes, attn: str, kv: int) -> int:
+def _mask_bytes(c: _Consts, prof: Profile, s: Shapes, attn: str, kv: int) -> int:
     """The masks the model builds: eager an additive (B, 1, q, kv) mask per mask type; SDPA a
     (1, 1, q, kv) bool window mask (expanded over the batch) and none for causal layers."""
     masks = 0
-    window = _window(spec)
-    for kind in _mask_types(spec, prof):
+    window = c.window
+    for kind in c.mask_types:
         k = min(kv, window) if (kind == "sliding" and window and s.P == 1) else kv
         if attn == "eager":
             masks += s.B * s.P * k * s.b
-        elif kind == "sliding" and _sliding_mask(spec, prof, kv):
+        elif kind == "sliding" and _sliding_mask(c, prof, kv):
             masks += s.P * k
     return masks
 
@@ -270,12 +290,13 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                     dequant_bytes: int = 0, moe_k: int = 0, moe_width: int = 0,
                     shared_width: int = 0, sdpa_math: bool = False,
                     kv_len: int | None = None, resident: int | None = None,
-                    layer_input: bool = True) -> list[Moment]:
+                    layer_input: bool = True, attention_only: bool = False) -> list[Moment]:
     """The candidate peaks of the prefill inside the last decoder layer of this GPU.
 
     ``kv_len`` (default ``s.P``): the keys each query attends to; a decode step is the same
     forward with ``s.P = 1`` query and the cached keys (:func:`decode_attention`), which also
     passes its own ``resident`` bytes. ``layer_input=False``: the layer is the stage's first.
+    ``attention_only``: the attention's moments alone (what a decode step asks).
     """
     B, P, b, N, h = s.B, s.P, s.b, s.N, s.h
     kv = P if kv_len is None else kv_len
@@ -289,12 +310,11 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
     S = B * s.heads * P * kv
     X = N * h * b
     moments: list[Moment] = []
-    res_txt = f"R {R}"
 
     # 1. the input norm (before the cache update of this layer)
-    if prof.norm == "rms" and not prof.post_norm:
+    if prof.norm == "rms" and not prof.post_norm and not attention_only:
         moments.append(Moment("prefill/norm", R + _rms(s, prof), kv_full=False,
-                              formula="R + 2*4*N*h", substituted=f"{res_txt} + {_rms(s, prof)}"))
+                              formula="R + 2*4*N*h", substituted=lambda: f"R {R} + {_rms(s, prof)}"))
 
     # 2. attention (its input is the norm's output; OLMo 2 feeds the residual itself)
     Xn = 0 if prof.post_norm else X
@@ -323,24 +343,25 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
             f = ("R + N*h*b + N*(r_kv + d_rope)*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b "
                  "+ 2*N*a'*d_v*b (fused kernel output and its contiguous copy)")
         moments.append(Moment("prefill/attention", R + live + work, formula=f,
-                              substituted=f"{res_txt} + {live} + {work}"))
+                              substituted=lambda: f"R {R} + {live} + {work}"))
     else:
         qkv = N * (q_w + 2 * kv_w) * b if prof.fused_qkv else 0
         # projections and rotary: q_proj out, q*cos, rotate_half(q)*sin, q_embed; k and v outs
         rot = (4 * N * q_w + 2 * N * kv_w) * b if s.rope_dim else (N * q_w * b)
         if prof.fused_qkv:
             rot = qkv + (3 * N * q_w * b if s.rope_dim else 0)
-        moments.append(Moment("prefill/qkv", R + Xn + rot, kv_full=False,
-                              formula="R + N*h*b + (4*q + 2*kv)*N*b",
-                              substituted=f"{res_txt} + {Xn} + {rot}"))
-        if spec.qk_norm in ("head", "full"):
+        if not attention_only:
+            moments.append(Moment("prefill/qkv", R + Xn + rot, kv_full=False,
+                                  formula="R + N*h*b + (4*q + 2*kv)*N*b",
+                                  substituted=lambda: f"R {R} + {Xn} + {rot}"))
+        if spec.qk_norm in ("head", "full") and not attention_only:
             # q_norm(q_proj(x)): the projection beside the norm's fp32 working set (per head
             # for Qwen 3 / Gemma 3, over the whole q width for OLMo 2)
             groups = s.heads if spec.qk_norm == "head" else 1
             qn = N * q_w * b + _rms_width(N, q_w, groups, b, prof.norm_out_fp32)
             moments.append(Moment("prefill/q_norm", R + Xn + qn, kv_full=False,
                                   formula="R + N*h*b + N*q*b + RMSNorm(q) working set",
-                                  substituted=f"{res_txt} + {Xn} + {qn}"))
+                                  substituted=lambda: f"R {R} + {Xn} + {qn}"))
         q_live = N * q_w * b
         repeat = 0
         if attn == "eager":
@@ -393,7 +414,7 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                     f += " + B*P*P*b (the window mask made additive)"
         attn_live = Xn + q_live + qkv + repeat + work
         moments.append(Moment("prefill/attention", R + attn_live, formula=f,
-                              substituted=f"{res_txt} + {Xn} + {q_live + qkv} + {repeat} + {work}"))
+                              substituted=lambda: f"R {R} + {Xn} + {q_live + qkv} + {repeat} + {work}"))
         if attn == "eager":
             # probs @ v's output, then its transpose(1, 2).contiguous() copy for o_proj, while
             # the probabilities and the (repeated) K, V are still referenced (the larger
@@ -403,7 +424,7 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
             moments.append(Moment("prefill/attention_out", R + out_live,
                                   formula="R + N*h*b + q + KV repeats + S*b + 2*N*q*b (the "
                                           "output and its transposed copy)",
-                                  substituted=f"{res_txt} + {out_live}"))
+                                  substituted=lambda: f"R {R} + {out_live}"))
         if attn == "eager" and s.kv_heads == 1 < s.heads and not prof.sinks:
             # one KV head: repeat_kv is an expanded view, which ``probs @ v`` copies to a'
             # heads (matmul folds the batch dims): the probabilities, the copy and the output
@@ -412,19 +433,22 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
             moments.append(Moment("prefill/attention_v", R + v_live,
                                   formula="R + N*h*b + q + S*b + B*kv*a'*d*b + N*q*b (probs @ "
                                           "the single KV head expanded)",
-                                  substituted=f"{res_txt} + {v_live}"))
+                                  substituted=lambda: f"R {R} + {v_live}"))
+
+    if attention_only:
+        return moments
 
     # 3. the norm before the MLP
     if prof.norm == "rms":
         moments.append(Moment("prefill/post_attention_norm", R + X + _rms(s, prof) + probs,
                               formula="R + N*h*b + 2*4*N*h (+ S*b eager probs)",
-                              substituted=f"{res_txt} + {X} + {_rms(s, prof)} + {probs}"))
+                              substituted=lambda: f"R {R} + {X} + {_rms(s, prof)} + {probs}"))
 
     # 3b. OLMo 2 normalises the MLP's output (post-norm) while the residual waits
     if prof.post_norm:
         moments.append(Moment("prefill/post_mlp_norm", R + 2 * X + _rms(s, prof) + probs,
                               formula="R + 2*N*h*b + 2*4*N*h (+ S*b eager probs)",
-                              substituted=f"{res_txt} + {2 * X} + {_rms(s, prof)} + {probs}"))
+                              substituted=lambda: f"R {R} + {2 * X} + {_rms(s, prof)} + {probs}"))
 
     # 4. the MLP (dense or MoE) of the last layer
     is_moe = layer is not None and layer.moe and spec.moe is not None and moe_k > 0
@@ -455,19 +479,19 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
         base = R + hidden + shared_first + routing + probs
         moments.append(Moment("prefill/moe_up", base + up + dequant_bytes,
                               formula=f_up + " (+ routing tensors)",
-                              substituted=f"{res_txt} + {hidden + shared_first} + {routing} "
+                              substituted=lambda: f"R {R} + {hidden + shared_first} + {routing} "
                                           f"+ {up}"))
         down += 8 * sN  # inv_perm
         moments.append(Moment("prefill/moe_down", base + down,
                               formula="R + 2*N*h*b + 2*s*h*b + 2*s*h*w (weighted, unpermuted)",
-                              substituted=f"{res_txt} + {hidden + shared_first} + {routing} "
+                              substituted=lambda: f"R {R} + {hidden + shared_first} + {routing} "
                                           f"+ {down}"))
         if shared_width:
             sh = 3 * N * shared_width * b
             extra = X if prof.moe == "deepseek" else 0  # routed output kept for the sum
             moments.append(Moment("prefill/shared_expert", R + hidden + extra + sh + probs,
                                   formula="R + 2*N*h*b + 3*N*I_s*b",
-                                  substituted=f"{res_txt} + {hidden + extra} + {sh}"))
+                                  substituted=lambda: f"R {R} + {hidden + extra} + {sh}"))
     else:
         F = N * s.I * b
         coeff = {"gated": 3, "gated_fused": 4, "gelu_new": 4, "plain": 2}[prof.mlp]
@@ -476,7 +500,7 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                               formula=f"R + {prof.mlp_hidden}*N*h*b + {coeff}*N*I'*b"
                                       + (" + S*b (eager probabilities)" if probs else "")
                                       + (" + dequant" if dequant_bytes else ""),
-                              substituted=f"{res_txt} + {hidden} + {mlp} + {probs}"
+                              substituted=lambda: f"R {R} + {hidden} + {mlp} + {probs}"
                                           + (f" + {dequant_bytes}" if dequant_bytes else "")))
     return moments
 
@@ -496,14 +520,14 @@ def logits_moments(spec: ModelSpec, s: Shapes, *, logits: str, last_stage: bool 
     fp32_row = 4 * B * V
     return [
         Moment("prefill/final_norm", ids + X + _rms(s, prof), kv_full=True,
-               formula="8*B*P + N*h*b + 2*4*N*h", substituted=f"{ids} + {X} + {_rms(s, prof)}"),
+               formula="8*B*P + N*h*b + 2*4*N*h", substituted=lambda: f"{ids} + {X} + {_rms(s, prof)}"),
         Moment("prefill/logits", ids + X + extra, logits=lg,
                formula=f"8*B*P + N*h*b + {'B' if logits == 'last' else 'B*P'}*V'*b"
                        + (" (x2: soft-capping)" if extra else ""),
-               substituted=f"{ids} + {X} + {lg}" + (f" + {extra}" if extra else "")),
+               substituted=lambda: f"{ids} + {X} + {lg}" + (f" + {extra}" if extra else "")),
         Moment("prefill/next_token", ids + fp32_row, logits=lg,
                formula="8*B*P + logits + 4*B*V' (fp32 copy of the last row)",
-               substituted=f"{ids} + {lg} + {fp32_row}"),
+               substituted=lambda: f"{ids} + {lg} + {fp32_row}"),
     ]
 
 
@@ -515,11 +539,12 @@ def decode_attention(spec: ModelSpec, prof: Profile, s1: Shapes, *, attn: str,
     ``resident`` (:func:`decode_resident` + :func:`decode_step_resident`)."""
     out = []
     for m in prefill_moments(spec, prof, s1, attn=attn, first_stage=first_stage, layer=layer,
-                             sdpa_math=sdpa_math, kv_len=tokens, resident=resident):
+                             sdpa_math=sdpa_math, kv_len=tokens, resident=resident,
+                             attention_only=True):
         if m.name in ("prefill/attention", "prefill/attention_v", "prefill/attention_out"):
             out.append(Moment(m.name.replace("prefill", "decode"), m.activations, formula=(
                 "decode_resident + the step's forward (one query, T cached keys): "
-                + m.formula), substituted=m.substituted))
+                + m.formula), substituted=m._substituted))
     return out
 
 
@@ -537,7 +562,7 @@ def decode_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, T: int,
         extra = lg if s.softcap_logits else 0
         out.append(Moment("decode/logits", small + extra + 4 * B * V, logits=lg,
                           formula="B*V'*b + 2*4*B*V' (this and the previous fp32 row)",
-                          substituted=f"{lg} + {extra} + {4 * B * V} + {small}"))
+                          substituted=lambda: f"{lg} + {extra} + {4 * B * V} + {small}"))
     return out
 
 
@@ -568,7 +593,7 @@ def decode_moe(spec: ModelSpec, prof: Profile, s1: Shapes, *, attn: str, tokens:
     return Moment("decode/moe_gather", resident + act + g,
                   formula=f"{coeff}*(B*k)*I_e*h*b (batched_mm gathers expert weights) "
                           "+ the step's hidden states, routing and expert activations",
-                  substituted=f"{resident} + {act} + {g}")
+                  substituted=lambda: f"{resident} + {act} + {g}")
 
 
 def decode_resident(s: Shapes, T: int, last_stage: bool) -> int:
@@ -587,6 +612,15 @@ def decode_step_resident(spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,
     res = resident_bytes(spec, prof, s1, attn, first_stage, kv_len=kv_len)
     return (sum(res.values()) - res["input_ids"]
             - (0 if layer_input else res["layer_input"]))
+
+
+def decode_step_residents(spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,
+                          first_stage: bool, kv_len: int) -> tuple[int, int]:
+    """:func:`decode_step_resident` with the layer's input and without it (the stage's first
+    layer), from one evaluation of the resident tensors."""
+    res = resident_bytes(spec, prof, s1, attn, first_stage, kv_len=kv_len)
+    with_input = sum(res.values()) - res["input_ids"]
+    return with_input, with_input - res["layer_input"]
 
 
 def decode_growth_bytes(spec: ModelSpec, prof: Profile, s1: Shapes) -> int:
