@@ -581,10 +581,12 @@ def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
                       config: Mapping[str, Any] | None = None) -> Estimate:
     """llama.cpp with ``n_gpu_layers`` offloaded (see the module docstring)."""
     d = LLAMACPP_DEFAULTS
+    for name in ("tp", "pp", "ep"):
+        if getattr(o, name) > 1:  # llama.cpp splits layers across GPUs (--split-mode layer)
+            raise MemfitError.bad_value(name, getattr(o, name), "1 with --engine llamacpp "
+                                        "(memfit models llama.cpp on one GPU; its multi-GPU "
+                                        "layer split is not modelled)")
     notes = _check_context(spec, o)
-    if o.tp > 1 or o.pp > 1 or o.ep > 1:
-        notes.append("llama.cpp splits layers across GPUs (--split-mode layer); tp/pp/ep are "
-                      "not modelled for it: figures are for one GPU")
     rw = resolve_weights_option(spec, o.weights, "llamacpp")
     kvdt = resolve_kv_dtype(o.kv_dtype, "fp16", "llamacpp")
     L = spec.num_layers

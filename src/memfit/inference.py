@@ -26,7 +26,7 @@ from .errors import MemfitError
 from .memory.breakdown import Estimate, Phase, Term
 from .parallel import ParallelPlan
 from .solve import largest_true
-from .workload import MAX_COUNT, InferenceOptions, make_options
+from .workload import MAX_COUNT, InferenceOptions, default_within, make_options
 
 __all__ = ["infer", "estimate_inference", "fit_infer", "FitResult"]
 
@@ -42,7 +42,23 @@ def estimate_inference(spec: ModelSpec, options: InferenceOptions,
     if spec.moe is not None and options.ep > 1 and spec.moe.num_experts % options.ep:
         raise MemfitError.bad_value("ep", options.ep,
                                     f"a divisor of the expert count {spec.moe.num_experts}")
-    return ENGINE_FUNCS[options.engine](spec, options, config)
+    options, note = _default_prompt(spec, options)
+    est = ENGINE_FUNCS[options.engine](spec, options, config)
+    if note is None:
+        return est
+    notes = est.assumptions.get("notes") or ()
+    return replace(est, assumptions={**est.assumptions, "notes": (note, *notes)})
+
+
+def _default_prompt(spec: ModelSpec, o: InferenceOptions) -> tuple[InferenceOptions, str | None]:
+    """The default prompt shrunk to fit a learned position table (GPT-2: 1,024 positions,
+    so 896 + 128 generated); a prompt the user gave is kept (and refused if too long)."""
+    n = spec.learned_positions
+    if n and o.generate >= n and o.prompt is InferenceOptions.prompt:
+        raise MemfitError.bad_value("generate", o.generate, f"< {n} (the model's learned "
+                                    f"position table holds {n} positions, the prompt >= 1)")
+    return default_within(o, "prompt", spec.learned_positions, o.generate,
+                          "the learned position table (n_positions)")
 
 
 def infer(model: ModelLike, **options: Any) -> Estimate:
@@ -195,7 +211,8 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
     from .hardware import get_gpu
 
     card = get_gpu(gpu)
-    notes: list[str] = []
+    opts, note = _default_prompt(spec, opts)
+    notes: list[str] = [note] if note else []
 
     def est(o: InferenceOptions) -> Estimate:
         return estimate_inference(spec, o, config)

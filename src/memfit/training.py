@@ -66,7 +66,7 @@ from .memory.params import buffer_elements
 from .memory.weights import memo_table
 from .parallel import ParallelPlan, stage_layers
 from .solve import largest_true
-from .workload import MAX_COUNT, TrainingOptions, make_options
+from .workload import MAX_COUNT, TrainingOptions, default_within, make_options
 
 __all__ = ["train", "fit_train", "FitResult", "LayoutFit", "LORA_TARGETS"]
 
@@ -106,6 +106,9 @@ def _validate(spec: ModelSpec, o: TrainingOptions) -> ParallelPlan:
                                     f"{o.zero} (offloading parameters needs ZeRO-3 or FSDP)")
     if o.cp > 1 and o.seq % o.cp:
         raise MemfitError.bad_value("seq", o.seq, f"a multiple of --cp={o.cp}")
+    if spec.learned_positions and o.seq > spec.learned_positions:
+        raise MemfitError.bad_value("seq", o.seq, f"<= {spec.learned_positions} (the model's "
+                                    "learned position table n_positions)")
     return plan
 
 
@@ -869,6 +872,8 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOptions,
               extra: Mapping[str, Any]) -> Estimate:
+    o, seq_note = default_within(o, "seq", spec.learned_positions, 0,
+                                 "the learned position table (n_positions)")
     plan = _validate(spec, o)
     recipe = get_recipe(o.precision, extra.get("states_convention"))
     recipe, runtime = _runtime(o, recipe)
@@ -910,7 +915,7 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
         "layers_on_rank": best["layers"],
         "shards": best["shards"],
         "trainable_params_on_rank": best["trainable"],
-        "notes": list(best["notes"]),
+        "notes": list(best["notes"]) + ([seq_note] if seq_note else []),
     }
     if o.pp > 1:
         assumptions["pipeline"] = ("1F1B: the first stage holds min(pp, micro-batches) "

@@ -31,6 +31,7 @@ __all__ = [
     "ADAPTER_DTYPES",
     "option_fields",
     "make_options",
+    "default_within",
 ]
 
 PRECISIONS = ("fp32", "bf16-true", "fp16-true", "bf16-mixed", "fp16-mixed", "bf16-master")
@@ -121,6 +122,60 @@ def _check(obj: Any) -> None:
             raise MemfitError.bad_value(name, value, f"{kind} in [{lo}, {hi}]")
 
 
+# Options that belong to one engine (their help starts "vllm:" or "llamacpp:") are refused
+# with any other engine: they would be silently ignored. Whether the user gave one is told
+# by identity: an option left out holds the field's very default object (the CLI and the web
+# API pass only the options given; ``replace`` keeps the objects it does not change). A value
+# equal to a small cached int or bool default given explicitly is that same object, hence
+# accepted: it changes nothing.
+_ENGINE_OWNED: dict[type, tuple[tuple[str, str, Any], ...]] = {}
+
+
+def _engine_owned(cls: type) -> tuple[tuple[str, str, Any], ...]:
+    """(attribute, owning engine, default object) of every engine-specific field of ``cls``."""
+    owned = _ENGINE_OWNED.get(cls)
+    if owned is None:
+        owned = _ENGINE_OWNED[cls] = tuple(
+            (f.name, owner, f.default) for f in fields(cls)
+            for owner in (str(f.metadata.get("help", "")).split(":", 1)[0],)
+            if owner in ENGINES)
+    return owned
+
+
+def _check_engine_owned(obj: Any) -> None:
+    """Refuse an engine-specific option given with another engine, naming its engine."""
+    for attr, owner, default in _engine_owned(type(obj)):
+        value = getattr(obj, attr)
+        if value is not default and obj.engine != owner:
+            raise MemfitError.bad_value(
+                attr.replace("_", "-"), value, f"only with --engine {owner} (a setting of "
+                f"{owner}; the {obj.engine} engine has none, so it would be ignored)")
+
+
+def _default(cls: type, attr: str) -> Any:
+    """The default object of field ``attr`` of the dataclass ``cls``."""
+    return cls.__dataclass_fields__[attr].default
+
+
+def default_within(options: Any, name: str, limit: int | None, reserve: int = 0,
+                   why: str = "") -> tuple[Any, str | None]:
+    """Shrink option ``name`` to ``limit - reserve`` when the user left it at its default
+    and that default cannot work (``default + reserve > limit``: GPT-2's 1,024 learned
+    positions against the default 1,024-token prompt + 128 generated). A value the user
+    gave is left as is (the estimate then refuses it, naming the field). Returns the options
+    and a note saying what was changed and why, or ``None`` when nothing was."""
+    value = getattr(options, name)
+    if not limit or value is not _default(type(options), name) or value + reserve <= limit:
+        return options, None
+    if limit - reserve < 1:
+        return options, None
+    new = limit - reserve
+    note = (f"{name.replace('_', '-')} {new}, not the default {value}: {why or 'the model'} "
+            f"holds {limit} positions" + (f" ({new} + {reserve} generated)" if reserve else "")
+            + f"; give --{name.replace('_', '-')} to choose")
+    return replace(options, **{name: new}), note
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """One inference scenario: a prefill of ``prompt`` tokens, then ``generate`` decode steps."""
@@ -149,6 +204,7 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         _check(self)
+        _check_engine_owned(self)
 
 
 @dataclass(frozen=True)
