@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import Any
 
 from .arch import LayerSpec, ModelSpec
@@ -28,13 +29,14 @@ from .errors import MemfitError
 from .memory.breakdown import Estimate, LazyTerms, Phase, Term
 from .memory.inference_activations import (
     Moment,
+    Profile,
     Shapes,
     decode_attention,
     decode_growth_bytes,
     decode_moe,
     decode_moments,
     decode_resident,
-    decode_step_resident,
+    decode_step_residents,
     logits_moments,
     moment_term,
     prefill_moments,
@@ -98,6 +100,7 @@ LLAMACPP_DEFAULTS = LlamaCppDefaults()
 # Shared helpers
 # ------------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=64)
 def _act_bytes(dtype: str) -> int:
     return int(dtype_bytes(dtype))
 
@@ -198,69 +201,27 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
               config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Phases of one GPU (one pipeline stage) under transformers."""
     prof = profile_for(spec)
-    tp, ep = o.tp, o.ep
+    tp = o.tp
     B, P, G = o.batch, o.prompt, o.generate
     st = _hf_structure(spec, o, rw, kvdt, start, stop, first, last)
-    counts, w, rows = st.counts, st.weights, st.rows
+    counts, w = st.counts, st.weights
     W = st.weights_total
-    s = _shapes(spec, B, P, b, tp, stop - start, softcaps(spec, config, prof))
-    k, width, shared = _moe_width(spec, tp, ep)
-
-    kv0 = hf_cache_bytes(spec, counts, B, P, 0, kvdt, tp, rows)
-    prefill: list[tuple[int, Moment, int]] = []  # (kv bytes, moment, total)
-    for kind, idx, after in st.lasts:
-        kv_at = kv0 - hf_cache_bytes(spec, after, B, P, 0, kvdt, tp, rows)
-        own = hf_cache_bytes(spec, {kind: 1}, B, P, 0, kvdt, tp, rows)
-        for m in prefill_moments(spec, prof, s, attn=attn, first_stage=first, layer=kind,
-                                 dequant_bytes=w.dequant_bytes, moe_k=k, moe_width=width,
-                                 shared_width=shared, sdpa_math=_sdpa_math(spec, attn, b, tp),
-                                 layer_input=idx > start or not first):
-            kv = kv_at if m.kv_full else kv_at - own
-            prefill.append((kv, m, W + kv + m.activations + m.logits))
-    for m in logits_moments(spec, s, logits=o.logits, last_stage=last):
-        prefill.append((kv0, m, W + kv0 + m.activations + m.logits))
+    caps = softcaps(spec, config, prof)
+    s = _shapes(spec, B, P, b, tp, stop - start, caps)
+    kv0 = hf_cache_bytes(spec, counts, B, P, 0, kvdt, tp, st.rows)
+    prefill = _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start, first, last)
     kv_p, m_p, _ = max(prefill, key=lambda x: x[2])
     phases = [Phase("load", {"weights": W, "activations": 0}),
               Phase("prefill", {"weights": W, "kv_cache": kv_p, "activations": m_p.activations,
                                 "logits": m_p.logits})]
     moments = {m.name: m.activations + m.logits for _, m, _ in prefill}
     peak_m = m_p
+    kvG = 0
     if G > 0:
-        kvG = hf_cache_bytes(spec, counts, B, P, G, kvdt, tp, rows)
-        dec = decode_moments(spec, prof, s, T=P + G, last_stage=last)
-        cands = [(kvG, m) for m in dec]
-        s1 = replace(s, P=1)
-        grow = decode_growth_bytes(spec, prof, s1)
-        math = _sdpa_math(spec, attn, b, tp)
-        for t in sorted({1, G}):
-            # the cache at its largest: one layer's old and new tensors during torch.cat
-            kv_t, name, inner = _growth_peak(spec, st, B, P, t, kvdt, tp)
-            base = decode_resident(s, P + t, last)
-            res = base + grow + decode_step_resident(spec, prof, s1, attn, first, P + t,
-                                                     layer_input=inner or not first)
-            cands.append((kv_t, Moment(name, res, formula=(
-                "cache of every layer + the old K, V of the layer being grown (torch.cat "
-                "keeps both until the assignment) + the step's tensors"),
-                substituted=f"{kv_t} + {res}")))
-            # each layer kind's attention at its first and last layer: the layers before it
-            # hold step t's cache, those after it step t-1's (sliding layers the prefill's
-            # P rows until their first decode step)
-            for kind, splits in st.growth:
-                tokens = tokens_in_layer(kind, P, t)
-                own = hf_cache_bytes(spec, {kind: 1}, B, P, t, kvdt, tp, rows)
-                for before_counts, after_counts in splits:
-                    kv_a = (hf_cache_bytes(spec, before_counts, B, P, t, kvdt, tp, rows) + own
-                            + hf_cache_bytes(spec, after_counts, B, P, t - 1, kvdt, tp, rows))
-                    lin = any(before_counts.values()) or not first
-                    res = base + decode_step_resident(spec, prof, s1, attn, first, P + t,
-                                                      layer_input=lin)
-                    cands.extend((kv_a, m) for m in decode_attention(
-                        spec, prof, s1, attn=attn, layer=kind, tokens=tokens,
-                        first_stage=first, sdpa_math=math, resident=res))
-                    if kind.moe and k:
-                        cands.append((kv_a, decode_moe(
-                            spec, prof, s1, attn=attn, tokens=tokens, moe_k=k,
-                            moe_width=width, shared_width=shared, resident=res)))
+        s1 = _shapes(spec, B, 1, b, tp, stop - start, caps)
+        kvG = hf_cache_bytes(spec, counts, B, P, G, kvdt, tp, st.rows)
+        cands = [(kvG, m) for m in decode_moments(spec, prof, s, T=P + G, last_stage=last)]
+        cands += _hf_decode(spec, o, st, kvdt, attn, b, s, s1, first, last)
         kv_d, m_d = max(cands, key=lambda x: x[0] + x[1].activations + x[1].logits)
         phases.append(Phase("decode", {"weights": W, "kv_cache": kv_d,
                                        "activations": m_d.activations, "logits": m_d.logits}))
@@ -284,6 +245,89 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     return {"phases": phases, "terms": terms, "weights": w, "moments": moments,
             "peak_moment": peak_m.name, "total": total,
             "kv_bytes_per_token": st.kv_bytes_per_token}
+
+
+def _hf_prefill(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVDtype,
+                attn: str, b: int, s: Shapes, kv0: int, start: int, first: bool,
+                last: bool) -> list[tuple[int, Moment, int]]:
+    """The prefill's candidate moments as (KV bytes, moment, total with the weights): each
+    layer kind's moments at its last layer on the stage, then the logits'."""
+    prof = profile_for(spec)
+    tp, B, P, rows, W = o.tp, o.batch, o.prompt, st.rows, st.weights_total
+    k, width, shared = _moe_width(spec, tp, o.ep)
+    math = _sdpa_math(spec, attn, b, tp)
+    out: list[tuple[int, Moment, int]] = []
+    for kind, idx, after in st.lasts:
+        kv_at = kv0 - hf_cache_bytes(spec, after, B, P, 0, kvdt, tp, rows)
+        own = hf_cache_bytes(spec, {kind: 1}, B, P, 0, kvdt, tp, rows)
+        for m in prefill_moments(spec, prof, s, attn=attn, first_stage=first, layer=kind,
+                                 dequant_bytes=st.weights.dequant_bytes, moe_k=k,
+                                 moe_width=width, shared_width=shared, sdpa_math=math,
+                                 layer_input=idx > start or not first):
+            kv = kv_at if m.kv_full else kv_at - own
+            out.append((kv, m, W + kv + m.activations + m.logits))
+    for m in logits_moments(spec, s, logits=o.logits, last_stage=last):
+        out.append((kv0, m, W + kv0 + m.activations + m.logits))
+    return out
+
+
+def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVDtype,
+               attn: str, b: int, s: Shapes, s1: Shapes, first: bool,
+               last: bool) -> list[tuple[int, Moment]]:
+    """The decode steps' candidate moments besides the last step's logits, as (KV bytes,
+    moment), at the first and the last step: the cache's growth, and each layer kind's
+    attention (and MoE block) at its first and last layer on the stage. A layer's attention
+    differs between those two layers only by the resident bytes it sits on, so it is
+    evaluated once per kind and step and shifted (its derivation rebuilt when read)."""
+    prof = profile_for(spec)
+    tp, B, P, G, rows = o.tp, o.batch, o.prompt, o.generate, st.rows
+    k, width, shared = _moe_width(spec, tp, o.ep)
+    grow = decode_growth_bytes(spec, prof, s1)
+    math = _sdpa_math(spec, attn, b, tp)
+    cands: list[tuple[int, Moment]] = []
+    for t in sorted({1, G}):
+        # the cache at its largest: one layer's old and new tensors during torch.cat
+        kv_t, name, inner = _growth_peak(spec, st, B, P, t, kvdt, tp)
+        base = decode_resident(s, P + t, last)
+        with_in, without_in = decode_step_residents(spec, prof, s1, attn, first, P + t)
+        res = base + grow + (with_in if inner or not first else without_in)
+        cands.append((kv_t, Moment(name, res, formula=(
+            "cache of every layer + the old K, V of the layer being grown (torch.cat "
+            "keeps both until the assignment) + the step's tensors"),
+            substituted=f"{kv_t} + {res}")))
+        # each layer kind's attention at its first and last layer: the layers before it
+        # hold step t's cache, those after it step t-1's (sliding layers the prefill's
+        # P rows until their first decode step)
+        for kind, splits in st.growth:
+            tokens = tokens_in_layer(kind, P, t)
+            own = hf_cache_bytes(spec, {kind: 1}, B, P, t, kvdt, tp, rows)
+            att = decode_attention(spec, prof, s1, attn=attn, layer=kind, tokens=tokens,
+                                   first_stage=first, sdpa_math=math, resident=0)
+            for before_counts, after_counts in splits:
+                kv_a = (hf_cache_bytes(spec, before_counts, B, P, t, kvdt, tp, rows) + own
+                        + hf_cache_bytes(spec, after_counts, B, P, t - 1, kvdt, tp, rows))
+                lin = any(before_counts.values()) or not first
+                res = base + (with_in if lin else without_in)
+                cands.extend((kv_a, _shifted(m, res, spec, prof, s1, attn, kind, tokens,
+                                             first, math)) for m in att)
+                if kind.moe and k:
+                    cands.append((kv_a, decode_moe(
+                        spec, prof, s1, attn=attn, tokens=tokens, moe_k=k,
+                        moe_width=width, shared_width=shared, resident=res)))
+    return cands
+
+
+def _shifted(m: Moment, resident: int, spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,
+             kind: LayerSpec, tokens: int, first: bool, math: bool) -> Moment:
+    """A decode attention moment evaluated on no resident bytes, moved onto ``resident``
+    (every such moment is ``resident + its own tensors``); its derivation is the one
+    :func:`decode_attention` gives with ``resident``, rebuilt only when read."""
+    def substituted() -> str:
+        full = decode_attention(spec, prof, s1, attn=attn, layer=kind, tokens=tokens,
+                                first_stage=first, sdpa_math=math, resident=resident)
+        return next(x.substituted for x in full if x.name == m.name)
+    return Moment(m.name, m.activations + resident, kv_full=m.kv_full, logits=m.logits,
+                  formula=m.formula, substituted=substituted)
 
 
 @dataclass(frozen=True)
