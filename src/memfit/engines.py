@@ -44,8 +44,8 @@ from .memory.inference_activations import (
     softcaps,
 )
 from .memory.kv_cache import (
+    HFCacheRows,
     KVDtype,
-    hf_cache_bytes,
     hf_cache_term,
     kv_layout,
     resolve_kv_dtype,
@@ -208,7 +208,7 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     W = st.weights_total
     caps = softcaps(spec, config, prof)
     s = _shapes(spec, B, P, b, tp, stop - start, caps)
-    kv0 = hf_cache_bytes(spec, counts, B, P, 0, kvdt, tp, st.rows)
+    kv0 = st.cache.bytes(B, P, 0)
     prefill = _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start, first, last)
     kv_p, m_p, _ = max(prefill, key=lambda x: x[2])
     phases = [Phase("load", {"weights": W, "activations": 0}),
@@ -219,7 +219,7 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     kvG = 0
     if G > 0:
         s1 = _shapes(spec, B, 1, b, tp, stop - start, caps)
-        kvG = hf_cache_bytes(spec, counts, B, P, G, kvdt, tp, st.rows)
+        kvG = st.cache.bytes(B, P, G)
         cands = [(kvG, m) for m in decode_moments(spec, prof, s, T=P + G, last_stage=last)]
         cands += _hf_decode(spec, o, st, kvdt, attn, b, s, s1, first, last)
         kv_d, m_d = max(cands, key=lambda x: x[0] + x[1].activations + x[1].logits)
@@ -253,13 +253,13 @@ def _hf_prefill(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KV
     """The prefill's candidate moments as (KV bytes, moment, total with the weights): each
     layer kind's moments at its last layer on the stage, then the logits'."""
     prof = profile_for(spec)
-    tp, B, P, rows, W = o.tp, o.batch, o.prompt, st.rows, st.weights_total
+    tp, B, P, W = o.tp, o.batch, o.prompt, st.weights_total
     k, width, shared = _moe_width(spec, tp, o.ep)
     math = _sdpa_math(spec, attn, b, tp)
     out: list[tuple[int, Moment, int]] = []
-    for kind, idx, after in st.lasts:
-        kv_at = kv0 - hf_cache_bytes(spec, after, B, P, 0, kvdt, tp, rows)
-        own = hf_cache_bytes(spec, {kind: 1}, B, P, 0, kvdt, tp, rows)
+    for kind, idx, after, one in st.lasts:
+        kv_at = kv0 - after.bytes(B, P, 0)
+        own = one.bytes(B, P, 0)
         for m in prefill_moments(spec, prof, s, attn=attn, first_stage=first, layer=kind,
                                  dequant_bytes=st.weights.dequant_bytes, moe_k=k,
                                  moe_width=width, shared_width=shared, sdpa_math=math,
@@ -280,7 +280,7 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
     differs between those two layers only by the resident bytes it sits on, so it is
     evaluated once per kind and step and shifted (its derivation rebuilt when read)."""
     prof = profile_for(spec)
-    tp, B, P, G, rows = o.tp, o.batch, o.prompt, o.generate, st.rows
+    tp, B, P, G = o.tp, o.batch, o.prompt, o.generate
     k, width, shared = _moe_width(spec, tp, o.ep)
     grow = decode_growth_bytes(spec, prof, s1)
     math = _sdpa_math(spec, attn, b, tp)
@@ -298,15 +298,14 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
         # each layer kind's attention at its first and last layer: the layers before it
         # hold step t's cache, those after it step t-1's (sliding layers the prefill's
         # P rows until their first decode step)
-        for kind, splits in st.growth:
+        for kind, one, splits in st.growth:
             tokens = tokens_in_layer(kind, P, t)
-            own = hf_cache_bytes(spec, {kind: 1}, B, P, t, kvdt, tp, rows)
+            own = one.bytes(B, P, t)
             att = decode_attention(spec, prof, s1, attn=attn, layer=kind, tokens=tokens,
                                    first_stage=first, sdpa_math=math, resident=0)
-            for before_counts, after_counts in splits:
-                kv_a = (hf_cache_bytes(spec, before_counts, B, P, t, kvdt, tp, rows) + own
-                        + hf_cache_bytes(spec, after_counts, B, P, t - 1, kvdt, tp, rows))
-                lin = any(before_counts.values()) or not first
+            for before_rows, after_rows, inner_layer in splits:
+                kv_a = before_rows.bytes(B, P, t) + own + after_rows.bytes(B, P, t - 1)
+                lin = inner_layer or not first
                 res = base + (with_in if lin else without_in)
                 cands.extend((kv_a, _shifted(m, res, spec, prof, s1, attn, kind, tokens,
                                              first, math)) for m in att)
@@ -340,10 +339,13 @@ class _HFStructure:
     weights_total: int
     weight_terms: tuple[Term, ...]
     rows: dict[LayerSpec, tuple[int, int]]  # (K, V) row bytes per token, per kind
-    lasts: tuple[tuple[LayerSpec, int, dict[LayerSpec, int]], ...]  # kind, last index,
-    # counts of the layers after it
-    growth: tuple[tuple[LayerSpec, tuple[tuple[dict[LayerSpec, int], dict[LayerSpec, int]],
-                                         ...]], ...]  # kind, (before, after) counts per index
+    cache: HFCacheRows  # the stage's cache bytes in closed form
+    # per kind: its last index, the cache of the layers after it and of one such layer
+    lasts: tuple[tuple[LayerSpec, int, HFCacheRows, HFCacheRows], ...]
+    # per kind: one layer's cache, and at its first and last index the cache of the layers
+    # before and after it and whether it is not the stage's first layer
+    growth: tuple[tuple[LayerSpec, HFCacheRows,
+                        tuple[tuple[HFCacheRows, HFCacheRows, bool], ...]], ...]
     kv_bytes_per_token: int
 
 
@@ -357,6 +359,10 @@ def _hf_structure(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvd
                           last=last)
         lasts = _last_index_of_kinds(spec, start, stop)
         firsts = _first_index_of_kinds(spec, start, stop)
+        rows = token_bytes_by_kind(spec, counts, kvdt, tp)
+
+        def cache(c: dict[LayerSpec, int]) -> HFCacheRows:
+            return HFCacheRows(c, rows)
         growth = []
         for kind in [k for k, n in counts.items() if n]:
             # a full layer grows the cache: the last one sees the most; a sliding layer past
@@ -364,14 +370,17 @@ def _hf_structure(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvd
             # (and the attention of a full layer at the first decode step is largest at the
             # first one, while the sliding layers after it still hold the prefill's rows)
             idxs = sorted({firsts[kind], lasts[kind]})
-            growth.append((kind, tuple((layer_kind_counts(spec, start, idx),
-                                        layer_kind_counts(spec, idx + 1, stop))
-                                       for idx in idxs)))
+            splits = []
+            for idx in idxs:
+                before = layer_kind_counts(spec, start, idx)
+                splits.append((cache(before), cache(layer_kind_counts(spec, idx + 1, stop)),
+                               any(before.values())))
+            growth.append((kind, cache({kind: 1}), tuple(splits)))
         return _HFStructure(
             counts=counts, weights=w, weights_total=w.total, weight_terms=tuple(w.terms),
-            rows=token_bytes_by_kind(spec, counts, kvdt, tp),
-            lasts=tuple((kind, idx, layer_kind_counts(spec, idx + 1, stop))
-                        for kind, idx in lasts.items()),
+            rows=rows, cache=cache(counts),
+            lasts=tuple((kind, idx, cache(layer_kind_counts(spec, idx + 1, stop)),
+                         cache({kind: 1})) for kind, idx in lasts.items()),
             growth=tuple(growth),
             kv_bytes_per_token=_kv_token_bytes(spec, counts, kvdt, tp, "hf"))
     # rw and kvdt are functions of (spec, o.weights, o.kv_dtype) under hf: key on the
@@ -390,13 +399,13 @@ def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt
     moment's name and whether the layer is not the stage's first (its input is alive)."""
     best, best_name, best_inner = 0, "", False
     rows = st.rows
-    for kind, splits in st.growth:
+    for kind, one, splits in st.growth:
         k_row, v_row = rows[kind]
         c_new = tokens_in_layer(kind, P, t)
-        for before_counts, after_counts in splits:
-            before = hf_cache_bytes(spec, before_counts, B, P, t, kvdt, tp, rows)
-            after = hf_cache_bytes(spec, after_counts, B, P, t - 1, kvdt, tp, rows)
-            own_old = hf_cache_bytes(spec, {kind: 1}, B, P, t - 1, kvdt, tp, rows)
+        own_old = one.bytes(B, P, t - 1)
+        for before_rows, after_rows, inner in splits:
+            before = before_rows.bytes(B, P, t)
+            after = after_rows.bytes(B, P, t - 1)
             if kind.attention == "sliding" and kind.window is not None:
                 own = own_old + B * c_new * (k_row + v_row)
             else:
@@ -404,7 +413,7 @@ def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt
                 # new K, the old V and the new V)
                 own = own_old + max(B * c_new * k_row, B * c_new * v_row + B * k_row)
             total = before + after + own
-            inner = any(before_counts.values())  # not the stage's first layer
+            # inner: not the stage's first layer
             if total > best or (total == best and inner and not best_inner):
                 best, best_name = total, f"decode/cache_growth_step{'1' if t == 1 else '_last'}"
                 best_inner = inner

@@ -43,7 +43,7 @@ from ..dtypes import WeightFormat, dtype_bytes, get_dtype, get_ggml_type
 from ..errors import MemfitError
 from .breakdown import Term
 
-__all__ = ["KVDtype", "resolve_kv_dtype", "KVLayout", "kv_layout", "hf_cache_bytes",
+__all__ = ["KVDtype", "resolve_kv_dtype", "KVLayout", "kv_layout", "hf_cache_bytes", "HFCacheRows",
            "hf_cache_term", "tokens_in_layer", "token_bytes_by_kind", "KV_DTYPE_HELP"]
 
 KV_DTYPE_HELP = ("fp16, bf16, fp32, fp8 (fp8_e4m3), fp8_e5m2, int8; with --engine llamacpp also "
@@ -174,6 +174,39 @@ def hf_cache_bytes(spec: ModelSpec, counts: dict[LayerSpec, int], batch: int, pr
         if layer.attention == "sliding" and layer.window is not None:
             total += 8 * n  # DynamicSlidingWindowLayer._sliding_window_tensor (int64 scalar)
     return total
+
+
+class HFCacheRows:
+    """:func:`hf_cache_bytes` of fixed layer counts as a closed form in (batch, prompt, step),
+    for the estimates that evaluate it many times: ``B * T * F`` over the full-attention
+    layers (``F``: their K + V row bytes summed), ``B * tokens_W * R_W`` per sliding window
+    and ``8 * n`` window scalars. Integer sums regrouped, so the bytes are the same."""
+
+    __slots__ = ("full", "sliding", "const")
+
+    def __init__(self, counts: dict[LayerSpec, int],
+                 rows: dict[LayerSpec, tuple[int, int]]) -> None:
+        full, const = 0, 0
+        sliding: dict[int, int] = {}
+        for layer, n in counts.items():
+            if not n:
+                continue
+            k, v = rows[layer]
+            if layer.attention == "sliding" and layer.window is not None:
+                sliding[layer.window] = sliding.get(layer.window, 0) + n * (k + v)
+                const += 8 * n
+            else:
+                full += n * (k + v)
+        self.full = full
+        self.sliding = tuple(sliding.items())
+        self.const = const
+
+    def bytes(self, batch: int, prompt: int, step: int) -> int:
+        """``hf_cache_bytes(counts, batch, prompt, step)``."""
+        total = batch * (prompt + step) * self.full + self.const
+        for window, row in self.sliding:
+            total += batch * (prompt if step == 0 else min(prompt + step, window)) * row
+        return total
 
 
 def hf_cache_term(spec: ModelSpec, counts: dict[LayerSpec, int], batch: int, prompt: int,
