@@ -32,8 +32,9 @@ __all__ = [
 ]
 
 
-# Far beyond any real model (the largest have ~130 layers); bounds the per-layer work.
-MAX_LAYERS = 100_000
+# Far beyond any real model (the largest have ~130 layers); bounds the per-layer work (an
+# estimate of a 10,000-layer model takes ~20 ms).
+MAX_LAYERS = 10_000
 # Far beyond any real width, vocabulary or expert count (the largest are ~10^6): keeps the
 # byte arithmetic exact and small (no float overflow in a ratio of two sizes).
 MAX_SIZE = 10**8
@@ -43,7 +44,15 @@ def _check_int(name: str, value: object, minimum: int, maximum: int = MAX_SIZE) 
     """Raise :class:`MemfitError` unless ``value`` is an int in ``[minimum, maximum]``."""
     if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
             or value > maximum):
-        raise MemfitError.bad_value(name, value, f"an integer in [{minimum}, {maximum}]")
+        raise MemfitError.bad_value(name, _brief(value), f"an integer in [{minimum}, {maximum}]")
+
+
+def _brief(value: object) -> object:
+    """``value``, or for an integer too long to print (Python refuses to write one of over
+    4,300 digits) a description of it."""
+    if isinstance(value, int) and not -10**100 < value < 10**100:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return value
 
 
 def _check_bool(name: str, value: object) -> None:
@@ -360,6 +369,10 @@ def read_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise MemfitError(f"model: {path} nests JSON arrays or objects too deeply to read; "
                           "allowed: a config.json object", field="model", value=str(path),
                           allowed="valid JSON") from None
+    except ValueError as exc:  # an integer past Python's int-str limit (4,300 digits)
+        raise MemfitError(f"model: {path} holds a number memfit will not read ({exc}); "
+                          "allowed: a config.json object", field="model", value=str(path),
+                          allowed="valid JSON") from None
     if not isinstance(data, dict):
         raise MemfitError.bad_value("model", str(path), "a JSON object (config.json)")
     return data
@@ -383,9 +396,10 @@ class _Reader:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise MemfitError.bad_value(key, raw, "an integer")
+                raise MemfitError.bad_value(key, _brief(raw), "an integer")
             if not minimum <= value <= maximum:
-                raise MemfitError.bad_value(key, raw, f"an integer in [{minimum}, {maximum}]")
+                raise MemfitError.bad_value(key, _brief(raw), f"an integer in [{minimum}, "
+                                                              f"{maximum}]")
             return value
         if default is None:
             raise MemfitError.bad_value(keys[0], None, "an integer (the field is required)")

@@ -302,7 +302,7 @@ def load(model: str | Path) -> tuple[ModelSpec, dict[str, Any], WeightsInfo | No
 
 def _read_local(text: str) -> tuple[dict[str, Any], WeightsInfo | None, str]:
     """``(config, weights, name)`` of a local path (see :func:`load`)."""
-    path = Path(text).expanduser()
+    path = Path(os.path.expanduser(text))  # unchanged for an unknown ~user (no RuntimeError)
     info = None
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent  # one file of a checkpoint: the folder is the model
@@ -321,9 +321,10 @@ def _read_local(text: str) -> tuple[dict[str, Any], WeightsInfo | None, str]:
         config = read_config(path)
         name = path.resolve().parent.name or text
     else:
+        why = "not a regular file or folder" if path.exists() else "no such file or folder"
         raise MemfitError.bad_value(
             "model", text, "hf:org/name[@revision], a .gguf file, a folder with config.json "
-            "(and *.safetensors), or a config.json path (no such file or folder)")
+            f"(and *.safetensors), or a config.json path ({why})")
     return config, info, name
 
 

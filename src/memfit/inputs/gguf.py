@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import re
 import struct
 from collections.abc import Mapping
@@ -34,9 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..arch import MAX_LAYERS, MAX_SIZE
 from ..dtypes import GGML_TYPES, GGUF_FILE_TYPES, tensor_bytes
 from ..errors import MemfitError
 from . import TensorRecord, WeightsInfo
+from .safetensors import open_regular
 
 __all__ = ["GGUF_ARCHITECTURES", "GGML_TYPE_IDS", "GGUFArray", "GGUFHeader", "GGUFTensor",
            "gguf_to_config", "parse_gguf_header", "read_gguf"]
@@ -77,6 +80,24 @@ _KEEP_ARRAY_VALUES = 4096
 # Arrays of arrays deeper than this are refused (real files nest at most once); the reader
 # recurses once per level.
 _MAX_ARRAY_DEPTH = 16
+
+# Bounds on what a header may declare, checked before the work they would cost (a hostile
+# header otherwise asks for 10^15 files, strings of gigabytes or millions of tensors).
+#: Tensors in one file: real GGUF files hold ~300-2,000 (experts are fused into one tensor
+#: per layer); even unfused 256-expert models stay under 50,000.
+MAX_TENSORS = 100_000
+#: Metadata keys in one file: real files hold 20-60.
+MAX_KEYS = 10_000
+#: Metadata items read or skipped in one file (array elements included): the largest real
+#: tokenizers hold ~260,000 tokens plus ~500,000 merges.
+MAX_ITEMS = 4_000_000
+#: Bytes of one metadata string (a chat template is the longest real one, ~10-100 KB).
+MAX_STRING_BYTES = 16 << 20
+#: Dimensions of one tensor: ``GGML_MAX_DIMS`` is 4 (ggml/include/ggml.h).
+MAX_DIMS = 4
+#: Files of a split model: llama.cpp's gguf-split writes ``split.count`` as a uint16
+#: (``gguf_set_val_u16(..., LLM_KV_SPLIT_COUNT, ...)`` in tools/gguf-split/gguf-split.cpp).
+MAX_SPLIT_FILES = 65_535
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,12 @@ class _Cursor:
     def __init__(self, buf: Any, where: str) -> None:
         self.buf, self.pos, self.where = buf, 0, where
         self.size = len(buf)
+        self.items = 0  # metadata items read or skipped, against MAX_ITEMS
+
+    def count(self, n: int, what: str) -> None:
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise _bad(self.where, f"{what} brings its metadata past {MAX_ITEMS:,} items")
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -138,6 +165,9 @@ class _Cursor:
 
     def string(self, what: str) -> str:
         n = self.take("<Q", what)
+        if n > MAX_STRING_BYTES:
+            raise _bad(self.where, f"{what} is a string of {n:,} bytes (at most "
+                                   f"{MAX_STRING_BYTES:,})")
         self.need(n, what)
         raw = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
@@ -160,6 +190,8 @@ class _Cursor:
             count = self.take("<Q", what)
             if item not in _TYPE_NAMES:
                 raise _bad(self.where, f"{what} is an array of unknown type {item}")
+            if item not in _SCALAR_FORMATS:
+                self.count(count, what)  # strings and arrays are read one by one
             if count > _KEEP_ARRAY_VALUES:
                 self.skip(item, count, what, depth)
                 return GGUFArray(_TYPE_NAMES[item], count)
@@ -211,8 +243,8 @@ def parse_gguf_header(path: str | Path) -> GGUFHeader:
     path = Path(path)
     where = path.name
     try:
-        with path.open("rb") as f:
-            size = path.stat().st_size
+        with open_regular(path) as f:  # a FIFO named *.gguf is refused, not waited on
+            size = os.fstat(f.fileno()).st_size
             if size < 24:
                 raise _bad(where, f"it has {size} bytes, fewer than a GGUF header")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -235,8 +267,9 @@ def _parse(buf: Any, where: str, size: int) -> GGUFHeader:
         raise _bad(where, why + "; memfit reads little-endian GGUF v2 and v3")
     n_tensors = cur.take("<Q", "the tensor count")
     n_kv = cur.take("<Q", "the metadata count")
-    if n_tensors > 10**7 or n_kv > 10**7:
-        raise _bad(where, f"it declares {n_tensors} tensors and {n_kv} metadata keys")
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KEYS:
+        raise _bad(where, f"it declares {n_tensors:,} tensors and {n_kv:,} metadata keys (at "
+                          f"most {MAX_TENSORS:,} and {MAX_KEYS:,})")
     metadata: dict[str, Any] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
@@ -246,8 +279,9 @@ def _parse(buf: Any, where: str, size: int) -> GGUFHeader:
     for i in range(n_tensors):
         name = cur.string(f"tensor info #{i}")
         n_dims = cur.take("<I", f"the dimensions of {name!r}")
-        if not 1 <= n_dims <= 8:
-            raise _bad(where, f"tensor {name!r} has {n_dims} dimensions")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise _bad(where, f"tensor {name!r} has {n_dims} dimensions (ggml allows 1 to "
+                              f"{MAX_DIMS})")
         ne = tuple(cur.take("<Q", f"the shape of {name!r}") for _ in range(n_dims))
         type_id = cur.take("<I", f"the type of {name!r}")
         offset = cur.take("<Q", f"the offset of {name!r}")
@@ -279,6 +313,9 @@ def _split_paths(path: Path, count: int) -> list[Path]:
     if not m:
         raise _bad(path.name, f"it is part of a {count}-file split model but its name is not "
                               "<stem>-0000N-of-0000M.gguf")
+    if int(m.group("count")) != count:
+        raise _bad(path.name, f"its split.count is {count} but its name says "
+                              f"{int(m.group('count'))} files")
     stem = m.group("stem")
     return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
@@ -288,14 +325,17 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], WeightsInfo]:
 
     ``path``: a ``.gguf`` file, or any file of a split model (all of its files are read).
     """
-    path = Path(path).expanduser()
+    path = Path(os.path.expanduser(path))  # unchanged for an unknown ~user
     if not path.is_file():
         raise MemfitError.bad_value("model", str(path), "a .gguf file (no such file)")
     first = parse_gguf_header(path)
     headers = [(path, first)]
     notes: list[str] = []
     count = first.metadata.get("split.count", 1)
-    if isinstance(count, int) and count > 1:
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_SPLIT_FILES:
+        raise MemfitError.bad_value("split.count", _short(count),
+                                    f"an integer in [0, {MAX_SPLIT_FILES}] (a uint16)")
+    if count > 1:
         paths = _split_paths(path, count)
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
@@ -355,9 +395,18 @@ _FTYPE_NAMES = {19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ
                 30: "IQ4_XS", 31: "IQ1_M", 36: "TQ1_0", 37: "TQ2_0", 39: "NVFP4", 40: "Q1_0"}
 
 
+def _short(value: Any) -> Any:
+    """A metadata value fit for a one-line error (a long array as its length)."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"an array of {len(value)}"
+    if isinstance(value, str) and len(value) > 80:
+        return value[:80] + "..."
+    return value
+
+
 def _file_type_name(meta: Mapping[str, Any]) -> str | None:
     ftype = meta.get("general.file_type")
-    if not isinstance(ftype, int):
+    if not isinstance(ftype, int) or isinstance(ftype, bool):
         return None
     for ft in GGUF_FILE_TYPES:
         if ft.ftype == ftype:
@@ -399,20 +448,29 @@ class _Meta:
     def raw(self, key: str) -> Any:
         return self.meta.get(f"{self.arch}.{key}")
 
-    def int(self, key: str, default: int | None = None, *, per_layer: bool = False) -> int | None:
+    def int(self, key: str, default: int | None = None, *, per_layer: bool = False,
+            maximum: int = MAX_SIZE) -> int | None:
         value = self.raw(key)
         if value is None:
             return default
+        name = f"{self.arch}.{key}"
         if isinstance(value, list) and per_layer:
-            distinct = {v for v in value}
+            if not value or not all(_is_int(v) for v in value):
+                raise MemfitError.bad_value(name, _short(value), "an integer, or an array of "
+                                            "one integer per layer")
+            distinct = set(value)
             if len(distinct) != 1:
-                raise MemfitError.bad_value(f"{self.arch}.{key}", value,
+                raise MemfitError.bad_value(name, _short(value),
                                             "the same value for every layer (memfit models "
                                             "uniform layers)")
             value = distinct.pop()
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise MemfitError.bad_value(f"{self.arch}.{key}", value, "a non-negative integer")
+        if not _is_int(value) or not 0 <= value <= maximum:
+            raise MemfitError.bad_value(name, _short(value), f"an integer in [0, {maximum:,}]")
         return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
@@ -423,14 +481,14 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
     architectures for any other ``general.architecture``.
     """
     arch = meta.get("general.architecture")
-    if arch not in GGUF_ARCHITECTURES:
-        raise MemfitError.bad_value("general.architecture", arch,
+    if not isinstance(arch, str) or arch not in GGUF_ARCHITECTURES:
+        raise MemfitError.bad_value("general.architecture", _short(arch),
                                     ", ".join(sorted(GGUF_ARCHITECTURES)) + " (GGUF "
                                     "architectures memfit maps to a transformers model_type)")
     m = _Meta(meta, arch)
     model_type = GGUF_ARCHITECTURES[arch]
     notes: list[str] = []
-    n_layers = m.int("block_count")
+    n_layers = m.int("block_count", maximum=MAX_LAYERS)  # bounds every per-layer loop below
     h = m.int("embedding_length")
     a = m.int("attention.head_count", per_layer=True)
     if not n_layers or not h or not a:
@@ -446,6 +504,9 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
 
     # Vocabulary: the embedding table's rows (what the model holds), else the token list.
     tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is not None and not isinstance(tokens, (list, GGUFArray)):
+        raise MemfitError.bad_value("tokenizer.ggml.tokens", _short(tokens), "an array of "
+                                    "strings")
     n_tokens = len(tokens) if tokens is not None else None
     vocab: int | None
     if "token_embd.weight" in shapes:
@@ -482,10 +543,15 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
     theta = meta.get(f"{arch}.rope.freq_base")
     if isinstance(theta, (int, float)):
         cfg["rope_theta"] = theta
-    dtype = _FLOAT_FILE_TYPES.get(meta.get("general.file_type"))  # type: ignore[arg-type]
+    ftype = meta.get("general.file_type")
+    dtype = _FLOAT_FILE_TYPES.get(ftype) if _is_int(ftype) else None
     if dtype:
         cfg["torch_dtype"] = dtype
     head_dim = key_len or h // a
+    if not head_dim:
+        raise MemfitError.bad_value(f"{arch}.embedding_length", h, f"at least "
+                                    f"attention.head_count={a} (a head of at least one "
+                                    "dimension), or an attention.key_length")
     if model_type not in ("gpt2", "gpt_neox", "deepseek_v2"):
         cfg["head_dim"] = head_dim
 

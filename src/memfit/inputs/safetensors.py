@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,8 +40,9 @@ from ..arch import FAMILIES, read_config
 from ..errors import MemfitError
 from . import TensorRecord, WeightsInfo
 
-__all__ = ["SAFETENSORS_DTYPE_BITS", "MAX_HEADER_BYTES", "HeaderEntry", "parse_header",
-           "read_header", "read_safetensors_dir", "weights_from_headers"]
+__all__ = ["SAFETENSORS_DTYPE_BITS", "MAX_HEADER_BYTES", "MAX_TENSORS", "HeaderEntry",
+           "open_regular", "parse_header", "read_header", "read_safetensors_dir",
+           "weights_from_headers"]
 
 #: Bits per element of each safetensors dtype (``safetensors/src/tensor.rs`` ``Dtype``).
 SAFETENSORS_DTYPE_BITS: dict[str, int] = {
@@ -52,8 +55,19 @@ SAFETENSORS_DTYPE_BITS: dict[str, int] = {
     "C64": 64,
 }
 
-#: The largest header the safetensors library accepts (``MAX_HEADER_SIZE``, 100 MB).
-MAX_HEADER_BYTES = 100_000_000
+#: The largest header memfit reads: 16 MiB. The safetensors library refuses headers over
+#: 100 MB (``MAX_HEADER_SIZE = 100_000_000`` in ``safetensors/src/tensor.rs``,
+#: ``SafeTensors::read_metadata``, ``HeaderTooLarge``), a limit on its Rust parser; Python's
+#: ``json`` takes ~13 bytes of memory per header byte, so memfit draws the line lower. Real
+#: headers are ~100 bytes per tensor, a few hundred KB per file: 16 MiB holds ~120,000
+#: tensors, far more than any real shard.
+MAX_HEADER_BYTES = 16 << 20
+#: Tensors in one checkpoint, all shards together: the largest real ones hold ~140,000
+#: (Kimi-K2: 384 experts x 3 projections x 60 layers, each with its FP8 scale).
+MAX_TENSORS = 300_000
+#: The largest element count or offset: the reference loader computes them in ``usize``
+#: (64 bits) with checked arithmetic and refuses an overflow (``ValidationOverflow``).
+_USIZE = 1 << 64
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -69,81 +83,146 @@ class HeaderEntry(NamedTuple):
     file: str
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _USIZE
+
+
+def _load_json(header: bytes | str, where: str) -> Any:
+    try:
+        text = header.decode("utf-8") if isinstance(header, bytes) else header
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise _bad(where, f"its header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, the int-str digit limit
+        raise _bad(where, f"its header is not valid JSON ({str(exc)[:200]})") from None
+
+
 def parse_header(header: bytes | str | Mapping[str, Any], where: str
                  ) -> tuple[list[HeaderEntry], dict[str, str], int]:
     """Validate a safetensors JSON header: ``(entries, __metadata__, end of the data)``.
 
     ``header`` is the JSON text (or the already-parsed object); ``where`` names the file in
-    errors. Each tensor's ``data_offsets`` must span exactly ``numel * bits / 8`` bytes.
+    errors. The checks are the reference loader's (``safetensors/src/tensor.rs``:
+    ``TryFrom<HashMetadata> for Metadata`` sorts the tensors by ``data_offsets``, then
+    ``Metadata::validate``): each tensor starts where the previous one ended, the first at 0
+    (no gap, no overlap: ``InvalidOffset``), ``end >= begin``, ``numel * bits`` fits 64 bits
+    (``ValidationOverflow``), is whole bytes (``MisalignedSlice``) and equals the span
+    (``TensorInvalidInfo``); ``__metadata__`` maps strings to strings. Entries come back in
+    offset order; the end is the data's length.
     """
-    if isinstance(header, Mapping):
-        data: Any = header
-    else:
-        try:
-            data = json.loads(header)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise _bad(where, f"its header is not valid JSON ({exc})") from None
+    data = header if isinstance(header, Mapping) else _load_json(header, where)
     if not isinstance(data, dict):
         raise _bad(where, "its header is not a JSON object")
     meta = data.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise _bad(where, "its __metadata__ is not an object")
-    entries: list[HeaderEntry] = []
-    end = 0
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _bad(where, "its __metadata__ is not an object of strings")
+    if len(data) > MAX_TENSORS + 1:
+        raise _bad(where, f"it declares {len(data) - 1:,} tensors (at most {MAX_TENSORS:,})")
+    spans: list[tuple[int, int, HeaderEntry]] = []
     for name, info in data.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict):
-            raise _bad(where, f"tensor {name!r} is not an object")
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:
-            raise MemfitError(f"dtype: tensor {name!r} of safetensors file {where} has dtype "
-                              f"{dtype!r}; allowed: {', '.join(SAFETENSORS_DTYPE_BITS)}",
-                              field="dtype", value=dtype, allowed="safetensors dtypes")
-        if (not isinstance(shape, list)
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                           for d in shape)):
-            raise _bad(where, f"tensor {name!r} has shape {shape!r} (not a list of "
-                              "non-negative integers)")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            raise _bad(where, f"tensor {name!r} has data_offsets {offsets!r} (not [begin, end])")
-        nbytes = offsets[1] - offsets[0]
-        bits = math.prod(shape) * SAFETENSORS_DTYPE_BITS[dtype]
-        if bits % 8 or bits // 8 != nbytes:
-            raise _bad(where, f"tensor {name!r} ({dtype} {shape}) needs {bits / 8:g} bytes but "
-                              f"its data_offsets span {nbytes}")
-        entries.append(HeaderEntry(name, dtype, tuple(shape), nbytes, where))
-        end = max(end, offsets[1])
-    return entries, {str(k): str(v) for k, v in meta.items()}, end
+        if name != "__metadata__":
+            spans.append(_entry(name, info, where))
+    spans.sort(key=lambda x: (x[0], x[1]))
+    end = 0
+    for begin, stop, e in spans:
+        if begin != end:
+            why = "overlaps the tensor before it" if begin < end else "leaves a gap before it"
+            raise _bad(where, f"tensor {e.name!r} has data_offsets [{begin}, {stop}], which "
+                              f"{why} (expected it to start at {end}; the reference loader's "
+                              "InvalidOffset)")
+        end = stop
+    return [e for _, _, e in spans], {str(k): v for k, v in meta.items()}, end
+
+
+def _entry(name: str, info: Any, where: str) -> tuple[int, int, HeaderEntry]:
+    """One tensor's ``(begin, end, entry)``, its own fields checked."""
+    short = name if len(name) <= 200 else name[:200] + "..."
+    if not isinstance(info, dict):
+        raise _bad(where, f"tensor {short!r} is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BITS:
+        raise MemfitError(f"dtype: tensor {short!r} of safetensors file {where} has dtype "
+                          f"{_brief(dtype)!r}; allowed: {', '.join(SAFETENSORS_DTYPE_BITS)}",
+                          field="dtype", value=_brief(dtype), allowed="safetensors dtypes")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise _bad(where, f"tensor {short!r} has shape {_brief(shape)!r} (not a list of "
+                          "non-negative 64-bit integers)")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets) or offsets[0] > offsets[1]):
+        raise _bad(where, f"tensor {short!r} has data_offsets {_brief(offsets)!r} (not "
+                          "[begin, end], 0 <= begin <= end < 2^64)")
+    numel = 1
+    for d in shape:  # checked multiplication, as the reference's try_fold(usize::checked_mul)
+        numel *= d
+        if numel >= _USIZE:
+            raise _bad(where, f"tensor {short!r} has a shape of more than 2^64 elements "
+                              "(the reference loader's ValidationOverflow)")
+    bits = numel * SAFETENSORS_DTYPE_BITS[dtype]
+    nbytes = offsets[1] - offsets[0]
+    if bits >= _USIZE or bits % 8 or bits // 8 != nbytes:
+        raise _bad(where, f"tensor {short!r} ({dtype}, {len(shape)} dims, {numel:,} elements) "
+                          f"needs {bits / 8:g} bytes but its data_offsets span {nbytes:,}")
+    return offsets[0], offsets[1], HeaderEntry(name, dtype, tuple(shape), nbytes, where)
+
+
+def _brief(value: Any) -> Any:
+    """A header value fit for a one-line error (a long list as its length)."""
+    if isinstance(value, (list, dict)) and len(value) > 8:
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, str) and len(value) > 80:
+        return value[:80] + "..."
+    if isinstance(value, int) and not -10**30 < value < 10**30:
+        return f"<integer of {value.bit_length()} bits>"
+    return value
+
+
+def open_regular(path: Path) -> Any:
+    """``path`` opened for binary reading if it is a regular file (never blocks: a FIFO or a
+    device named ``*.safetensors`` is refused, not read). Raises OSError or MemfitError."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MemfitError.bad_value("model", str(path), "a regular file (this is a FIFO, "
+                                        "a device or a socket)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_header(path: str | Path) -> tuple[list[HeaderEntry], dict[str, str]]:
     """The header of one ``.safetensors`` file: its tensors and ``__metadata__``.
 
-    Reads ``8 + n`` bytes; checks that the file is long enough for the data it declares.
+    Reads ``8 + n`` bytes (``n`` at most :data:`MAX_HEADER_BYTES`, checked before reading);
+    checks, as the reference loader does, that the data the header declares ends exactly at
+    the end of the file (``MetadataIncompleteBuffer``).
     """
     path = Path(path)
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _bad(path.name, "it is shorter than the 8-byte header length")
             (n,) = struct.unpack("<Q", prefix)
             if n > MAX_HEADER_BYTES:
-                raise _bad(path.name, f"its header length {n} exceeds {MAX_HEADER_BYTES} "
-                                      "(not a safetensors file?)")
+                raise _bad(path.name, f"its header length {n:,} exceeds {MAX_HEADER_BYTES:,} "
+                                      "bytes (not a safetensors file?)")
+            if 8 + n > size:
+                raise _bad(path.name, f"it is truncated inside its {n:,}-byte header")
             header = f.read(n)
-        size = path.stat().st_size
     except OSError as exc:
         raise MemfitError.bad_value("model", str(path), f"a readable file ({exc})") from None
     if len(header) < n:
-        raise _bad(path.name, f"it is truncated inside its {n}-byte header")
+        raise _bad(path.name, f"it is truncated inside its {n:,}-byte header")
     entries, meta, end = parse_header(header, path.name)
     if 8 + n + end > size:
         raise _bad(path.name, f"it is truncated: its tensors need {8 + n + end} bytes, the "
                               f"file has {size}")
+    if 8 + n + end < size:
+        raise _bad(path.name, f"it has {size - 8 - n - end:,} bytes after its last tensor "
+                              "(the data must end the file: the reference loader's "
+                              "MetadataIncompleteBuffer)")
     return entries, meta
 
 
@@ -165,21 +244,14 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, list
         others = sorted(folder.glob("*.safetensors.index.json"))
         index = others[0] if len(others) == 1 else index
     if index.is_file():
-        try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-            weight_map = data["weight_map"]
-            assert isinstance(weight_map, dict)
-        except (OSError, ValueError, KeyError, AssertionError, TypeError,
-                RecursionError) as exc:
-            raise MemfitError.bad_value("model", str(index),
-                                        f"a safetensors index with a weight_map ({exc})") from None
+        weight_map = _read_index(index)
         files = [folder / f for f in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise MemfitError.bad_value("model", str(folder),
                                         f"every shard {index.name} names (missing: "
                                         f"{', '.join(missing[:5])})")
-        return files, {str(k): str(v) for k, v in weight_map.items()}, notes
+        return files, weight_map, notes
     if (folder / _SINGLE).is_file():
         return [folder / _SINGLE], None, notes
     files = sorted(folder.glob("*.safetensors"))
@@ -193,6 +265,38 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, list
     return files, None, notes
 
 
+#: The largest index memfit reads (real ones: ~10 KB per 100 tensors, a few MB at most).
+MAX_INDEX_BYTES = 64 << 20
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The index's ``weight_map``: tensor name -> shard file, a relative path in the folder."""
+    allowed = ("a safetensors index: a JSON object whose weight_map maps each tensor name to "
+               "a shard file in the folder")
+    try:
+        with open_regular(index) as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+        if len(raw) > MAX_INDEX_BYTES:
+            raise MemfitError.bad_value("model", str(index), f"{allowed} (at most "
+                                        f"{MAX_INDEX_BYTES:,} bytes)")
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        if isinstance(exc, MemfitError):
+            raise
+        raise MemfitError.bad_value("model", str(index), f"{allowed} ({str(exc)[:200]})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or len(weight_map) > MAX_TENSORS:
+        raise MemfitError.bad_value("model", str(index), f"{allowed} (at most "
+                                    f"{MAX_TENSORS:,} tensors)")
+    for name, file in weight_map.items():
+        if (not isinstance(file, str) or not file or file.startswith(("/", "\\"))
+                or ".." in re.split(r"[/\\]", file) or "\0" in file):
+            raise MemfitError.bad_value(f"weight_map[{name[:100]!r}]", _brief(file),
+                                        "a shard file name relative to the folder (a string, "
+                                        "no '..')")
+    return weight_map
+
+
 def read_safetensors_dir(path: str | Path, config: Mapping[str, Any] | None = None
                          ) -> WeightsInfo:
     """Every tensor of a local checkpoint folder (``config.json`` + ``*.safetensors``).
@@ -200,7 +304,7 @@ def read_safetensors_dir(path: str | Path, config: Mapping[str, Any] | None = No
     ``config``: the config dict (default: the folder's ``config.json``), for the
     ``quantization_config``, ``tie_word_embeddings`` and the layer count.
     """
-    folder = Path(path).expanduser()
+    folder = Path(os.path.expanduser(path))  # unchanged for an unknown ~user
     if folder.is_file():
         folder = folder.parent
     if not folder.is_dir():
@@ -211,6 +315,9 @@ def read_safetensors_dir(path: str | Path, config: Mapping[str, Any] | None = No
     entries: list[HeaderEntry] = []
     for f in files:
         entries.extend(read_header(f)[0])
+        if len(entries) > MAX_TENSORS:
+            raise MemfitError.bad_value("model", str(folder), f"a checkpoint of at most "
+                                        f"{MAX_TENSORS:,} tensors (its shards hold more)")
     if weight_map is not None:
         stored = {(e.name, e.file) for e in entries}
         absent = [k for k, v in weight_map.items() if (k, v) not in stored]
