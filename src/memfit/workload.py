@@ -153,8 +153,9 @@ def _check_engine_owned(obj: Any) -> None:
 
 
 def _default(cls: type, attr: str) -> Any:
-    """The default object of field ``attr`` of the dataclass ``cls``."""
-    return cls.__dataclass_fields__[attr].default
+    """The default object of field ``attr`` of the dataclass ``cls`` (a dataclass keeps a
+    plain default as the class attribute, the very same object)."""
+    return getattr(cls, attr)
 
 
 def default_within(options: Any, name: str, limit: int | None, reserve: int = 0,
