@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
@@ -341,6 +343,66 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import check
+    from .report import render_estimate
+
+    words = list(args.artefact or ())
+    if not words:
+        raise MemfitError("artefact: missing; allowed: a config file or `-- COMMAND ...` "
+                          "(see `memfit check --help`)", field="artefact", value=None,
+                          allowed="FILE or -- COMMAND")
+    if len(words) == 1 and os.path.basename(words[0].split()[0]) not in _CHECK_PROGRAMS:
+        t = check.read_file(words[0])
+    else:
+        t = check.read_command(words)
+    beside = {f.name: getattr(args, f.name, None)
+              for cls in (InferenceOptions, TrainingOptions) for f in fields(cls)}
+    beside.update(model=args.model, gpus=args.gpus)
+    t = check.complete(t, beside)
+    argv = check.equivalent_argv(t)
+    est = _estimate(argparse.Namespace(model=t.model, **{
+        f.name: t.options.get(f.name) for f in fields(InferenceOptions if t.mode == "infer"
+                                                      else TrainingOptions)}), t.mode)
+    if args.json:
+        out = est.to_dict()
+        out.update(understood=t.understood, ignored=t.ignored,
+                   artefact={"kind": t.kind, "equivalent": "memfit " + shlex.join(argv)})
+        _print_json(out)
+        return 0
+    print(_render_check(t, argv))
+    print()
+    print(render_estimate(est, args.units))
+    if args.explain:
+        from .catalog import resolve_model
+        from .report import render_explain
+
+        print()
+        print(render_explain(est, args.units, spec=resolve_model(str(t.model))[0]))
+    return 0
+
+
+_CHECK_PROGRAMS = ("vllm", "python", "python3", "llama-server", "llama-cli")
+
+
+def _render_check(t: Any, argv: list[str]) -> str:
+    lines = [f"{t.kind}: read as `memfit {shlex.join(argv)}`", "", "Understood:"]
+    rows = [[str(u["field"]), _short(u["value"]), u["option"]] for u in t.understood]
+    lines.append(table(["field", "value", "memfit option"], rows) if rows else "  (nothing)")
+    if t.ignored:
+        lines += ["", "Ignored (not in the estimate):"]
+        for item in t.ignored:
+            value = "" if item["value"] in (None, "") else f" = {_short(item['value'])}"
+            lines.append(f"  - {item['field']}{value}: {item['why']}")
+    return "\n".join(lines)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = "" if value is None else (json.dumps(value) if isinstance(value, (list, dict))
+                                     else str(value))
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .web import serve
 
@@ -498,9 +560,47 @@ def _add_compare_and_plot(sub: Any) -> None:
             q.set_defaults(func=cmd_plot)
 
 
+_CHECK_EXAMPLES = """examples:
+  memfit check --gpu l4 -- vllm serve meta-llama/Llama-3.1-8B-Instruct --max-model-len 16384
+  memfit check --gpu rtx-4090 -- llama-server -m model.gguf -c 8192 -ngl 99
+  memfit check ds_config.json --model llama-3.1-8b --gpus 8 --gpu h100
+  memfit check axolotl.yaml --gpu a100-80gb
+  memfit check llama3_8b.toml --gpus 8 --gpu h100 --json
+
+Reads vllm serve / SGLang / llama-server / llama-cli command lines, Ollama Modelfiles,
+DeepSpeed JSON, TrainingArguments/TRL, axolotl, LLaMA-Factory and torchtune YAML, torchtitan
+TOML and accelerate configs. It lists every field it understood (with the memfit option it
+became) and every field it ignored (and why), then answers as `memfit infer|train` would.
+memfit's own options given beside fill what the artefact does not say, and win over it."""
+
+
+def _add_check(sub: Any) -> None:
+    helptext = "read a vllm/llama.cpp command line or a training config and answer for it"
+    p = sub.add_parser("check", help=helptext, description=helptext, epilog=_CHECK_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artefact", nargs="*", metavar="FILE | -- COMMAND ...",
+                   help="a config file, or the command line after --")
+    p.add_argument("--model", help="MODEL when the artefact names none (or to override it): "
+                   + _MODEL_HELP)
+    seen: set[str] = set()
+    for cls in (InferenceOptions, TrainingOptions):
+        add_option_flags(p, cls, skip=tuple(seen))
+        seen |= {f.name for f in fields(cls)}
+    p.add_argument("--gpus", type=_int_arg, default=None,
+                   help="world size of a training run (sets --dp = GPUs / (tp x pp x cp))")
+    _output_flags(p)
+    p.add_argument("--explain", action="store_true",
+                   help="show each number's formula, substituted values and source")
+    p.set_defaults(func=cmd_check)
+
+
 def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the contract's JSON")
     p.add_argument("--units", default="GiB", help="GiB (default), GB, MiB, ...")
+
+
+_MODEL_HELP = ("a catalog name (see `memfit models`) or its Hugging Face id, a config.json, a "
+               "folder, a .gguf file, or hf:org/name (extra 'hub')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -549,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         _output_flags(q)
         q.set_defaults(func=cmd_fit)
 
+    _add_check(sub)
     _add_compare_and_plot(sub)
 
     p = sub.add_parser("serve", help="the web page and HTTP API (extra 'web')")

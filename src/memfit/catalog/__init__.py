@@ -8,7 +8,10 @@ and ``config`` (the real config.json fields). Files are read on demand, never at
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
+import os
+import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from importlib import resources
@@ -18,8 +21,8 @@ from typing import Any, Mapping
 from ..arch import ModelSpec, from_hf_config
 from ..errors import MemfitError
 
-__all__ = ["CatalogEntry", "entry_names", "get_entry", "all_entries", "resolve_model",
-           "resolve_model_full", "parse_count"]
+__all__ = ["CatalogEntry", "HF_VARIANTS", "entry_names", "get_entry", "all_entries",
+           "find_hf_id", "resolve_model", "resolve_model_full", "parse_count"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,42 @@ def get_entry(name: str) -> CatalogEntry:
                         published_differs=raw.get("published_differs"))
 
 
+# Hugging Face ids of released variants whose config.json has the same shapes and dtype as a
+# catalog entry's (the instruction-tuned Llama 3.x checkpoints differ from their base only in
+# eos_token_id: huggingface.co/meta-llama/Llama-3.1-8B-Instruct/blob/main/config.json against
+# .../Llama-3.1-8B/blob/main/config.json), so they resolve to that entry.
+HF_VARIANTS = {
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Meta-Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Meta-Llama-3.1-8B": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "meta-llama/Meta-Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "meta-llama/Llama-3.1-405B-Instruct": "llama-3.1-405b",
+    "meta-llama/Llama-3.2-1B-Instruct": "llama-3.2-1b",
+    "meta-llama/Llama-3.2-3B-Instruct": "llama-3.2-3b",
+    "meta-llama/Meta-Llama-3-8B-Instruct": "llama-3-8b",
+    "meta-llama/Meta-Llama-3-70B-Instruct": "llama-3-70b",
+}
+_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@lru_cache(maxsize=1)
+def _hf_index() -> dict[str, str]:
+    index = {k.lower(): v for k, v in HF_VARIANTS.items()}
+    for name in entry_names():
+        hf_id = get_entry(name).hf_id
+        if hf_id:
+            index[hf_id.lower()] = name
+    return index
+
+
+def find_hf_id(text: str) -> CatalogEntry | None:
+    """The catalog entry whose Hugging Face id (or a listed variant's) is ``text``
+    (case-insensitive), or None."""
+    name = _hf_index().get(text.strip().lower()) if _HF_ID.match(text.strip()) else None
+    return get_entry(name) if name else None
+
+
 def all_entries() -> list[CatalogEntry]:
     """Every catalog entry, sorted by name."""
     return [get_entry(n) for n in entry_names()]
@@ -108,6 +147,16 @@ def resolve_model_full(model: str | Path | Mapping[str, Any] | ModelSpec) -> tup
                                     "a config.json or a folder holding one")
     from ..inputs import is_input, load
 
+    text = str(model).strip()
+    if _HF_ID.match(text) and not os.path.exists(os.path.expanduser(text)):
+        entry = find_hf_id(text)  # a bare Hugging Face id: the catalog's entry first
+        if entry is not None:
+            return entry.spec, dict(entry.config), None
+        if importlib.util.find_spec("huggingface_hub") is not None:
+            return load("hf:" + text)  # the 'hub' extra: read it from the Hub
+        raise MemfitError.bad_value("model", text, "a catalog model's Hugging Face id (see "
+                                    "`memfit models`), a local path, or hf:org/name with the "
+                                    "'hub' extra installed")
     if is_input(model):
         return load(model)
     entry = get_entry(str(model))

@@ -1,0 +1,273 @@
+"""``memfit check``: read the user's own command line or config file, say what was understood
+and what was ignored, and answer as the equivalent ``memfit infer|train`` call.
+
+One small module per artefact family, each a pure function from the artefact to a
+:class:`Translation` (memfit options, ``understood``, ``ignored``):
+
+* :mod:`.vllm`: ``vllm serve``, ``python -m vllm.entrypoints.openai.api_server``,
+  ``python -m sglang.launch_server``;
+* :mod:`.llamacpp`: ``llama-server`` / ``llama-cli``, Ollama Modelfiles and ``OLLAMA_*``
+  settings;
+* :mod:`.deepspeed`, :mod:`.hf` (TrainingArguments / TRL), :mod:`.axolotl`,
+  :mod:`.llamafactory`, :mod:`.torchtune`, :mod:`.torchtitan` (TOML), :mod:`.accelerate`.
+
+This module detects the kind, adds what is given beside the artefact with memfit's own flags
+(``--model``, ``--gpu``, ``--dp``/``--gpus`` ...), and builds the equivalent call. YAML is read
+by :mod:`.yamlish` (no PyYAML needed), TOML by :mod:`tomllib` (Python 3.11+).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import MemfitError
+from ..workload import InferenceOptions, TrainingOptions
+from ._base import Translation, flag_text
+
+__all__ = ["Translation", "read_command", "read_file", "read_text", "complete",
+           "equivalent_argv", "KINDS"]
+
+KINDS = ("vllm", "sglang", "llama-server", "llama-cli", "ollama", "deepspeed", "hf-trainer",
+         "axolotl", "llama-factory", "torchtune", "torchtitan", "accelerate")
+_MAX_FILE_BYTES = 1 << 20  # configs and command lines are kilobytes
+_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_PROGRAMS = "vllm serve, python -m vllm.entrypoints.openai.api_server, python -m " \
+            "sglang.launch_server, llama-server, llama-cli"
+
+
+def read_command(argv: Sequence[str]) -> Translation:
+    """A command line (its words, or one string to split as a shell would)."""
+    words = list(argv)
+    if len(words) == 1 and " " in words[0].strip():
+        try:
+            words = shlex.split(words[0])
+        except ValueError as exc:
+            raise MemfitError.bad_value("command", words[0][:80],
+                                        f"a shell command ({exc})") from None
+    env = {}
+    while words and _ASSIGN.match(words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if not words:
+        raise MemfitError.bad_value("command", None, _PROGRAMS)
+    t = _dispatch(words)
+    for key, value in env.items():
+        t.ignored.append({"field": key, "value": value, "why": "environment: GPU selection or "
+                          "settings with no memory effect memfit models"})
+    return t
+
+
+def _dispatch(words: list[str]) -> Translation:
+    from .llamacpp import read_llamacpp
+    from .vllm import read_sglang, read_vllm
+
+    prog = os.path.basename(words[0])
+    if prog == "vllm" and words[1:2] == ["serve"]:
+        return read_vllm(words[2:])
+    if re.match(r"^python(\d(\.\d+)?)?$", prog) and words[1:2] == ["-m"] and len(words) > 2:
+        module = words[2]
+        if module == "vllm.entrypoints.openai.api_server":
+            return read_vllm(words[3:])
+        if module in ("sglang.launch_server", "sglang_router.launch_server"):
+            return read_sglang(words[3:])
+    if prog in ("llama-server", "llama-cli", "server", "main"):
+        name = {"server": "llama-server", "main": "llama-cli"}.get(prog, prog)
+        return read_llamacpp(name, words[1:])
+    raise MemfitError.bad_value("command", " ".join(words[:3]), _PROGRAMS
+                                + " (or a config file: memfit check FILE)")
+
+
+def read_file(path: str | Path) -> Translation:
+    """A config file or a shell script holding one command line."""
+    p = Path(os.path.expanduser(str(path)))
+    shown = str(path)[:200].encode("unicode_escape").decode("ascii")
+    if not p.is_file():
+        raise MemfitError.bad_value("file", shown, "an existing config file or script")
+    if p.stat().st_size > _MAX_FILE_BYTES:
+        raise MemfitError.bad_value("file", shown, f"at most {_MAX_FILE_BYTES:,} bytes")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MemfitError.bad_value("file", shown, f"a readable UTF-8 text file ({exc})") \
+            from None
+    return read_text(text, p.name, p.parent)
+
+
+def _opener(base: Path | None) -> Callable[[str], Any]:
+    """Reads a config a config refers to (``deepspeed: ds_z3.json``), relative to its folder;
+    None when it is not there."""
+    def open_ref(ref: str) -> Any:
+        if base is None:
+            return None
+        p = Path(os.path.expanduser(ref))
+        p = p if p.is_absolute() else base / p
+        if not p.is_file() or p.stat().st_size > _MAX_FILE_BYTES:
+            return None
+        return _parse_mapping(p.read_text(encoding="utf-8"), p.name)
+    return open_ref
+
+
+def _command_text(text: str) -> list[str] | None:
+    """The words of a shell script's one command (``\\`` continuations joined), or None."""
+    body = re.sub(r"\\\r?\n", " ", text)
+    lines = [x.strip() for x in body.splitlines()
+             if x.strip() and not x.strip().startswith("#") and not x.strip().startswith("set ")]
+    if len(lines) != 1:
+        return None
+    try:
+        words = shlex.split(lines[0], comments=True)
+    except ValueError:
+        return None
+    rest = [w for w in words if not _ASSIGN.match(w)]
+    if rest and os.path.basename(rest[0]) in ("vllm", "llama-server", "llama-cli") or (
+            rest and re.match(r"^python", os.path.basename(rest[0]))):
+        return words
+    return None
+
+
+def _parse_mapping(text: str, name: str) -> Mapping[str, Any]:
+    if name.lower().endswith(".toml"):
+        from .torchtitan import loads_toml
+
+        return loads_toml(text)
+    if name.lower().endswith(".json") or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MemfitError(f"json: not valid JSON ({exc.msg} at line {exc.lineno}); "
+                              "allowed: a JSON object", field="json", value=None,
+                              allowed="a JSON object") from None
+    else:
+        from .yamlish import loads
+
+        data = loads(text)
+    if not isinstance(data, Mapping):
+        raise MemfitError.bad_value("file", type(data).__name__, "a mapping of config fields")
+    return data
+
+
+def read_text(text: str, name: str = "config", base: Path | None = None) -> Translation:
+    """An artefact's text: the kind is detected from its content (and ``name``'s suffix)."""
+    from .llamacpp import looks_like_ollama, read_ollama
+
+    words = _command_text(text)
+    if words is not None:
+        return read_command(words)
+    if name.lower().startswith("modelfile") or looks_like_ollama(text):
+        return read_ollama(text)
+    data = _parse_mapping(text, name)
+    return _read_mapping(data, _opener(base))
+
+
+def _read_mapping(data: Mapping[str, Any], open_ref: Callable[[str], Any]) -> Translation:
+    from . import accelerate, axolotl, deepspeed, hf, llamafactory, torchtitan, torchtune
+
+    if torchtitan.looks_like_torchtitan(data):
+        return torchtitan.read_torchtitan(data)
+    if torchtune.looks_like_torchtune(data):
+        return torchtune.read_torchtune(data)
+    if deepspeed.looks_like_deepspeed(data):
+        return deepspeed.read_deepspeed(data)
+    if accelerate.looks_like_accelerate(data):
+        return accelerate.read_accelerate(data, open_ref)
+    if axolotl.looks_like_axolotl(data):
+        return axolotl.read_axolotl(data, open_ref)
+    if llamafactory.looks_like_llamafactory(data):
+        return llamafactory.read_llamafactory(data, open_ref)
+    if hf.looks_like_hf(data):
+        return hf.read_hf(data, open_ref)
+    raise MemfitError.bad_value("file", ", ".join(list(data)[:5]) or "empty",
+                                "a DeepSpeed JSON, TrainingArguments/TRL, axolotl, "
+                                "LLaMA-Factory, torchtune, accelerate or torchtitan config, "
+                                "an Ollama Modelfile or a script with one " + _PROGRAMS
+                                + " command")
+
+
+def _options_class(mode: str) -> type:
+    return InferenceOptions if mode == "infer" else TrainingOptions
+
+
+def complete(t: Translation, beside: Mapping[str, Any]) -> Translation:
+    """Add the options given beside the artefact (they win over the artefact's own, which
+    then go to ``ignored``), the distributed defaults, and the model's own context where
+    the engine defaults to it."""
+    names = {f.name for f in fields(_options_class(t.mode))}
+    for key, value in beside.items():
+        if value is None:
+            continue
+        if key == "model":
+            if t.model is not None and t.model != value:
+                t.ignored.append({"field": "MODEL", "value": t.model,
+                                  "why": f"overridden by --model {value} given beside"})
+            t.model = str(value)
+        elif key == "gpus":
+            _world(t, int(value))
+        elif key not in names:
+            raise MemfitError.bad_value(key, value, f"an option of memfit {t.mode} "
+                                        f"(this {t.kind} artefact is {t.mode})")
+        else:
+            _override(t, key, value)
+    if t.model is None:
+        raise MemfitError("model: the artefact names no model; allowed: --model MODEL beside "
+                          "it (a catalog name, an HF id, a config.json or a .gguf)",
+                          field="model", value=None, allowed="--model MODEL")
+    if t.options.get("dp", 1) > 1:
+        for key, value in t.when_distributed.items():
+            t.options.setdefault(key, value)
+    if t.context == "model":
+        _model_context(t)
+    return t
+
+
+def _override(t: Translation, key: str, value: Any) -> None:
+    old = t.options.get(key)
+    if old is not None and old != value:
+        field = next((u["field"] for u in reversed(t.understood)
+                      if u["option"].startswith(flag_text(key, old))), key)
+        t.ignored.append({"field": field, "value": old,
+                          "why": f"overridden by {flag_text(key, value)} given beside"})
+    t.options[key] = value
+
+
+def _world(t: Translation, gpus: int) -> None:
+    """``--gpus N`` beside a training config: the data-parallel degree that fills N GPUs."""
+    if t.mode != "train":
+        raise MemfitError.bad_value("gpus", gpus, "--tp / --pp for an inference command "
+                                    "(--gpus is the world size of a training run)")
+    model_par = t.options.get("tp", 1) * t.options.get("pp", 1) * t.options.get("cp", 1)
+    if gpus < 1 or gpus % model_par:
+        raise MemfitError.bad_value("gpus", gpus, f"a multiple of tp x pp x cp = {model_par}")
+    _override(t, "dp", gpus // model_par)
+
+
+def _model_context(t: Translation) -> None:
+    from ..catalog import resolve_model
+
+    spec, _ = resolve_model(t.model)  # type: ignore[arg-type]
+    n = spec.learned_positions or spec.max_position_embeddings
+    if not n:
+        raise MemfitError.bad_value("max-model-len", None, "a context length (the model's "
+                                    "config states none)")
+    if "prompt" not in t.options:
+        t.options["prompt"] = n
+        t.understood.append({"field": "(context not given)", "value": None,
+                             "option": f"--prompt {n} (the model's max_position_embeddings, "
+                                       "the engine's default)"})
+
+
+def equivalent_argv(t: Translation) -> list[str]:
+    """The ``memfit infer|train`` command the translation amounts to."""
+    argv = [t.mode, str(t.model)]
+    defaults = {f.name: f.default for f in fields(_options_class(t.mode))}
+    for key, value in t.options.items():
+        if value is False and defaults.get(key) is False:
+            continue
+        argv += flag_text(key, value).split(" ", 1)
+    return argv
