@@ -93,6 +93,11 @@ HF_VARIANTS = {
     "meta-llama/Llama-3.2-3B-Instruct": "llama-3.2-3b",
     "meta-llama/Meta-Llama-3-8B-Instruct": "llama-3-8b",
     "meta-llama/Meta-Llama-3-70B-Instruct": "llama-3-70b",
+    # NousResearch's ungated copies of the same checkpoints (axolotl's examples use them)
+    "NousResearch/Meta-Llama-3-8B": "llama-3-8b",
+    "NousResearch/Meta-Llama-3.1-8B": "llama-3.1-8b",
+    "NousResearch/Meta-Llama-3-8B-Instruct": "llama-3-8b",
+    "NousResearch/Llama-2-7b-hf": "llama-2-7b",
 }
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 

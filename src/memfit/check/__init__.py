@@ -163,7 +163,8 @@ def read_text(text: str, name: str = "config", base: Path | None = None) -> Tran
     if name.lower().startswith("modelfile") or looks_like_ollama(text):
         return read_ollama(text)
     data = _parse_mapping(text, name)
-    return _read_mapping(data, _opener(base))
+    # an empty YAML value (``fsdp:``) is the field left unset
+    return _read_mapping({k: v for k, v in data.items() if v is not None}, _opener(base))
 
 
 def _read_mapping(data: Mapping[str, Any], open_ref: Callable[[str], Any]) -> Translation:

@@ -132,6 +132,7 @@ def apply_deepspeed_ref(r: Reader, name: str, value: Any,
     """``deepspeed: path/to/ds_config.json`` (or an inline dict): its fields, prefixed."""
     if isinstance(value, Mapping):
         apply_deepspeed(r, value, prefix=f"{name}.")
+        _deepspeed_precision(r, name)
         return
     data = open_ref(str(value)) if open_ref else None
     if data is None:
@@ -140,6 +141,17 @@ def apply_deepspeed_ref(r: Reader, name: str, value: Any,
         return
     r.note(name, value, "read (its fields below)")
     apply_deepspeed(r, data, prefix=f"{name}:")
+    _deepspeed_precision(r, name)
+
+
+def _deepspeed_precision(r: Reader, name: str) -> None:
+    """Under DeepSpeed the Trainer's bf16/fp16 becomes DeepSpeed's 16-bit parameters with fp32
+    masters (``bf16.enabled: auto`` takes the Trainer's flag): memfit's ``bf16-master``."""
+    recipe = r.t.options.get("precision")
+    if recipe in ("bf16-mixed", "fp16-mixed", "bf16-true", "fp16-true"):
+        r.t.options["precision"] = "bf16-master"
+        r.t.understood.append({"field": name, "value": recipe, "option": "--precision "
+                               "bf16-master (DeepSpeed keeps fp32 masters of 16-bit weights)"})
 
 
 def lora_targets(value: Any) -> str:

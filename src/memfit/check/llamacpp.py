@@ -173,7 +173,7 @@ def _from(r: Reader, value: str) -> None:
     tag = value.strip()
     base = _TAG_QUANT.sub("", tag.lower())
     quant = _TAG_QUANT.search(tag.lower())
-    if tag.endswith(".gguf") or "/" in tag and not tag.startswith(("hf.co/", "huggingface.co/")):
+    if tag.endswith(".gguf") or tag.startswith(("/", "./", "../", "~")):
         r.model("FROM", tag)
         return
     if base not in OLLAMA_TAGS:

@@ -188,6 +188,9 @@ def read_torchtitan(data: Mapping[str, Any]) -> Translation:
                      "memory; not modelled")
         else:
             r.ignore(f"[{key}]", value, "not a section memfit reads")
+    if "precision" not in r.t.options:  # Training.mixed_precision_param's default
+        r.use("training.mixed_precision_param", "(default bfloat16)", "precision",
+              "bf16-mixed")
     if "activation_checkpoint" not in data:  # ActivationCheckpoint's defaults
         _ac(r, {})
     if "fsdp" not in r.t.options:
