@@ -14,6 +14,7 @@ cache capacity. Every boundary is exact: the answer fits and one more does not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -180,15 +181,19 @@ def _fits(est: Estimate) -> bool:
     return bool(ok)
 
 
+#: The most GPUs a fit sweep takes (``gpus``): 65,536, beyond the largest clusters; bounds
+#: the layouts a sweep enumerates.
+MAX_GPUS = 65_536
+
+
 def _layouts(spec: ModelSpec, n: int, engine: str) -> list[tuple[int, int]]:
     """Valid (tp, pp) with tp * pp == n, TP first (TP within a node is the usual choice).
     llama.cpp's multi-GPU layer split is not modelled: one GPU only."""
     if engine == "llamacpp":
         return [(1, 1)] if n == 1 else []
     out = []
-    for tp in range(n, 0, -1):
-        if n % tp:
-            continue
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    for tp in sorted(set(small + [n // d for d in small]), reverse=True):
         pp = n // tp
         try:
             ParallelPlan(tp=tp, pp=pp).validate(spec)
@@ -237,8 +242,8 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
         return tried[count]
 
     if gpus is not None:
-        if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
-            raise MemfitError.bad_value("gpus", gpus, "a positive integer")
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_GPUS:
+            raise MemfitError.bad_value("gpus", gpus, f"an integer in [1, {MAX_GPUS}]")
     hi = None
     while n <= limit:
         if best_layout(n) is not None:

@@ -20,6 +20,7 @@ The peak is the largest of the three. Model states come from
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache, partial
@@ -996,23 +997,44 @@ class FitResult:
     max_seq: int | None
     estimate: Estimate | None  # at max_batch
     layouts: tuple[LayoutFit, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
+    """What the sweep left out (a GPU count with too many layouts to try them all)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "gpu": self.gpu, "gpus": self.gpus,
                 "gpu_memory_bytes": self.gpu_memory_bytes, "max_batch": self.max_batch,
                 "max_seq": self.max_seq,
                 "estimate": self.estimate.to_dict() if self.estimate else None,
-                "layouts": [x.to_dict() for x in self.layouts]}
+                "layouts": [x.to_dict() for x in self.layouts], "notes": list(self.notes)}
+
+
+#: Layouts (DP x TP x PP x CP) a fit sweep tries, and estimates it makes for them: 720,720
+#: GPUs have 89,600 ordered factorizations (times the ZeRO, checkpointing, offload and EP
+#: choices); the ones tried are the likeliest (small TP, PP, CP first) and the result says
+#: when the sweep stopped short.
+MAX_FACTORIZATIONS = 256
+MAX_LAYOUT_ESTIMATES = 4_000
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
 
 
 def _factorizations(n: int, k: int) -> list[tuple[int, ...]]:
+    """Every ordered ``k``-tuple of positive integers whose product is ``n``."""
     if k == 1:
         return [(n,)]
-    out = []
-    for d in range(1, n + 1):
-        if n % d == 0:
-            out += [(d, *rest) for rest in _factorizations(n // d, k - 1)]
-    return out
+    return [(d, *rest) for d in _divisors(n) for rest in _factorizations(n // d, k - 1)]
+
+
+def _likely_layouts(n: int) -> tuple[list[tuple[int, ...]], int]:
+    """The DP x TP x PP x CP factorizations of ``n`` to try, likeliest first (no CP, TP within
+    a node of 8, then the smallest TP x PP x CP), at most :data:`MAX_FACTORIZATIONS`; and how
+    many there are in all."""
+    every = _factorizations(n, 4)
+    every.sort(key=lambda f: (f[3] > 1, f[1] > 8, f[1] * f[2] * f[3], f[2], f[1]))
+    return every[:MAX_FACTORIZATIONS], len(every)
 
 
 def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 20,
@@ -1024,8 +1046,10 @@ def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 2
     then most headroom."""
     from .hardware import get_gpu
 
-    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= 1 << 20:
-        raise MemfitError.bad_value("gpus", gpus, "an integer in [1, 1048576]")
+    from .inference import MAX_GPUS
+
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_GPUS:
+        raise MemfitError.bad_value("gpus", gpus, f"an integer in [1, {MAX_GPUS}]")
     spec, config = resolve_model(model)
     g = get_gpu(gpu)
     opts, extra = _split_options(dict(options))
@@ -1054,8 +1078,12 @@ def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 2
 
     layouts: list[LayoutFit] = []
     moe = spec.moe is not None
-    for dp, tp, pp, cp in _factorizations(gpus, 4):
-        eps = [e for e in range(1, dp * cp + 1) if moe and (dp * cp) % e == 0] or [1]
+    tried, total = _likely_layouts(gpus)
+    budget = MAX_LAYOUT_ESTIMATES
+    for dp, tp, pp, cp in tried:
+        if budget <= 0:
+            break
+        eps = (_divisors(dp * cp) if moe else [1])[:budget // 9 + 1]
         shardings: list[tuple[int, str | None]] = [(0, None)]
         if dp > 1:
             shardings += [(1, None), (2, None), (3, None), (0, "full"), (0, "grad-op")]
@@ -1065,6 +1093,7 @@ def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 2
                 continue
             if off == "params" and zero in (1, 2):
                 continue
+            budget -= 1
             try:
                 o = with_(base, dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero=zero, fsdp=fsdp,
                           checkpointing=ckpt, offload=off, sp=base.sp and tp > 1,
@@ -1079,6 +1108,11 @@ def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 2
     rank_ck = {"none": 0, "selective": 1, "full": 2}
     layouts.sort(key=lambda x: (rank_off[x.offload], rank_ck[x.checkpointing],
                                 x.tp * x.pp * x.cp > 1, -x.headroom_bytes))
+    notes = []
+    if total > len(tried) or budget <= 0:
+        notes.append(f"layouts: {gpus} GPUs have {total:,} DP x TP x PP x CP splits; the sweep "
+                     f"tried the {len(tried):,} likeliest (small TP, PP, CP first) within "
+                     f"{MAX_LAYOUT_ESTIMATES:,} estimates")
     return FitResult(model=spec.name, gpu=g.name, gpus=gpus, gpu_memory_bytes=g.usable_bytes,
                      max_batch=max_batch, max_seq=max_seq, estimate=est,
-                     layouts=tuple(layouts[:max_layouts]))
+                     layouts=tuple(layouts[:max_layouts]), notes=tuple(notes))
