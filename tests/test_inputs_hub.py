@@ -324,5 +324,6 @@ def test_missing_hub_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(MemfitError, match=r"needs the 'hub' extra \(pip install 'memfit\[hub\]'"):
+    with pytest.raises(MemfitError, match=r"needs the 'hub' extra \(in a memfit clone: pip "
+                       r"install -e \"\.\[hub\]\""):
         read_hub("hf:org/name")

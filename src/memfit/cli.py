@@ -295,8 +295,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     try:
         from . import trace as tracer
     except ImportError as exc:
-        raise MemfitError(f"trace: needs the 'trace' extra (pip install 'memfit[trace]'): {exc}",
-                          field="trace", value=None, allowed="memfit[trace] installed") from None
+        raise MemfitError(f"trace: needs the 'trace' extra (in a memfit clone: pip install -e "
+                          f"\".[trace]\"): {exc}", field="trace", value=None,
+                          allowed="the 'trace' extra installed (torch, transformers)") from None
     from .report import Progress
 
     with Progress(f"tracing {spec.name} {args.mode}"):
@@ -450,7 +451,7 @@ _PLOT_EXAMPLES = """examples:
   memfit plot llama-3.1-8b train --fit --gpus 8 --gpu h100 -o layouts.png
 
 Without --sweep or --fit: one stacked bar per scenario. The format follows the extension
-(.png or .svg). Needs the 'plot' extra: pip install 'memfit[plot]'."""
+(.png or .svg). Needs the 'plot' extra (in a memfit clone: pip install -e ".[plot]")."""
 
 
 def _scenario_lists(args: argparse.Namespace) -> dict[str, list[Any]]:

@@ -19,11 +19,12 @@ vendor publishes no figure.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from .errors import MemfitError
 
-__all__ = ["GPU", "GPUS", "GPU_NAMES", "MEMORY_BASES", "get_gpu"]
+__all__ = ["GPU", "GPUS", "GPU_NAMES", "MEMORY_BASES", "get_gpu", "custom_gpu", "local_gpu"]
 
 MiB = 2**20
 GiB = 2**30
@@ -31,7 +32,7 @@ GB = 10**9
 TB_S = 10**12  # bandwidth unit on spec sheets: 1 TB/s = 10**12 bytes/s
 
 #: What ``memory_bytes`` is: a tool's reported total, or the marketed capacity.
-MEMORY_BASES = ("nvidia-smi", "rocm-smi", "hl-smi", "macos", "marketed")
+MEMORY_BASES = ("nvidia-smi", "rocm-smi", "hl-smi", "macos", "marketed", "custom")
 
 # Apple silicon: the Metal device's recommendedMaxWorkingSetSize is 3/4 of RAM on these
 # machines (llama.cpp logs 103079.22 MB = 0.75 x 128 GiB on M3 Max and M4 Max 128 GB; 73728 MB =
@@ -68,7 +69,9 @@ class GPU:
     def __post_init__(self) -> None:
         assert self.name == self.name.lower(), self.name
         assert self.memory_basis in MEMORY_BASES, self.memory_basis
-        assert self.memory_bytes > 0 and self.bandwidth_bytes_per_s > 0
+        assert self.memory_bytes > 0
+        # a custom GPU (a bare capacity) has no known bandwidth: 0
+        assert self.bandwidth_bytes_per_s > 0 or self.memory_basis == "custom"
         if self.usable_bytes == 0:
             object.__setattr__(self, "usable_bytes", self.memory_bytes)
         assert 0 < self.usable_bytes <= self.memory_bytes
@@ -196,6 +199,38 @@ GPUS: tuple[GPU, ...] = (
     _nv("rtx-6000-ada", ("6000-ada", "rtx6000-ada", "NVIDIA RTX 6000 Ada Generation"), 49140,
         "48 GB GDDR6", 0.96, 364.2, "364.2 dense BF16 TFLOPS with FP32 accumulate.",
         _src("NVIDIA RTX 6000 Ada Generation datasheet", 49140)),
+    _nv("rtx-3060", ("3060", "rtx3060", "rtx-3060-12gb", "NVIDIA GeForce RTX 3060"), 12288,
+        "12 GB GDDR6", 0.36, None,
+        "The 12 GB RTX 3060 (the 8 GB variant has less). No BF16 figure in the whitepaper's "
+        "GA106 table is used here.", _src("NVIDIA GeForce RTX 3060 specifications", 12288)),
+    _nv("rtx-4070-ti", ("4070ti", "rtx4070ti", "4070-ti", "NVIDIA GeForce RTX 4070 Ti"), 12282,
+        "12 GB GDDR6X", 0.504, None, "",
+        _src("NVIDIA GeForce RTX 4070 Ti specifications", 12282)),
+    _nv("rtx-4080", ("4080", "rtx4080", "rtx-4080-16gb", "NVIDIA GeForce RTX 4080"), 16376,
+        "16 GB GDDR6X", 0.717, 97.5, "97.5 dense BF16 TFLOPS with FP32 accumulate.",
+        _src("NVIDIA Ada Lovelace GPU architecture whitepaper (RTX 4080)", 16376)),
+    _nv("rtx-5080", ("5080", "rtx5080", "NVIDIA GeForce RTX 5080"), 16303, "16 GB GDDR7", 0.96,
+        None, "", _src("NVIDIA GeForce RTX 5080 specifications", 16303)),
+    _nv("rtx-a5000", ("a5000", "NVIDIA RTX A5000"), 24564, "24 GB GDDR6", 0.768, 111.1,
+        "111.1 dense BF16 TFLOPS (222.2 sparse).",
+        _src("NVIDIA RTX A5000 datasheet", 24564)),
+    _nv("a40", ("a40-48gb", "NVIDIA A40"), 46068, "48 GB GDDR6", 0.696, 149.7,
+        "149.7 dense BF16 TFLOPS (299.4 sparse).", _src("NVIDIA A40 datasheet", 46068)),
+    _nv("l40", ("l40-48gb", "NVIDIA L40"), 46068, "48 GB GDDR6", 0.864, 181.05,
+        "181.05 dense BF16 TFLOPS (362.1 sparse).", _src("NVIDIA L40 datasheet", 46068)),
+    _nv("h20", ("h20-96gb", "NVIDIA H20"), 97871, "96 GB HBM3", 4.0, 148,
+        "Hopper for the China market: 96 GB HBM3 at 4.0 TB/s, 148 dense BF16 TFLOPS.",
+        _src("NVIDIA H20 product brief", 97871)),
+    _nv("rtx-pro-6000", ("rtx-pro-6000-blackwell", "pro-6000",
+                         "NVIDIA RTX PRO 6000 Blackwell Workstation Edition"), 97887,
+        "96 GB GDDR7", 1.792, None, "Blackwell workstation card, 96 GB GDDR7 with ECC.",
+        _src("NVIDIA RTX PRO 6000 Blackwell datasheet", 97887)),
+    GPU(name="gb200", aliases=("gb200-186gb", "NVIDIA GB200"), memory_bytes=186 * GB,
+        marketed="186 GB HBM3e", vendor="NVIDIA", bandwidth_bytes_per_s=8 * TB_S,
+        bf16_tflops_dense=2500, memory_basis="marketed",
+        notes="Per Blackwell GPU of a GB200 superchip. Marketed capacity (no nvidia-smi total "
+              "known; expect a little below 186 GiB). 2500 dense BF16 TFLOPS = half of 5 "
+              "sparse.", source="NVIDIA GB200 NVL72 datasheet"),
     # --- AMD ----------------------------------------------------------------------------------
     GPU(name="mi300x", aliases=("mi300x-192gb", "AMD Instinct MI300X"),
         memory_bytes=205_822_885_888, marketed="192 GB HBM3", vendor="AMD",
@@ -270,20 +305,80 @@ for _gpu in GPUS:
         _EXACT[_spelling] = _gpu
 
 
+_CAPACITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gib|gb|mib|mb|tib|tb)\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"mib": 2**20, "gib": 2**30, "tib": 2**40, "mb": 10**6, "gb": 10**9,
+               "tb": 10**12}
+HOW_TO_NAME = ("a catalog name or alias (`memfit gpus`: h100, a100-80gb, rtx-4090 ...), a bare "
+               "capacity (24GiB, 80GB: binary GiB or decimal GB, the memory one process may "
+               "use) or auto (the local cards, through nvidia-ml-py)")
+
+
+def custom_gpu(capacity: str) -> GPU | None:
+    """A GPU of a bare capacity (``24GiB``, ``80GB``, ``16384MiB``): all of it usable, no
+    bandwidth figure. None when ``capacity`` is not one."""
+    m = _CAPACITY.match(capacity)
+    if m is None:
+        return None
+    number, unit = m.group(1), m.group(2).lower()
+    n = int(float(number) * _UNIT_BYTES[unit])
+    if n <= 0:
+        return None
+    label = f"{float(number):g}{unit}"
+    pretty = {"mib": "MiB", "gib": "GiB", "tib": "TiB", "mb": "MB", "gb": "GB", "tb": "TB"}
+    return GPU(name=label, aliases=(), memory_bytes=n,
+               marketed=f"{float(number):g} {pretty[unit]} (given)",
+               vendor="custom", bandwidth_bytes_per_s=0, bf16_tflops_dense=None,
+               memory_basis="custom", notes="A bare capacity given with --gpu: all of it "
+               "counted as usable (the CUDA context and allocator terms are estimated apart).",
+               source="--gpu")
+
+
+def local_gpu() -> GPU:
+    """``--gpu auto``: the first local card, through nvidia-ml-py (``pynvml``) when it is
+    installed: its catalog entry when the product name is known, else its total memory."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        raise MemfitError("gpu: got 'auto'; nvidia-ml-py is not installed (pip install "
+                          "nvidia-ml-py), or name the GPU: " + HOW_TO_NAME, field="gpu",
+                          value="auto", allowed=HOW_TO_NAME) from None
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        product = pynvml.nvmlDeviceGetName(handle)
+        total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+    except Exception as exc:  # no driver, no device: said, not a traceback
+        raise MemfitError(f"gpu: got 'auto'; NVML found no GPU ({exc}); name one: "
+                          + HOW_TO_NAME, field="gpu", value="auto", allowed=HOW_TO_NAME) from None
+    product = product.decode() if isinstance(product, bytes) else str(product)
+    found = _EXACT.get(product) or _INDEX.get(_key(product))
+    if found is not None:
+        return found
+    card = custom_gpu(f"{total // 2**20}MiB")
+    assert card is not None
+    return card
+
+
 def get_gpu(name: str | GPU) -> GPU:
     """The accelerator called ``name``: case, spaces and punctuation are ignored, aliases
-    (``h100``, ``a100-80gb``, ``4090``) and ``nvidia-smi`` product names are accepted.
-    Unknown names raise :class:`MemfitError` with close matches and every valid name."""
+    (``h100``, ``a100-80gb``, ``4090``) and ``nvidia-smi`` product names are accepted; so are a
+    bare capacity (``24GiB``, ``80GB``: :func:`custom_gpu`) and ``auto`` (:func:`local_gpu`).
+    Unknown names raise :class:`MemfitError` with close matches and the ways to name a GPU."""
     if isinstance(name, GPU):
         return name
     if isinstance(name, str):
         found = _EXACT.get(name) or _INDEX.get(_key(name))
         if found is not None:
             return found
+        if name.strip().lower() == "auto":
+            return local_gpu()
+        custom = custom_gpu(name)
+        if custom is not None:
+            return custom
     spellings = {_key(s): g.name for g in GPUS for s in (g.name,) + g.aliases}
     close = difflib.get_close_matches(_key(str(name)), list(spellings), n=5, cutoff=0.6)
     suggestions = list(dict.fromkeys(spellings[c] for c in close))[:3]
     hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
     allowed = ", ".join(GPU_NAMES)
-    raise MemfitError(f"gpu: got {name!r}; {hint}allowed: {allowed}", field="gpu", value=name,
-                      allowed=allowed)
+    raise MemfitError(f"gpu: got {name!r}; {hint}name a GPU by {HOW_TO_NAME}; catalog: "
+                      f"{allowed}", field="gpu", value=name, allowed=allowed)

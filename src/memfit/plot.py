@@ -97,7 +97,8 @@ def _figure(width: float, height: float) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise MemfitError("plot: needs the 'plot' extra (pip install 'memfit[plot]')",
+        raise MemfitError("plot: needs the 'plot' extra (in a memfit clone: pip install -e "
+                          "\".[plot]\")",
                           field="plot", value=None, allowed="matplotlib installed") from None
     return Figure(figsize=(width, height), layout="constrained")
 

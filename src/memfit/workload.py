@@ -42,6 +42,9 @@ CHECKPOINTING = ("none", "full", "selective", "op-selective")
 ATTN_IMPLS = ("sdpa", "eager")
 LOGITS = ("last", "all")
 ENGINES = ("hf", "vllm", "llamacpp")
+VLLM_VERSIONS = ("0.12", "0.21")
+VLLM_ENTRYPOINTS = ("serve", "llm")
+FLASH_ATTN = ("auto", "on", "off")
 FSDP_MODES = ("full", "grad-op", "hybrid")
 OFFLOAD = ("none", "optimizer", "params")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -186,7 +189,8 @@ class InferenceOptions:
     generate: int = _opt(128, "tokens generated per sequence after the prefill", min=0,
                          max=MAX_COUNT)
     weights: str | None = _opt(None, "weight format (see `memfit formats`); default: the "
-                               "config's torch_dtype, bf16 when absent", nullable=True)
+                               "checkpoint's own (config.json quantization_config, else "
+                               "torch_dtype, bf16 when absent)", nullable=True)
     kv_dtype: str | None = _opt(None, "KV cache dtype; default: the weights' 16-bit dtype",
                                 nullable=True)
     attn: str = _opt("sdpa", "attention implementation", choices=ATTN_IMPLS)
@@ -202,6 +206,33 @@ class InferenceOptions:
     block_size: int = _opt(16, "vllm: KV cache block size in tokens", min=1, max=1 << 20)
     n_gpu_layers: int | None = _opt(None, "llamacpp: layers offloaded to the GPU (default all)",
                                     min=0, max=1 << 20, nullable=True)
+    max_model_len: int | None = _opt(None, "vllm: longest sequence it accepts (--max-model-len); "
+                                     "default: the model's limit, derived as vLLM derives it",
+                                     min=1, max=MAX_COUNT, nullable=True)
+    max_num_seqs: int | None = _opt(None, "vllm: most sequences per step; default by GPU and "
+                                    "entry point (1024 on >= 70 GiB cards but A100, else 256)",
+                                    min=1, max=1 << 20, nullable=True)
+    max_num_batched_tokens: int | None = _opt(
+        None, "vllm: tokens per step, the profile run's size; default by GPU and entry point "
+        "(vllm serve: 8192 on >= 70 GiB cards but A100, else 2048)", min=1, max=MAX_COUNT,
+        nullable=True)
+    enforce_eager: bool = _opt(False, "vllm: no CUDA graphs (--enforce-eager)", flag=True)
+    vllm_version: str = _opt("0.21", "vllm: release whose memory accounting is modelled: 0.21+ "
+                             "reserves CUDA-graph memory inside the KV budget; 0.12 captures "
+                             "graphs after sizing the pool", choices=VLLM_VERSIONS)
+    vllm_entrypoint: str = _opt("serve", "vllm: `vllm serve` (OpenAI server) or the LLM class "
+                                "(python), which set different batch defaults",
+                                choices=VLLM_ENTRYPOINTS)
+    flash_attn: str = _opt("auto", "llamacpp: flash attention (-fa); auto = on where the "
+                           "backend supports it (CUDA)", choices=FLASH_ATTN)
+    ubatch_size: int = _opt(512, "llamacpp: physical batch of the compute graph (-ub)", min=1,
+                            max=1 << 20)
+    cache_type_k: str | None = _opt(None, "llamacpp: K cache type (-ctk); default --kv-dtype or "
+                                    "f16", nullable=True)
+    cache_type_v: str | None = _opt(None, "llamacpp: V cache type (-ctv); default --kv-dtype or "
+                                    "f16 (quantized V needs flash attention)", nullable=True)
+    n_cpu_moe: int = _opt(0, "llamacpp: MoE expert tensors of the first N layers kept in host "
+                          "RAM (--n-cpu-moe)", min=0, max=1 << 20)
 
     def __post_init__(self) -> None:
         _check(self)

@@ -397,7 +397,7 @@ from .safetensors import read_safetensors_dir  # noqa: E402
 
 def read_hub(model: str) -> tuple[dict[str, Any], WeightsInfo | None, str]:
     """``hf:org/name[@revision]`` -> ``(config, weights, name)``; see :mod:`memfit.inputs.hub`
-    (needs the ``hub`` extra: ``pip install 'memfit[hub]'``)."""
+    (needs the ``hub`` extra: ``pip install -e ".[hub]"`` in a memfit clone)."""
     from .hub import read_hub as _read_hub
 
     return _read_hub(model)

@@ -1,7 +1,7 @@
 """Hugging Face Hub models, ``hf:org/name[@revision]``: the config and the safetensors headers.
 
-Needs the ``hub`` extra (``pip install 'memfit[hub]'``: ``huggingface_hub``). Reads, and
-never downloads weights:
+Needs the ``hub`` extra (``pip install -e ".[hub]"`` in a memfit clone: ``huggingface_hub``).
+Reads, and never downloads weights:
 
 1. ``config.json`` (and ``generation_config.json`` when the repository has one) with
    ``hf_hub_download``, into the usual Hugging Face cache; the revision is resolved to a
@@ -62,16 +62,17 @@ def _import_hub(model: str) -> Any:
         import huggingface_hub.constants  # noqa: F401  (a lazy package: load the submodules)
         import huggingface_hub.utils  # noqa: F401
     except ImportError:
-        raise MemfitError(f"model: {model} needs the 'hub' extra (pip install 'memfit[hub]', "
-                          "which installs huggingface_hub)", field="model", value=model,
-                          allowed="memfit[hub] installed") from None
+        raise MemfitError(f"model: {model} needs the 'hub' extra (in a memfit clone: pip "
+                          "install -e \".[hub]\", which installs huggingface_hub)", field="model",
+                          value=model, allowed="the 'hub' extra installed (huggingface_hub)"
+                          ) from None
     try:
         import huggingface_hub.errors  # noqa: F401  (0.23+; older versions keep them in utils)
     except ImportError:
         pass
     if not hasattr(huggingface_hub.HfApi, "parse_safetensors_file_metadata"):
         raise MemfitError(f"model: {model} needs huggingface_hub>=0.25 (found "
-                          f"{huggingface_hub.__version__}); pip install -U 'memfit[hub]'",
+                          f"{huggingface_hub.__version__}); pip install -U huggingface_hub",
                           field="model", value=model, allowed="huggingface_hub>=0.25")
     return huggingface_hub
 

@@ -145,7 +145,11 @@ class Estimate:
 
     @property
     def fits(self) -> bool | None:
-        """Whether ``total_bytes`` fits the GPU; None without one."""
+        """Whether ``total_bytes`` fits the GPU; None without one. An engine's own refusals
+        (``extras["blockers"]``: vLLM not starting, a context beyond the model's limit) make
+        it False whatever the bytes."""
+        if self.extras.get("blockers"):
+            return False
         if self.gpu_memory_bytes is None:
             return None
         return self.total_bytes <= self.gpu_memory_bytes

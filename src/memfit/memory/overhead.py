@@ -45,9 +45,6 @@ class OverheadModel:
     # allocated after the first bf16 matmul; every inference case 32-33 MiB above the
     # tracer, every training case 64 MiB above (the autograd thread has its own handle).
     cublas_workspace_bytes: int = 32 * MiB
-    # vLLM's CUDA graph capture for decode batch sizes (vllm/worker: "Graph capturing
-    # finished ... took 0.5-1 GiB"), reserved outside the KV cache budget.
-    cuda_graph_bytes: int = 512 * MiB
 
 
 DEFAULT_OVERHEADS = OverheadModel()
@@ -62,11 +59,15 @@ def overhead_terms(peak_bytes: int, *, world_size: int = 1, engine: str = "hf",
         Term("cuda_context", context, "C_ctx", f"{context}",
              "measured: validation/gpu/h100-2026-11-26.json (nvidia-smi minus "
              "max_memory_reserved, H100, CUDA 13.0, torch 2.11)"),
-        Term("allocator_slack", int(peak_bytes * model.allocator_slack_fraction),
-             "s * peak", f"{model.allocator_slack_fraction} * {peak_bytes}",
-             "measured: median of max_memory_reserved / max_memory_allocated - 1 over the "
-             "24 H100 cases of validation/gpu (range 0.6%-82%)"),
     ]
+    if engine != "llamacpp":
+        # ggml allocates its model, KV and compute buffers once, at their exact sizes: no
+        # caching allocator (llama.cpp ggml/src/ggml-backend.cpp ggml_backend_buft_alloc_buffer)
+        terms.append(Term(
+            "allocator_slack", int(peak_bytes * model.allocator_slack_fraction),
+            "s * peak", f"{model.allocator_slack_fraction} * {peak_bytes}",
+            "measured: median of max_memory_reserved / max_memory_allocated - 1 over the "
+            "24 H100 cases of validation/gpu (range 0.6%-82%)"))
     if engine == "hf":
         handles = 2 if mode == "train" else 1
         terms.append(Term(
@@ -79,8 +80,6 @@ def overhead_terms(peak_bytes: int, *, world_size: int = 1, engine: str = "hf",
     if world_size > 1:
         terms.append(Term("nccl_buffers", model.nccl_bytes, "C_nccl", f"{model.nccl_bytes}",
                           "NCCL user guide: NCCL_BUFFSIZE (4 MiB) per channel and peer"))
-    if engine == "vllm":
-        terms.append(Term("cuda_graphs", model.cuda_graph_bytes, "C_graphs",
-                          f"{model.cuda_graph_bytes}",
-                          "vLLM worker log 'Graph capturing finished' (0.5-1 GiB typical)"))
+    # vLLM's CUDA graphs are engines.vllm_estimate's own term (inside or outside its KV
+    # budget depending on the version); llama.cpp has no PyTorch allocator (see below)
     return terms

@@ -24,8 +24,10 @@ format table: llama.cpp ``ggml-common.h``, bitsandbytes, AutoGPTQ, AutoAWQ), lla
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -47,7 +49,7 @@ from .params import buffer_elements
 
 __all__ = ["ResolvedWeights", "resolve_weights_option", "LayerWeights", "ModelWeights",
            "model_weights", "plain_weight_bytes", "WEIGHT_COMPONENTS", "tensor_inventory",
-           "layer_kind_counts", "gguf_layer_bytes", "memo"]
+           "layer_kind_counts", "gguf_layer_bytes", "memo", "checkpoint_weights"]
 
 #: Parts of the weights, in report order (they sum to the weights total).
 WEIGHT_COMPONENTS = ("embeddings", "attention", "mlp", "experts", "router", "norms", "lm_head",
@@ -81,6 +83,9 @@ class ResolvedWeights:
     q8_overlay: bool = False  # token_embd and output in Q8_0 (the "_L" files)
     compute_dtype: str = "bf16"  # activations (and the default KV cache dtype)
     note: str = ""
+    # where the format came from: "--weights", "quantization_config" (the checkpoint's own
+    # format, config.json) or "torch_dtype" (an unquantized checkpoint)
+    source: str = "torch_dtype"
 
     @property
     def is_gguf(self) -> bool:
@@ -102,10 +107,17 @@ def _float_name(spec_dtype: str) -> str:
     return name
 
 
-def resolve_weights_option(spec: ModelSpec, weights: str | None, engine: str) -> ResolvedWeights:
-    """Resolve ``--weights`` (None: the config's ``torch_dtype``, bf16 when absent); see
-    :func:`_resolve_weights`."""
-    return _resolve_weights(spec.dtype, weights, engine)
+def resolve_weights_option(spec: ModelSpec, weights: str | None, engine: str,
+                           config: Mapping[str, Any] | None = None) -> ResolvedWeights:
+    """Resolve ``--weights``; without it, the format the checkpoint ships: its config's
+    ``quantization_config`` (:func:`checkpoint_weights`) for transformers and vLLM, else the
+    config's ``torch_dtype`` (bf16 when absent); see :func:`_resolve_weights`."""
+    if weights is None and engine != "llamacpp" and config is not None:
+        q = config.get("quantization_config")
+        if isinstance(q, Mapping):
+            return checkpoint_weights(spec.dtype, q)
+    rw = _resolve_weights(spec.dtype, weights, engine)
+    return rw if weights is None else replace(rw, source="--weights")
 
 
 @lru_cache(maxsize=512)
@@ -172,6 +184,166 @@ def _resolve_weights(spec_dtype: str, weights: str | None, engine: str) -> Resol
         if fmt.kind == "gguf":
             compute = base if base != "fp32" else "bf16"
     return ResolvedWeights(fmt.name, fmt, None, False, compute)
+
+
+# ------------------------------------------------------------------------------------------
+# The checkpoint's own format: config.json quantization_config
+# ------------------------------------------------------------------------------------------
+
+# Module-name patterns of the skip lists (modules_to_not_convert, ignore, ignored_layers,
+# llm_int8_skip_modules) -> the dtypes.ROLES they keep in 16 bits. Checked in order.
+_SKIP_ROLES = (("lm_head", "lm_head"), ("embed", "embeddings"), ("router", "router"),
+               ("mlp.gate", "router"), ("self_attn", "attention"), ("attn", "attention"),
+               ("norm", "norms"))
+_CT = "compressed-tensors (vllm-project/compressed-tensors, config_groups.weights)"
+
+
+def _skip_roles(patterns: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(roles kept unquantized, patterns memfit cannot map to a role)."""
+    roles: list[str] = []
+    unmapped: list[str] = []
+    for p in patterns if isinstance(patterns, (list, tuple)) else ():
+        text = str(p).lower()
+        role = next((r for key, r in _SKIP_ROLES if key in text and
+                     not (key == "mlp.gate" and "gate_" in text)), None)
+        if role is None:
+            unmapped.append(str(p))
+        elif role not in roles:
+            roles.append(role)
+    return tuple(roles), tuple(unmapped)
+
+
+def _int_format(method: str, bits: int, group: int, zeros: bool, g_idx: bool,
+                scale_bits: int = 16) -> WeightFormat:
+    """A group-quantized integer layout: ``bits`` per value, a ``scale_bits`` scale (and a
+    ``bits`` zero point) per group of ``group`` inputs (-1: one per output channel)."""
+    if bits == 4 and group in (32, 64, 128) and zeros and scale_bits == 16 and \
+            method in ("gptq", "awq"):
+        return get_format(f"{method}-int4-g{group}")
+    base = get_format("gptq-int4-g128")
+    meta = scale_bits + (bits if zeros else 0)
+    if group == -1:
+        fmt = replace(base, block_size=1, block_bits=bits, row_bits=meta)
+    else:
+        fmt = replace(base, block_size=group, block_bits=group * bits + meta)
+    return replace(fmt, name=f"{method}-int{bits}-g{group}", aliases=(),
+                   element_bits=Fraction(bits), col_bits=32 if g_idx else 0,
+                   description=f"{method} {bits}-bit, group {group}: {bits} bits + a "
+                               f"{scale_bits}-bit scale{' and zero point' if zeros else ''} "
+                               "per group" + (" + int32 g_idx per input" if g_idx else ""))
+
+
+def _fp8_block(rows: int, cols: int) -> WeightFormat:
+    base = get_format("fp8-block")
+    if (rows, cols) == (128, 128):
+        return base
+    return replace(base, name=f"fp8-block-{rows}x{cols}", aliases=(), block_size=cols,
+                   block_rows=rows, block_bits=rows * cols * 8 + 32)
+
+
+def _compressed_tensors(q: Mapping[str, Any]) -> tuple[WeightFormat, str]:
+    groups = q.get("config_groups") or {}
+    w = next((g.get("weights") for g in groups.values()
+              if isinstance(g, Mapping) and isinstance(g.get("weights"), Mapping)), None)
+    if w is None:
+        raise MemfitError.bad_value("quantization_config", "compressed-tensors",
+                                    "config_groups with a weights scheme")
+    bits, kind = int(w.get("num_bits", 8)), str(w.get("type", "int"))
+    strategy, group = str(w.get("strategy", "tensor")), int(w.get("group_size") or -1)
+    if kind == "float" and bits == 8:
+        if strategy == "block":
+            r, c = (w.get("block_structure") or [128, 128])[:2]
+            return _fp8_block(int(r), int(c)), f"{_CT}: fp8 {r}x{c} blocks"
+        if strategy == "channel":
+            fmt = replace(get_format("fp8-e4m3"), name="fp8-channel", aliases=(),
+                          matrix_bits=0, row_bits=32)
+            return fmt, f"{_CT}: fp8, one fp32 scale per output channel"
+        return get_format("fp8-e4m3"), f"{_CT}: fp8, one fp32 scale per tensor"
+    if kind == "float" and bits == 4:
+        return get_format("nvfp4"), f"{_CT}: nvfp4 (groups of 16, fp8 scales)"
+    sym = bool(w.get("symmetric", True))
+    fmt = _int_format("int-ct", bits, group if strategy == "group" else -1, not sym, False)
+    return fmt, f"{_CT}: int{bits} {strategy} (group {group}), bf16 scales"
+
+
+def _quant_format(q: Mapping[str, Any]) -> tuple[WeightFormat, str, Any]:
+    """(format, how it was read, the skip list) of one ``quantization_config``."""
+    method = str(q.get("quant_method", "")).lower()
+    if method == "mxfp4":
+        return get_format("mxfp4"), "mxfp4 (MoE experts; transformers Mxfp4Config)", \
+            q.get("modules_to_not_convert")
+    if method == "fp8":
+        skip = q.get("modules_to_not_convert") or q.get("ignored_layers")
+        block = q.get("weight_block_size")
+        if block:
+            r, c = int(block[0]), int(block[1])
+            return _fp8_block(r, c), f"fp8 e4m3, {r}x{c} blocks with fp32 weight_scale_inv", skip
+        return get_format("fp8-e4m3"), "fp8 e4m3, one fp32 scale per tensor", skip
+    if method in ("gptq", "awq"):
+        bits, group = int(q.get("bits", q.get("w_bit", 4))), int(q.get("group_size",
+                                                                         q.get("q_group_size",
+                                                                               128)))
+        zeros = method == "gptq" or bool(q.get("zero_point", True))
+        fmt = _int_format(method, bits, group, zeros, method == "gptq")
+        skip = q.get("modules_to_not_convert")
+        return fmt, f"{method} {bits}-bit, group_size {group}", skip
+    if method == "bitsandbytes":
+        skip = q.get("llm_int8_skip_modules")
+        if q.get("load_in_4bit"):
+            kind = str(q.get("bnb_4bit_quant_type", "fp4")).lower()
+            dq = bool(q.get("bnb_4bit_use_double_quant", False))
+            name = f"bnb-{kind}" + ("-dq" if dq else "")
+            return get_format(name), f"bitsandbytes 4-bit {kind}" + (
+                " with double quantization" if dq else ""), skip
+        if q.get("load_in_8bit"):
+            return get_format("bnb-int8"), "bitsandbytes LLM.int8()", skip
+    if method == "compressed-tensors":
+        fmt, how = _compressed_tensors(q)
+        return fmt, how, q.get("ignore")
+    raise MemfitError.bad_value(
+        "quantization_config.quant_method", method or None,
+        "mxfp4, fp8, gptq, awq, bitsandbytes or compressed-tensors (or pass --weights)")
+
+
+_CHECKPOINT_CACHE: dict[tuple[str, str], ResolvedWeights] = {}
+
+
+def checkpoint_weights(spec_dtype: str, q: Mapping[str, Any]) -> ResolvedWeights:
+    """The weights as a checkpoint ships them, from its ``quantization_config``.
+
+    The quantized tensors take the method's format (memfit.dtypes); the modules its skip list
+    names (``modules_to_not_convert``, ``ignore``, ``ignored_layers``,
+    ``llm_int8_skip_modules``) join the format's own unquantized roles in 16 bits: gpt-oss's
+    MXFP4 keeps attention, the router, embeddings and LM head in bf16; DeepSeek-V3's FP8
+    (``weight_block_size [128, 128]``) stores a ``[ceil(out/128), ceil(in/128)]`` fp32
+    ``weight_scale_inv`` beside each fp8 matrix. Skip entries that name no role (one layer by
+    index) cannot be placed and are named in the note. Sources: transformers
+    ``quantizers/quantizer_mxfp4.py``, ``quantizer_finegrained_fp8.py``, ``quantizer_gptq.py``,
+    ``quantizer_awq.py``, ``quantizer_bnb_4bit.py``; compressed-tensors ``QuantizationScheme``.
+    """
+    key = (spec_dtype, json.dumps(q, sort_keys=True, default=str))
+    cached = _CHECKPOINT_CACHE.get(key)
+    if cached is not None:
+        return cached
+    fmt, how, skip = _quant_format(q)
+    roles, unmapped = _skip_roles(skip)
+    extra = tuple(r for r in roles if r not in fmt.unquantized)
+    if extra:
+        fmt = replace(fmt, name=f"{fmt.name}+{'+'.join(extra)}-16bit", aliases=(),
+                      unquantized=fmt.unquantized + extra)
+    base = _float_name(spec_dtype)
+    compute = fmt.compute_dtype if fmt.compute_dtype in ("fp16", "bf16") else base
+    kept = ", ".join(fmt.unquantized)
+    note = (f"weights as the checkpoint ships them: config.json quantization_config "
+            f"({how}; kept in {fmt.unquantized_dtype}: {kept})")
+    if unmapped:
+        note += f"; skip-list entries not placed (counted quantized): {', '.join(unmapped)}"
+    rw = ResolvedWeights(fmt.name, fmt, None, False, compute, note=note,
+                         source="quantization_config")
+    if len(_CHECKPOINT_CACHE) > 256:
+        _CHECKPOINT_CACHE.clear()
+    _CHECKPOINT_CACHE[key] = rw
+    return rw
 
 
 # ------------------------------------------------------------------------------------------

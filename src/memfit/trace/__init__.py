@@ -34,7 +34,7 @@ def _require() -> None:
     if missing:
         raise MemfitError.bad_value("trace", " and ".join(missing) + " missing",
                                     "torch and transformers installed "
-                                    "(pip install 'memfit[trace]')")
+                                    "(in a memfit clone: pip install -e \".[trace]\")")
 
 
 def trace_inference(config: Mapping[str, Any], options: InferenceOptions, *,

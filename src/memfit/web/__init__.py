@@ -13,7 +13,8 @@ from ..errors import MemfitError
 
 __all__ = ["create_app", "serve"]
 
-_MISSING = ("serve: needs the 'web' extra (pip install 'memfit[web]'): {exc}")
+_MISSING = ("serve: needs the 'web' extra (in a memfit clone: pip install -e \".[web]\"): "
+            "{exc}")
 
 
 def _app_module() -> Any:
@@ -21,7 +22,7 @@ def _app_module() -> Any:
         from . import app
     except ImportError as exc:
         raise MemfitError(_MISSING.format(exc=exc), field="web", value=None,
-                          allowed="memfit[web] installed") from None
+                          allowed="the 'web' extra installed (fastapi, uvicorn)") from None
     return app
 
 
