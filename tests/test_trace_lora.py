@@ -26,7 +26,8 @@ LLAMA = FAMILY_CONFIGS["llama"]
 
 
 def options(**kw: Any) -> TrainingOptions:
-    return TrainingOptions(**{"batch": 2, "seq": 16, "lora_rank": 4, **kw})
+    return TrainingOptions(**{"batch": 2, "seq": 16, "lora_rank": 4, "lora_targets": "all-linear",
+                              **kw})
 
 
 def check(config: dict[str, Any], opts: TrainingOptions) -> Any:

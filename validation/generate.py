@@ -141,15 +141,17 @@ CASES = [
           checkpointing="full"),
     # -- training with peft LoRA adapters (lora16 = --lora-rank 16) on a frozen base
     train("llama-3.1-8b", "b1-s4096-bf16true-lora16", batch=1, seq=4096, precision="bf16-true",
-          lora_rank=16),
+          lora_rank=16, lora_targets="all-linear"),
     train("llama-3.1-8b", "b4-s2048-bf16true-lora16-ckpt", batch=4, seq=2048,
-          precision="bf16-true", lora_rank=16, checkpointing="full"),
-    train("llama-3.2-1b", "b8-s2048-lora16", batch=8, seq=2048, lora_rank=16),
+          precision="bf16-true", lora_rank=16, checkpointing="full",
+          lora_targets="all-linear"),
+    train("llama-3.2-1b", "b8-s2048-lora16", batch=8, seq=2048, lora_rank=16,
+          lora_targets="all-linear"),
     # -- QLoRA (qlora16 = --qlora --lora-rank 16): NF4 double-quant base, fp32 rest, peft LoRA
     train("llama-3.1-8b", "b1-s2048-qlora16", batch=1, seq=2048, precision="bf16-true",
-          qlora=True, lora_rank=16),
+          qlora=True, lora_rank=16, lora_targets="all-linear"),
     train("llama-3.1-8b", "b1-s2048-qlora16-ckpt", batch=1, seq=2048, precision="bf16-true",
-          qlora=True, lora_rank=16, checkpointing="full"),
+          qlora=True, lora_rank=16, checkpointing="full", lora_targets="all-linear"),
     # -- added with the FSDP2 timeline and the peft re-derivation (second session)
     train("qwen1.5-moe-a2.7b", "b2-s2048-dp8-fsdpfull", batch=2, seq=2048, dp=8, fsdp="full"),
     train("llama-3.1-8b", "b1-s2048-fp32-dp4-fsdpgradop", batch=1, seq=2048, precision="fp32",
@@ -159,18 +161,18 @@ CASES = [
     train("llama-3.2-1b", "b4-s2048-dp8-fsdpfull-mb2", batch=4, seq=2048, dp=8, fsdp="full",
           microbatches=2),
     train("llama-3.2-1b", "b8-s2048-lora16-ckpt", batch=8, seq=2048, lora_rank=16,
-          checkpointing="full"),
+          checkpointing="full", lora_targets="all-linear"),
     train("qwen2.5-7b", "b2-s2048-bf16true-lora64", batch=2, seq=2048, precision="bf16-true",
-          lora_rank=64),
+          lora_rank=64, lora_targets="all-linear"),
     train("mistral-7b-v0.1", "b1-s4096-bf16true-qlora16", batch=1, seq=4096,
-          precision="bf16-true", qlora=True, lora_rank=16),
+          precision="bf16-true", qlora=True, lora_rank=16, lora_targets="all-linear"),
     train("llama-3.1-8b", "b1-s2048-qlora16-mixed", batch=1, seq=2048, precision="bf16-mixed",
-          qlora=True, lora_rank=16),
+          qlora=True, lora_rank=16, lora_targets="all-linear"),
     # LoRA under FSDP2 (torchtune's lora_finetune_distributed layout)
     train("llama-3.1-8b", "b2-s4096-dp8-fsdpfull-lora16-ckpt", batch=2, seq=4096, dp=8,
-          fsdp="full", lora_rank=16, checkpointing="full"),
+          fsdp="full", lora_rank=16, checkpointing="full", lora_targets="all-linear"),
     train("mistral-7b-v0.1", "b1-s4096-dp4-fsdpgradop-lora8", batch=1, seq=4096, dp=4,
-          fsdp="grad-op", lora_rank=8),
+          fsdp="grad-op", lora_rank=8, lora_targets="all-linear"),
 ]
 
 

@@ -1,9 +1,10 @@
 """LoRA (and QLoRA) through peft, on fake tensors.
 
-``--lora-rank R``: peft's ``LoraConfig(r=R, target_modules=q, k, v, o, gate, up, down)`` on
-the transformers model built in the recipe's weight dtype; peft's defaults otherwise
-(``lora_alpha=8``, no dropout, no bias, ``autocast_adapter_dtype=True``: the adapters are
-fp32 whatever the base's dtype). The base is frozen; the optimizer steps the adapters only.
+``--lora-rank R``: peft's ``LoraConfig(r=R, target_modules=...)`` on the transformers model
+built in the recipe's weight dtype, with ``--lora-targets`` resolved as :func:`lora_targets`
+says, ``lora_dropout`` and ``use_dora`` as asked; peft's defaults otherwise (``lora_alpha=8``,
+no bias, ``autocast_adapter_dtype=True``: the adapters are fp32 whatever the base's dtype,
+unless ``--lora-dtype`` names another). The base is frozen; the optimizer steps the adapters.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import torch
 from ..errors import MemfitError
 
 __all__ = ["LORA_TARGETS", "QLORA_PRECISIONS", "apply_lora", "apply_qlora", "fake_swappable",
-           "nf4_storages", "quantize_nf4"]
+           "lora_targets", "nf4_storages", "quantize_nf4"]
 
 #: The projections LoRA adapts (Llama/Mistral/Qwen names; transformers' other families use
 #: the same names for these, where they have them).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_TARGETS = LORA_TARGETS[:4]
+MLP_TARGETS = LORA_TARGETS[4:]
+_ADAPTER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _drop_fake_weakrefs(*tensors: torch.Tensor) -> None:
@@ -71,19 +75,66 @@ def require_peft() -> Any:
     return peft
 
 
-def apply_lora(model: Any, rank: int) -> Any:
-    """``get_peft_model`` with LoRA of rank ``rank`` on the projections that exist."""
-    peft = require_peft()
+def lora_targets(model: Any, spec: str) -> list[str] | str | None:
+    """``--lora-targets`` as peft's ``target_modules``.
+
+    ``peft``: ``None``, so peft picks its own default for the model type
+    (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``, ``q_proj, v_proj`` for Llama,
+    Mistral, Qwen); ``all-linear``: peft's own shorthand (every ``nn.Linear``/``Conv1D`` but
+    the output embedding: the seven projections of a Llama); ``attention`` / ``mlp``: the
+    q/k/v/o or gate/up/down projections the model has; else a comma list of module names.
+    """
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
              if isinstance(m, torch.nn.Linear)}
-    targets = [t for t in LORA_TARGETS if t in names]
-    if not targets:
-        raise MemfitError.bad_value("lora-rank", rank,
-                                    "a model with q/k/v/o/gate/up/down_proj linear layers "
-                                    f"(found none in {type(model).__name__})")
-    config = peft.LoraConfig(r=rank, target_modules=targets, task_type="CAUSAL_LM")
+    if spec == "peft":
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in mapping:
+            raise MemfitError.bad_value("lora-targets", spec,
+                                        "all-linear, attention, mlp or module names (peft has "
+                                        f"no default targets for {model_type!r})")
+        return None
+    if spec == "all-linear":
+        return spec
+    wanted = {"attention": ATTENTION_TARGETS, "mlp": MLP_TARGETS}.get(spec)
+    if wanted is None:
+        wanted = tuple(n.strip() for n in spec.split(",") if n.strip())
+    targets = [t for t in wanted if t in names]
+    if not targets or (spec not in ("attention", "mlp") and len(targets) != len(wanted)):
+        missing = sorted(set(wanted) - names) or sorted(wanted)
+        raise MemfitError.bad_value("lora-targets", spec,
+                                    "module names the model has as linear layers (missing: "
+                                    f"{', '.join(missing)}; it has {', '.join(sorted(names))})")
+    return targets
+
+
+def apply_lora(model: Any, rank: int, targets: str = "all-linear", dropout: float = 0.0,
+               dtype: str | None = None, dora: bool = False) -> Any:
+    """``get_peft_model`` with LoRA of rank ``rank`` on ``targets`` (see :func:`lora_targets`).
+
+    ``dropout``: peft's ``lora_dropout`` (an ``nn.Dropout`` on each adapter's input).
+    ``dtype``: the adapters' dtype; ``None``/``fp32`` is peft's ``autocast_adapter_dtype=True``
+    (fp32 adapters); ``bf16``/``fp16`` casts every adapter parameter (``lora_A``, ``lora_B``,
+    DoRA's magnitude) after ``get_peft_model``, as a run that loads the adapters in the
+    model's dtype holds them. ``dora``: peft's ``use_dora=True``.
+    """
+    peft = require_peft()
+    config = peft.LoraConfig(r=rank, target_modules=lora_targets(model, targets),
+                             lora_dropout=dropout, use_dora=dora, task_type="CAUSAL_LM")
     with fake_swappable():
-        return peft.get_peft_model(model, config)
+        model = peft.get_peft_model(model, config)
+    if dtype not in (None, "fp32"):
+        for name, p in model.named_parameters():
+            if p.requires_grad and "lora_" in name:
+                p.data = p.data.to(_ADAPTER_DTYPES[dtype])
+    return model
+
+
+def apply_lora_options(model: Any, options: Any) -> Any:
+    """:func:`apply_lora` with ``TrainingOptions``' LoRA fields."""
+    return apply_lora(model, options.lora_rank or 16, options.lora_targets,
+                      options.lora_dropout, options.lora_dtype, options.dora)
 
 
 # -- QLoRA ------------------------------------------------------------------------------------
@@ -244,19 +295,25 @@ def quantize_nf4(model: Any) -> Any:
     return model
 
 
-def apply_qlora(model: Any, rank: int, checkpointing: Any = None) -> Any:
+def apply_qlora(model: Any, options: Any, checkpointing: Any = None) -> Any:
     """NF4 base, peft's ``prepare_model_for_kbit_training``, then LoRA as :func:`apply_lora`.
 
     ``prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)``: freezes
     everything and casts every 16-bit parameter that is not ``Params4bit`` to fp32 (the
-    embeddings, norms, LM head: our packed weights are uint8, untouched). Checkpointing, when
-    asked, is ``checkpointing(model)``, transformers' non-reentrant one: what peft's own
+    embeddings, norms, LM head: our packed weights are uint8, untouched). With
+    ``qlora_stream="16-bit"`` that step is skipped: the base stays bf16 (what torchtune,
+    Unsloth and axolotl keep, and peft without the prepare step). Checkpointing, when asked,
+    is ``checkpointing(model)``, transformers' non-reentrant one: what peft's own
     ``use_gradient_checkpointing=True`` does with ``use_reentrant=False`` (it then skips
-    ``enable_input_require_grads``).
+    ``enable_input_require_grads``). ``options`` is ``TrainingOptions`` or a rank.
     """
     peft = require_peft()
     model = quantize_nf4(model)
-    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    stream = getattr(options, "qlora_stream", "fp32")
+    if stream == "fp32":
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if checkpointing is not None:
         checkpointing(model)
-    return apply_lora(model, rank)
+    if isinstance(options, int):
+        return apply_lora(model, options)
+    return apply_lora_options(model, options)

@@ -9,7 +9,8 @@ import torch
 
 from ..errors import MemfitError
 
-__all__ = ["Lion", "make_optimizer", "MasterWeights", "state_tensors", "host_step_tensors"]
+__all__ = ["Lion", "make_optimizer", "MasterWeights", "OptimizerInBackward", "state_tensors",
+           "host_step_tensors"]
 
 
 class Lion(torch.optim.Optimizer):
@@ -157,3 +158,51 @@ class MasterWeights:
     def masters_to_params(self) -> None:
         for p, m in zip(self.params, self.masters, strict=True):
             p.copy_(m)
+
+
+class OptimizerInBackward:
+    """The optimizer step inside backward, as torchtune's ``optimizer_in_bwd=True`` runs it.
+
+    torchtune (recipes/full_finetune_single_device.py, ``_setup_optimizer``;
+    torchtune/training/memory.py, ``register_optim_in_bwd_hooks``, v0.6): one optimizer per
+    parameter (``{p: optimizer([p]) for p in model.parameters()}``) and, on each parameter, a
+    ``register_post_accumulate_grad_hook`` that runs ``optim_dict[p].step()`` and
+    ``optim_dict[p].zero_grad()`` (``set_to_none``) as soon as that gradient is accumulated:
+    one parameter's gradient exists at a time, never the full set. ``on_grad(grad)`` is called
+    before each step (the tracer tags it). ``step``/``zero_grad`` of this object do nothing
+    (the loop's optimizer phase is empty); ``state`` and ``param_groups`` gather the
+    per-parameter optimizers' own.
+    """
+
+    def __init__(self, name: str, impl: str, params: Sequence[Any],
+                 on_grad: Callable[[torch.Tensor], None]) -> None:
+        self.optimizers = {p: make_optimizer(name, impl, [p]) for p in params}
+        self.on_grad = on_grad
+        self.handles = [p.register_post_accumulate_grad_hook(self._step) for p in params]
+
+    def _step(self, param: Any) -> None:
+        optimizer = self.optimizers[param]
+        self.on_grad(param.grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for optimizer in self.optimizers.values():
+            out.update(optimizer.state)
+        return out
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for optimizer in self.optimizers.values() for g in optimizer.param_groups]
+
+    def step(self) -> None:
+        return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()

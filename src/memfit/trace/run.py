@@ -26,6 +26,7 @@ from .build import (
     quiet_transformers,
     weights_dtype,
 )
+from .ckpt import enable_checkpointing, offload_activations
 from .compat import (
     cuda_autocast_policy,
     fake_overrides,
@@ -33,7 +34,13 @@ from .compat import (
     no_real_fallback,
     transformers_patches,
 )
-from .optim import MasterWeights, host_step_tensors, make_optimizer, state_tensors
+from .optim import (
+    MasterWeights,
+    OptimizerInBackward,
+    host_step_tensors,
+    make_optimizer,
+    state_tensors,
+)
 from .result import TraceResult
 from .tracker import MemoryTracker
 
@@ -106,10 +113,70 @@ def _check_training(options: TrainingOptions) -> None:
                            "fp32, bf16-true, fp16-true, bf16-mixed or fp16-mixed with "
                            "--lora-rank (the adapters are fp32 already)")
     if options.offload != "none":
-        raise _not_yet("offload", options.offload, "none")
-    if options.checkpointing not in ("none", "full"):
-        raise MemfitError.bad_value("checkpointing", options.checkpointing,
-                                    "none or full (the tracer supports none|full)")
+        raise _not_yet("offload", options.offload, "none (host offload of parameters or "
+                       "optimizer state is not traced)")
+    if options.checkpointing not in ("none", "full", "op-selective"):
+        raise _not_yet("checkpointing", options.checkpointing, "none, full or op-selective "
+                       "(Megatron's selective recomputation is not traced)")
+    _check_adapter_knobs(options)
+    _check_step_knobs(options)
+
+
+def _check_adapter_knobs(options: TrainingOptions) -> None:
+    """The LoRA knobs: only with adapters, and only the combinations the tracer runs."""
+    if options.lora_rank is None and not options.qlora:
+        for name, default in (("lora_targets", "peft"), ("lora_dropout", 0.0),
+                              ("lora_dtype", None), ("dora", False), ("lora_experts", False)):
+            if getattr(options, name) != default:
+                raise MemfitError.bad_value(name.replace("_", "-"), getattr(options, name),
+                                            f"{default} without --lora-rank or --qlora (no "
+                                            "adapters to apply it to)")
+    if options.lora_experts:
+        raise _not_yet("lora-experts", True, "off (adapters on transformers 5's fused 3-D "
+                       "expert tensors, peft's target_parameters, are not traced)")
+    if options.dora and (options.qlora or options.fsdp is not None):
+        raise _not_yet("dora", True, "off with --qlora or --fsdp (DoRA's weight norm "
+                       "dequantizes through bitsandbytes / gathers the sharded base)")
+    if options.lora_dtype not in (None, "fp32") and options.fsdp is not None:
+        raise _not_yet("lora-dtype", options.lora_dtype, "fp32 with --fsdp")
+    if options.qlora_stream != "fp32" and not options.qlora:
+        raise MemfitError.bad_value("qlora-stream", options.qlora_stream,
+                                    "fp32 without --qlora (it names QLoRA's activation stream)")
+
+
+def _check_step_knobs(options: TrainingOptions) -> None:
+    """Loss, checkpoint policy, offloading and optimizer knobs the tracer runs (or names)."""
+    if options.loss != "chunked" and options.loss_chunks != 8:
+        raise MemfitError.bad_value("loss-chunks", options.loss_chunks,
+                                    "8 (the default) unless --loss chunked")
+    if options.checkpoint_every != 1 and options.checkpointing not in ("full", "op-selective"):
+        raise MemfitError.bad_value("checkpoint-every", options.checkpoint_every,
+                                    "1 without --checkpointing full|op-selective")
+    if options.optimizer in ("paged-adamw", "paged-adamw-8bit"):
+        raise _not_yet("optimizer", options.optimizer,
+                       "adamw, adamw-8bit, sgd, sgd-momentum, adafactor or lion (bitsandbytes' "
+                       "paged optimizers allocate their state with cudaMallocManaged through "
+                       "its CUDA library: no CPU or fake-tensor path, see docs/tracer.md)")
+    if options.fsdp_version != 2:
+        raise _not_yet("fsdp-version", options.fsdp_version,
+                       "2 (FSDP1 is not traced, see docs/tracer.md)")
+    fsdp = options.fsdp is not None
+    for name, on in (("loss", options.loss != "hf"),
+                     ("checkpointing", options.checkpointing == "op-selective"),
+                     ("checkpoint-every", options.checkpoint_every != 1),
+                     ("activation-offload", options.activation_offload),
+                     ("optimizer-in-backward", options.optimizer_in_backward)):
+        if on and fsdp:
+            raise _not_yet(name, getattr(options, name.replace("-", "_")),
+                           "its default with --fsdp (traced on one GPU only)")
+    if options.optimizer_in_backward:
+        if options.microbatches != 1:
+            raise MemfitError.bad_value("microbatches", options.microbatches,
+                                        "1 with --optimizer-in-backward (no gradient "
+                                        "accumulation: torchtune refuses it too)")
+        if options.precision == "bf16-master":
+            raise _not_yet("precision", options.precision,
+                           "a recipe without master weights with --optimizer-in-backward")
 
 
 @contextlib.contextmanager
@@ -232,7 +299,12 @@ def trace_inference(config: Mapping[str, Any], options: InferenceOptions, *,
     _check_inference(options)
     from ..arch import from_hf_config
 
-    positions = from_hf_config(config).learned_positions
+    try:
+        positions = from_hf_config(config).learned_positions
+    except MemfitError as exc:  # a model_type memfit has no model for: memfit.generic's
+        if exc.field != "model_type":
+            raise
+        positions = 0
     if positions and options.prompt + options.generate > positions:
         # fake tensors do not bounds-check the position table: refuse what a GPU would
         raise MemfitError.bad_value("prompt", options.prompt,
@@ -399,36 +471,7 @@ def trace_training(config: Mapping[str, Any], options: TrainingOptions, *,
     if fsdp is not None:  # FSDP2's MixedPrecisionPolicy instead of autocast
         mp_dtype, autocast_dtype = autocast_dtype, None
     with contextlib.ExitStack() as outer:
-        prepare = None
-        if fsdp is not None:
-            from .dist import fake_process_group, shard_model
-
-            # the mesh reads the store: built before (outside) the fake mode
-            mesh = outer.enter_context(fake_process_group(options.dp))
-
-            def prepare(model: Any) -> None:
-                if options.checkpointing == "full":
-                    _enable_checkpointing(model)
-                if options.lora_rank is not None:  # torchtune's order: adapters, then shards
-                    from .lora import apply_lora
-
-                    apply_lora(model, options.lora_rank)  # in place: the base is frozen
-                shard_model(model, mesh, fsdp, mp_dtype)
-        elif options.qlora:
-            from .lora import apply_qlora
-
-            def prepare(model: Any) -> Any:
-                return apply_qlora(model, options.lora_rank or 16,  # TrainingOptions sets 16
-                                   _enable_checkpointing if options.checkpointing == "full"
-                                   else None)
-        elif options.lora_rank is not None:
-            from .lora import apply_lora
-
-            def prepare(model: Any) -> Any:
-                if options.checkpointing == "full":
-                    _enable_checkpointing(model)
-                return apply_lora(model, options.lora_rank or 0)  # not None here
-
+        prepare = _prepare(options, outer, mp_dtype)
         session = _session(device_kind, hf_cfg, param_dtype, options.attn, prepare,
                            distributed=fsdp is not None)
         result = _train(session, options, notes, hf_cfg, started, device_kind,
@@ -436,22 +479,86 @@ def trace_training(config: Mapping[str, Any], options: TrainingOptions, *,
     return result
 
 
+def _prepare(options: TrainingOptions, outer: contextlib.ExitStack,
+             mp_dtype: torch.dtype | None) -> Any:
+    """What runs between building the model and tracking: adapters, sharding, checkpointing
+    (``None`` for a plain model, checkpointed later)."""
+    from .lora import apply_lora_options, apply_qlora
+
+    ckpt = _enable_checkpointing if options.checkpointing != "none" else None
+
+    def checkpoint(model: Any) -> None:
+        if ckpt is not None:
+            ckpt(model, options)
+
+    if options.fsdp is not None:
+        from .dist import fake_process_group, shard_model
+
+        # the mesh reads the store: built before (outside) the fake mode
+        mesh = outer.enter_context(fake_process_group(options.dp))
+
+        def prepare_fsdp(model: Any) -> None:
+            checkpoint(model)
+            if options.lora_rank is not None:  # torchtune's order: adapters, then shards
+                apply_lora_options(model, options)  # in place: the base is frozen
+            shard_model(model, mesh, options.fsdp, mp_dtype)
+
+        return prepare_fsdp
+    if options.qlora:
+        return lambda model: apply_qlora(model, options, checkpoint)
+    if options.lora_rank is not None:
+        def prepare_lora(model: Any) -> Any:
+            checkpoint(model)
+            return apply_lora_options(model, options)
+
+        return prepare_lora
+    return None
+
+
+def _forward_loss(model: Any, tracker: MemoryTracker, options: TrainingOptions,
+                  input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One micro-batch's forward and loss, keeping what the loop keeps (the loss only)."""
+    def keep(outputs: Any, logits: list[torch.Tensor]) -> None:
+        tracker.track(logits, "logits")
+        tracker.track(_cache_tensors(outputs.get(_CACHE_ARG)), "kv_cache")
+
+    if options.loss == "chunked":
+        from .loss import chunked_loss
+
+        return chunked_loss(model, input_ids, labels, options.loss_chunks, keep)
+    if options.loss == "fused-linear":
+        from .loss import fused_linear_loss
+
+        return fused_linear_loss(model, input_ids, labels, keep)
+    outputs = model(input_ids=input_ids, labels=labels)
+    keep(outputs, [outputs.logits])
+    loss = outputs.loss
+    del outputs
+    return loss
+
+
+def _make_optimizer(options: TrainingOptions, tracker: MemoryTracker,
+                    params: list[Any]) -> Any:
+    if options.optimizer_in_backward:
+        return OptimizerInBackward(options.optimizer, options.optimizer_impl, params,
+                                   lambda g: tracker.track([g], "gradients"))
+    return make_optimizer(options.optimizer, options.optimizer_impl, params)
+
+
 def _train(session: Any, options: TrainingOptions, notes: list[str], hf_cfg: Any,
            started: float, device_kind: str, param_dtype: torch.dtype,
            autocast_dtype: torch.dtype | None, master: bool,
            mp_dtype: torch.dtype | None, plain: bool) -> TraceResult:
-    fsdp = options.fsdp
     with session as (tracker, model, attn):
         _note_attn(notes, hf_cfg, options.attn, attn)
         model.train()
-        if options.checkpointing == "full" and plain:
-            _enable_checkpointing(model)
+        if options.checkpointing != "none" and plain:
+            _enable_checkpointing(model, options)
         params = [p for p in model.parameters() if p.requires_grad]
         masters = MasterWeights(params) if master else None
         if masters is not None:
             tracker.retag(masters.masters, "optimizer_states")
-        optimizer = make_optimizer(options.optimizer, options.optimizer_impl,
-                                   masters.masters if masters else params)
+        optimizer = _make_optimizer(options, tracker, masters.masters if masters else params)
         input_ids = torch.zeros((options.batch, options.seq), dtype=torch.long)
         labels = input_ids.clone()
         # The tensors' device: "cpu" for the fake and real traces (CPU autocast, whose op
@@ -462,55 +569,70 @@ def _train(session: Any, options: TrainingOptions, notes: list[str], hf_cfg: Any
         on_cpu = device_type == "cpu"  # the CUDA emulation applies to CPU tensors only
         with gpu_semantics(on_cpu), cuda_autocast_policy(on_cpu and autocast_dtype is not None):
             for step in range(2):
-                for _ in range(options.microbatches):
-                    tracker.set_phase("forward")
-                    with autocast:
-                        outputs = model(input_ids=input_ids, labels=labels)
-                    tracker.track([outputs.logits], "logits")
-                    tracker.track(_cache_tensors(outputs.get(_CACHE_ARG)), "kv_cache")
-                    loss = outputs.loss
-                    del outputs
-                    tracker.set_phase("backward")
-                    loss.backward()
-                    del loss
-                tracker.track([p.grad for p in params], "gradients")
-                tracker.set_phase("optimizer")
-                if masters is not None:
-                    masters.grads_to_masters(lambda g: tracker.retag([g], "gradients"))
-                optimizer.step()
-                if masters is not None:
-                    masters.masters_to_params()
-                optimizer.zero_grad(set_to_none=True)
-                model.zero_grad(set_to_none=True)
-                tracker.retag(state_tensors(optimizer), "optimizer_states")
+                _step(model, tracker, options, optimizer, masters, params, autocast,
+                      input_ids, labels)
                 if step == 0:
                     tracker.exclude(host_step_tensors(optimizer))
-                    if fsdp is not None:
+                    if options.fsdp is not None:
                         from .dist import unsharded_tensors
 
                         tracker.retag(unsharded_tensors(model), "weights")
                     tracker.reset_peak()
-        scenario = {"workload": "train", **dataclasses.asdict(options),
-                    "resolved": {"attn": attn,
-                                 "param_dtype": str(param_dtype).replace("torch.", ""),
-                                 "autocast_dtype": (str(autocast_dtype).replace("torch.", "")
-                                                    if autocast_dtype else None),
-                                 "master_weights": master,
-                                 "fsdp_param_dtype": (str(mp_dtype).replace("torch.", "")
-                                                      if mp_dtype else None),
-                                 "world_size": options.dp,
-                                 "trainable_params": sum(p.numel() for p in params),
-                                 "optimizer_class": type(optimizer).__name__,
-                                 "model_type": hf_cfg.model_type}}
+        scenario = _train_scenario(options, attn, param_dtype, autocast_dtype, master,
+                                   mp_dtype, params, optimizer, hf_cfg)
         result = _result("train", tracker, started, scenario, device_kind, notes)
+        if isinstance(optimizer, OptimizerInBackward):
+            optimizer.remove()
         del optimizer, masters, params, input_ids, labels
     return result
 
 
-def _enable_checkpointing(model: Any) -> None:
-    """Non-reentrant activation checkpointing of every decoder layer (transformers' own)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:  # transformers < 5.x
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+def _step(model: Any, tracker: MemoryTracker, options: TrainingOptions, optimizer: Any,
+          masters: MasterWeights | None, params: list[Any], autocast: Any,
+          input_ids: torch.Tensor, labels: torch.Tensor) -> None:
+    """One optimizer step: the micro-batches' forward and backward, then the update."""
+    for _ in range(options.microbatches):
+        tracker.set_phase("forward")
+        offload: Any = (offload_activations(tracker, model) if options.activation_offload
+                        else contextlib.nullcontext())
+        with autocast, offload:
+            loss = _forward_loss(model, tracker, options, input_ids, labels)
+        tracker.set_phase("backward")
+        loss.backward()
+        del loss
+    tracker.track([p.grad for p in params], "gradients")
+    tracker.set_phase("optimizer")
+    if masters is not None:
+        masters.grads_to_masters(lambda g: tracker.retag([g], "gradients"))
+    optimizer.step()
+    if masters is not None:
+        masters.masters_to_params()
+    optimizer.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
+    tracker.retag(state_tensors(optimizer), "optimizer_states")
+
+
+def _train_scenario(options: TrainingOptions, attn: str, param_dtype: torch.dtype,
+                    autocast_dtype: torch.dtype | None, master: bool,
+                    mp_dtype: torch.dtype | None, params: list[Any], optimizer: Any,
+                    hf_cfg: Any) -> dict[str, Any]:
+    def name(dtype: torch.dtype | None) -> str | None:
+        return str(dtype).replace("torch.", "") if dtype else None
+
+    opt_class = type(optimizer).__name__
+    if isinstance(optimizer, OptimizerInBackward):
+        inner = next(iter(optimizer.optimizers.values()), None)
+        opt_class = f"{type(inner).__name__} per parameter, in backward"
+    return {"workload": "train", **dataclasses.asdict(options),
+            "resolved": {"attn": attn, "param_dtype": name(param_dtype),
+                         "autocast_dtype": name(autocast_dtype), "master_weights": master,
+                         "fsdp_param_dtype": name(mp_dtype), "world_size": options.dp,
+                         "trainable_params": sum(p.numel() for p in params),
+                         "optimizer_class": opt_class, "model_type": hf_cfg.model_type}}
+
+
+def _enable_checkpointing(model: Any, options: TrainingOptions | None = None) -> None:
+    """Non-reentrant activation checkpointing (transformers' own; see :mod:`.ckpt`)."""
+    mode = options.checkpointing if options is not None else "full"
+    every = options.checkpoint_every if options is not None else 1
+    enable_checkpointing(model, mode, every)

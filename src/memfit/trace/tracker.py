@@ -18,8 +18,9 @@ classified correctly.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -71,6 +72,7 @@ class MemoryTracker(TorchDispatchMode):
         self._tags: dict[int, str] = {}      # serial -> component
         self._in_step: set[int] = set()      # serials born in the optimizer phase
         self._host: set[int] = set()         # serials excluded: host memory on a GPU run
+        self._on_host = False                # new storages are host memory (see host())
         self.total = 0
         self.total_rounded = 0
         self.peak = 0
@@ -143,6 +145,10 @@ class MemoryTracker(TorchDispatchMode):
         self._by_key[key] = serial
         self._live[serial] = nb
         self._refs[serial] = weakref.ref(s, partial(self._free, serial, key))
+        if self._on_host:
+            del self._live[serial]
+            self._host.add(serial)
+            return serial
         if self.phase == "optimizer":
             self._in_step.add(serial)
         self.total += nb
@@ -230,6 +236,15 @@ class MemoryTracker(TorchDispatchMode):
             self.total -= nb
             self.total_rounded -= round_block(nb)
             self._host.add(serial)
+
+    @contextlib.contextmanager
+    def host(self) -> Iterator[None]:
+        """Storages made inside are host memory on a GPU run (offloaded copies): not counted."""
+        before, self._on_host = self._on_host, True
+        try:
+            yield
+        finally:
+            self._on_host = before
 
     def reset_peak(self) -> None:
         """Forget the peaks so far (training's first step); what is live now is the floor."""
