@@ -327,3 +327,34 @@ def test_missing_hub_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MemfitError, match=r"needs the 'hub' extra \(in a memfit clone: pip "
                        r"install -e \"\.\[hub\]\""):
         read_hub("hf:org/name")
+
+
+def test_a_hub_that_never_answers_fails_fast_in_one_line(fake_hub: FakeHub, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """An endpoint that accepts connections and never answers: one probe with a short
+    timeout, then the caches (huggingface_hub alone would retry for minutes)."""
+    import socket
+    import time
+
+    fake_hub.add("org/tiny", llama_repo(tmp_path))
+    _, _, online = load("hf:org/tiny")  # now in the caches
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("MEMFIT_HUB_TIMEOUT", "0.5")
+        monkeypatch.setattr(time, "sleep", lambda s: pytest.fail("a retry slept"))
+        start = time.perf_counter()
+        _, _, info = load("hf:org/tiny")
+        assert info is not None and online is not None
+        assert info.weight_bytes == online.weight_bytes
+        start = time.perf_counter()
+        with pytest.raises(MemfitError, match=r"could not be fetched from http://127\.0\.0\.1:"
+                           r"\d+ \(no answer within 0\.5 s") as err:
+            load("hf:org/never")
+        assert time.perf_counter() - start < 3
+        assert "\n" not in str(err.value)
+    finally:
+        silent.close()

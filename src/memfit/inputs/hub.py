@@ -116,6 +116,45 @@ def header_cache_dir() -> Path:
     return Path(base) / "memfit"
 
 
+#: Seconds the Hub has to answer one probe before memfit reads the local caches instead
+#: (``MEMFIT_HUB_TIMEOUT`` overrides). huggingface_hub would otherwise retry a failed HEAD 5
+#: times with backoff, then again with a 60 s timeout: 25 s with no network, minutes against
+#: an endpoint that never answers.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _probe_timeout() -> float:
+    try:
+        value = float(os.environ.get("MEMFIT_HUB_TIMEOUT", HUB_PROBE_TIMEOUT_S))
+    except ValueError:
+        return HUB_PROBE_TIMEOUT_S
+    return value if 0 < value <= 600 else HUB_PROBE_TIMEOUT_S
+
+
+def _unreachable(url: str, timeout: float, headers: dict[str, str]) -> str | None:
+    """Why ``url`` gets no HTTP answer within ``timeout`` seconds (one HEAD, no retry, no
+    redirect followed, the environment's proxies honoured), or None when it answers (any
+    status: the Hub's own errors come later, from huggingface_hub)."""
+    import urllib.error
+    import urllib.request
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(_NoRedirect())
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers, method="HEAD"),
+                         timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # an HTTP answer: the Hub is there
+    except Exception as exc:  # DNS, refused, timeout, TLS: no answer
+        reason = getattr(exc, "reason", None) or exc
+        return f"{type(reason).__name__}: {str(reason)[:120]}" if str(reason) else \
+            type(reason).__name__
+
+
 def _headers_path(repo_id: str, commit: str) -> Path:
     return header_cache_dir() / "hub" / repo_id.replace("/", "--") / f"{commit}.json"
 
@@ -131,6 +170,19 @@ class _Hub:
         self.endpoint = (os.environ.get("HF_ENDPOINT") or self.hf.constants.ENDPOINT).rstrip("/")
         self.cache_dir = _hub_cache(self.hf)
         self.token = os.environ.get("HF_TOKEN") or None  # None: the token `hf auth login` saved
+        self.unreachable: str | None = None  # why the Hub did not answer the probe
+        if not self.offline:
+            url = f"{self.endpoint}/{self.repo_id}/resolve/{self.revision or 'main'}/config.json"
+            timeout = _probe_timeout()
+            try:  # the token huggingface_hub would send (HF_TOKEN or the saved one)
+                token = self.token or self.hf.get_token()
+            except Exception:  # noqa: BLE001 - a token problem shows in the real request
+                token = None
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            why = _unreachable(url, timeout, headers)
+            if why is not None:  # read the caches instead, as HF_HUB_OFFLINE=1 would
+                self.unreachable = f"no answer within {timeout:g} s ({why})"
+                self.offline = True
 
     def is_missing(self, exc: BaseException) -> bool:
         """The Hub says the file does not exist (not: a cache miss, a network error)."""
@@ -140,6 +192,13 @@ class _Hub:
                 and not isinstance(exc, _error_class(hf, "LocalEntryNotFoundError")))
 
     def download(self, filename: str, revision: str | None) -> str:
+        if self.unreachable:  # the cache alone, without huggingface_hub's network calls
+            path = self.hf.try_to_load_from_cache(self.repo_id, filename,
+                                                  cache_dir=self.cache_dir, revision=revision)
+            if isinstance(path, str):
+                return path
+            raise _error_class(self.hf, "LocalEntryNotFoundError")(
+                f"{filename} is not in the local cache")
         return self.hf.hf_hub_download(
             self.repo_id, filename, revision=revision, cache_dir=self.cache_dir,
             endpoint=self.endpoint, token=self.token, local_files_only=self.offline)
@@ -158,7 +217,10 @@ class _Hub:
             why = f"has no revision {self.revision!r} (a branch, tag or commit)"
         elif isinstance(exc, _error_class(hf, "LocalEntryNotFoundError")) or isinstance(
                 exc, _error_class(hf, "OfflineModeIsEnabled")):
-            if self.offline:
+            if self.unreachable:
+                why = (f"could not be fetched from {self.endpoint} ({self.unreachable}) and is "
+                       f"not in the local cache ({self.cache_dir})")
+            elif self.offline:
                 why = (f"is not in the local cache ({self.cache_dir}) and HF_HUB_OFFLINE is "
                        "set: run once online, or unset HF_HUB_OFFLINE")
             else:
@@ -235,8 +297,9 @@ def _weights(hub: _Hub, commit: str, config: dict[str, Any]) -> WeightsInfo | No
     files = _cached_files(hub, commit)
     if files is None:
         return None
+    why = f"the Hub at {hub.endpoint} gave {hub.unreachable}" if hub.unreachable else "offline"
     return _info(files, config, source,
-                 ["offline: read the headers of the safetensors files in the local cache"])
+                 [f"{why}: read the headers of the safetensors files in the local cache"])
 
 
 def _info(headers: dict[str, dict[str, Any]], config: dict[str, Any], source: str,
