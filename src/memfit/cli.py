@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
@@ -31,6 +32,7 @@ class _Parser(argparse.ArgumentParser):
     the value and what is allowed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --lora-r is not --lora-rank by prefix
         super().__init__(*args, **kwargs)
         # the innermost (sub)command's parser ends up in the namespace: it names the flags
         # of an unrecognized argument
@@ -92,12 +94,67 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> MemfitError:
     return MemfitError(f"{parser.prog}: {message}")
 
 
+# Names users bring from elsewhere that are no memfit option, by meaning (key: the name
+# without dashes; a dict value: per command)
+_MEANINGS: dict[str, Any] = {
+    "ctx-size": "llama.cpp's context is --prompt N --generate 0 with --engine llamacpp (or "
+                "`memfit check -- llama-server ...`)",
+    "c": "llama.cpp's context is --prompt N --generate 0 with --engine llamacpp",
+    "num-ctx": "Ollama's context is --prompt N --generate 0 with --engine llamacpp",
+    "context-length": {"infer": "--max-model-len (vllm) or --prompt and --generate",
+                       "train": "--seq"},
+    "max-length": {"infer": "--prompt and --generate", "train": "--seq"},
+    "seq": {"infer": "--prompt and --generate (an inference sequence is a prefill plus the "
+                     "tokens generated)"},
+    "prompt": {"train": "--seq (a training step's sequence length)"},
+    "generate": {"train": "--seq (a training step's sequence length)"},
+    "lora-alpha": "drop it: alpha scales the adapter's output and takes no memory "
+                  "(--lora-rank sets the adapter's size)",
+    "gpus": {"infer": "--tp / --pp (`memfit fit MODEL infer` searches the GPU count)",
+             "train": "--dp (and --tp, --pp, --cp); `memfit fit MODEL train --gpus N`"},
+    "model": "MODEL as the first word: memfit infer MODEL ...",
+    "dtype": {"infer": "--weights", "train": "--precision"},
+    "torch-dtype": {"infer": "--weights", "train": "--precision"},
+    "bf16": "--precision bf16-mixed (autocast) or bf16-true (pure bf16)",
+    "fp16": "--precision fp16-mixed or fp16-true",
+    "optim": "--optimizer (and --optimizer-impl)",
+    "deepspeed": "--zero and --offload, or `memfit check ds_config.json --model MODEL`",
+    "num-gpus": {"infer": "--tp", "train": "--dp"},
+    "n-gpu": {"infer": "--tp", "train": "--dp"},
+    "nproc-per-node": {"infer": "--tp", "train": "--dp"},
+    "gpu-mem": "--gpu NAME (see `memfit gpus`) or --gpu-memory-utilization",
+    "gpu-memory": "--gpu NAME (see `memfit gpus`) or --gpu-memory-utilization",
+    "parallel": "--batch (sequences decoded together)",
+    "np": "--batch (sequences decoded together)",
+    "micro-batch": "--batch",
+}
+
+
+def _meaning(parser: argparse.ArgumentParser, name: str) -> str | None:
+    text = _MEANINGS.get(name.lstrip("-").replace("_", "-").lower())
+    if isinstance(text, dict):
+        text = text.get(parser.prog.split()[-1])
+    return text
+
+
+def _closest(name: str, flags: Sequence[str]) -> str | None:
+    """The flag spelled most like ``name`` (compared without dashes), if it is close."""
+    bare = {f.lstrip("-"): f for f in flags}
+    close = difflib.get_close_matches(name.lstrip("-").lower(), list(bare), n=1, cutoff=0.75)
+    return bare[close[0]] if close else None
+
+
 def _unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> MemfitError:
-    """Arguments the command does not take, with its flags (and the closest one)."""
+    """Arguments the command does not take, with its flags (and, by meaning or spelling,
+    the one that was probably meant)."""
     flags = sorted({o for a in parser._actions for o in a.option_strings
                     if o.startswith("--") and o not in ("--help", "--version")})
-    close = difflib.get_close_matches(str(extra[0]).split("=")[0], flags, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
+    name = str(extra[0]).split("=")[0]
+    meaning = _meaning(parser, name) if name.startswith("-") else None
+    close = None if meaning else _closest(name, flags) if name.startswith("-") else None
+    verb = "" if meaning and meaning.startswith("drop") else "use "
+    hint = (f"{name} is not a memfit option; {verb}{meaning}. " if meaning else
+            f"did you mean {close}? " if close else "")
     allowed = (", ".join(flags) or "no options") + f" (see `{parser.prog} --help`)"
     return MemfitError(f"option: got {' '.join(extra)!r}; {hint}allowed: {allowed}",
                        field="option", value=" ".join(extra), allowed=allowed)
@@ -160,32 +217,54 @@ def _port_arg(text: str) -> int:
     return port
 
 
+def _spelled(choices: Sequence[Any], spellings: dict[str, Any]) -> Callable[[str], Any]:
+    """An argparse type for a choice with other spellings (``--engine llama.cpp``): case,
+    dots, dashes and spaces do not matter; argparse then checks the choice."""
+    def parse(text: str) -> Any:
+        key = re.sub(r"[^a-z0-9]", "", text.lower())
+        return spellings.get(key, text)
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def _names(f: Any) -> list[str]:
+    """A field's flags: ``--name`` then the ecosystem's aliases."""
+    return ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+
+
 def add_option_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per field of ``cls`` (an options dataclass), with its help and bounds."""
+    """One ``--flag`` per field of ``cls`` (an options dataclass), with its aliases, help and
+    bounds."""
     for f in fields(cls):
         if f.name in skip:
             continue
         meta = f.metadata
-        flag = "--" + f.name.replace("_", "-")
+        flags = _names(f)
         default = None if f.default is MISSING else f.default
         help_text = meta.get("help", "")
+        for switch, value in meta.get("switches", {}).items():
+            parser.add_argument(switch, dest=f.name, action="store_const", const=value,
+                                default=None, help=f"= {flags[0]} {value}")
         if meta.get("flag"):
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None,
+            parser.add_argument(*flags, dest=f.name, action="store_true", default=None,
                                 help=help_text)
             continue
         choices = meta.get("choices")
         if choices is not None:
             shown = [c for c in choices if c is not None]
             kind: Callable[[str], Any] = (_choice_type(shown) if all(
-                isinstance(c, int) for c in shown) else str)
-            parser.add_argument(flag, dest=f.name, type=kind, choices=shown, default=None,
-                                help=f"{help_text} (default: {default})")
+                isinstance(c, int) for c in shown) else
+                _spelled(shown, meta.get("spellings", {})) if meta.get("spellings") else str)
+            shown_default = "" if default is None else f" (default: {default})"
+            parser.add_argument(*flags, dest=f.name, type=kind, choices=shown, default=None,
+                                help=help_text + shown_default)
             continue
         lo, hi = meta.get("min"), meta.get("max")
         kind = _float_type(lo, hi) if isinstance(f.default, float) else (
             _int_type(lo, hi) if lo is not None else str)
         shown_default = "" if default is None else f" (default: {default})"
-        parser.add_argument(flag, dest=f.name, type=kind, default=None,
+        parser.add_argument(*flags, dest=f.name, type=kind, default=None,
                             help=help_text + shown_default)
 
 
@@ -539,7 +618,7 @@ def _add_compare_and_plot(sub: Any) -> None:
             q = msub.add_parser(mode, help=f"{name} {mode} scenarios", epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
             add_list_flags(q, cls)
-            q.add_argument("--units", default="GiB", help="GiB (default), GB, MiB, ...")
+            q.add_argument("--units", default="GiB", help=_units_help())
             if name == "compare":
                 q.add_argument("--json", action="store_true",
                                help="print a list of the contract's objects, each with "
@@ -595,11 +674,30 @@ def _add_check(sub: Any) -> None:
     p.set_defaults(func=cmd_check)
 
 
+def _units_help() -> str:
+    from .units import UNITS
+
+    return "units of the printed sizes: " + ", ".join(UNITS) + " (default GiB)"
+
+
 def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the contract's JSON")
-    p.add_argument("--units", default="GiB", help="GiB (default), GB, MiB, ...")
+    p.add_argument("--units", default="GiB", help=_units_help())
 
 
+_FIT_DESCRIPTION = textwrap.fill(
+    "What fits on a GPU: for inference the largest batch, the longest prompt and the fewest "
+    "GPUs (with their tp x pp layout); for training the largest micro-batch, the longest "
+    "sequence and every parallel layout of --gpus GPUs ranked by peak. Every answer is exact: "
+    "it fits and one more does not.", 92)
+_FIT_EXAMPLES = """examples:
+  memfit fit llama-3.1-8b infer --gpu l4
+  memfit fit llama-3.1-70b infer --gpu h100 --engine vllm --prompt 8192
+  memfit fit llama-3.1-8b train --gpu a100-80gb --lora-rank 16
+  memfit fit llama-3.1-70b train --gpu h100 --gpus 8 --checkpointing full
+
+MODEL comes before the mode (`memfit fit infer MODEL` is read the same way). Every option of
+`memfit infer` / `memfit train` is taken; --gpu is required."""
 _MODEL_HELP = ("a catalog name (see `memfit models`) or its Hugging Face id, a config.json, a "
                "folder, a .gguf file, or hf:org/name (extra 'hub')")
 
@@ -624,25 +722,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_gpus)
 
     p = sub.add_parser("params", help="exact parameter counts by component")
-    p.add_argument("model", metavar="MODEL", help="catalog name, config.json or folder")
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_params)
 
     for mode, cls, what in (("infer", InferenceOptions, "inference: a prefill, then decode"),
                             ("train", TrainingOptions, "one training step")):
         p = sub.add_parser(mode, help=f"memory per GPU for {what}")
-        p.add_argument("model", metavar="MODEL", help="catalog name, config.json or folder")
+        p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
         add_option_flags(p, cls)
         _output_flags(p)
         p.add_argument("--explain", action="store_true",
                        help="show each number's formula, substituted values and source")
         p.set_defaults(func=cmd_estimate)
 
-    p = sub.add_parser("fit", help="largest batch, longest context, fewest GPUs, layouts")
-    p.add_argument("model", metavar="MODEL", help="catalog name, config.json or folder")
+    helptext = "largest batch, longest context, fewest GPUs, layouts"
+    p = sub.add_parser("fit", help=helptext, description=_FIT_DESCRIPTION, epilog=_FIT_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     fsub = p.add_subparsers(dest="mode", metavar="MODE", parser_class=_Parser, required=True)
     for mode, cls in (("infer", InferenceOptions), ("train", TrainingOptions)):
-        q = fsub.add_parser(mode, help=f"what fits for {mode}")
+        q = fsub.add_parser(mode, help=f"what fits for {mode}", description=_FIT_DESCRIPTION,
+                            epilog=_FIT_EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_option_flags(q, cls, skip=("gpu",))
         q.add_argument("--gpu", required=True, help="GPU kind (see `memfit gpus`)")
         q.add_argument("--gpus", type=_int_arg, default=None,
@@ -664,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="measure the true peak by running the real model code "
                        "on fake tensors (extra 'trace')")
-    p.add_argument("model", metavar="MODEL", help="catalog name, config.json or folder")
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     tsub = p.add_subparsers(dest="mode", metavar="MODE", parser_class=_Parser, required=True)
     for mode, cls in (("infer", InferenceOptions), ("train", TrainingOptions)):
         q = tsub.add_parser(mode, help=f"trace {mode}")
@@ -674,9 +776,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_MODES = ("infer", "train")
+
+
+def _normalize(argv: Sequence[str]) -> list[str]:
+    """``--per_device_train_batch_size`` as ``--per-device-train-batch-size`` (HF's
+    spelling), and ``fit infer MODEL`` as ``fit MODEL infer`` (the same for trace, compare and
+    plot); words after a bare ``--`` are left alone."""
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            out += argv[i:]
+            break
+        if word.startswith("--") and "_" in word.split("=")[0]:
+            name, eq, value = word.partition("=")
+            word = name.replace("_", "-") + eq + value
+        out.append(word)
+    if (len(out) >= 3 and out[0] in ("fit", "trace", "compare", "plot") and out[1] in _MODES
+            and out[2] not in _MODES and not out[2].startswith("-")):
+        out[1], out[2] = out[2], out[1]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
+        argv = _normalize(sys.argv[1:] if argv is None else argv)
         args, extra = parser.parse_known_args(argv)
         if extra:
             raise _unrecognized(args._parser, extra)

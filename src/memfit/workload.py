@@ -42,6 +42,10 @@ CHECKPOINTING = ("none", "full", "selective", "op-selective")
 ATTN_IMPLS = ("sdpa", "eager")
 LOGITS = ("last", "all")
 ENGINES = ("hf", "vllm", "llamacpp")
+# Other names of the engines, lowercased without punctuation (``llama.cpp``, ``vLLM``,
+# ``Transformers``, ``llama-cpp``): the CLI and ``memfit check`` accept them.
+ENGINE_SPELLINGS = {"llamacpp": "llamacpp", "vllm": "vllm", "hf": "hf", "transformers": "hf",
+                    "huggingface": "hf", "hftransformers": "hf"}
 VLLM_VERSIONS = ("0.12", "0.21")
 VLLM_ENTRYPOINTS = ("serve", "llm")
 FLASH_ATTN = ("auto", "on", "off")
@@ -60,10 +64,21 @@ MAX_COUNT = 2**40
 
 def _opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,
          min: int | float | None = None, max: int | float | None = None,
-         flag: bool = False, nullable: bool = False) -> Any:
-    """A dataclass field carrying its CLI/web metadata."""
+         flag: bool = False, nullable: bool = False, aliases: tuple[str, ...] = (),
+         switches: dict[str, Any] | None = None,
+         spellings: dict[str, Any] | None = None) -> Any:
+    """A dataclass field carrying its CLI/web metadata.
+
+    ``aliases``: other flags for the same option, the ecosystem's own names
+    (``--tensor-parallel-size``, ``-ngl``); ``switches``: flags that set one value
+    (``--gradient-checkpointing`` = ``full``); ``spellings``: other names of a choice, keyed
+    by the name lowercased without punctuation (``llamacpp`` for ``llama.cpp``). The aliases
+    are the names of vLLM's ``vllm/engine/arg_utils.py``, llama.cpp's ``common/arg.cpp``,
+    transformers' ``TrainingArguments``, DeepSpeed's config and axolotl's schema, where they
+    mean exactly this option; ``memfit check`` reads whole command lines and configs."""
     meta = {"help": help, "choices": choices, "min": min, "max": max, "flag": flag,
-            "nullable": nullable}
+            "nullable": nullable, "aliases": aliases, "switches": switches or {},
+            "spellings": spellings or {}}
     return field(default=default, metadata=meta)
 
 
@@ -190,14 +205,18 @@ class InferenceOptions:
                          max=MAX_COUNT)
     weights: str | None = _opt(None, "weight format (see `memfit formats`); default: the "
                                "checkpoint's own (config.json quantization_config, else "
-                               "torch_dtype, bf16 when absent)", nullable=True)
+                               "torch_dtype, bf16 when absent)", nullable=True,
+                               aliases=("--quantization",))
     kv_dtype: str | None = _opt(None, "KV cache dtype; default: the weights' 16-bit dtype",
-                                nullable=True)
+                                nullable=True, aliases=("--kv-cache-dtype",))
     attn: str = _opt("sdpa", "attention implementation", choices=ATTN_IMPLS)
     logits: str = _opt("last", "positions whose logits the prefill computes", choices=LOGITS)
-    engine: str = _opt("hf", "serving engine", choices=ENGINES)
-    tp: int = _opt(1, "tensor-parallel degree", min=1, max=4096)
-    pp: int = _opt(1, "pipeline-parallel degree", min=1, max=4096)
+    engine: str = _opt("hf", "serving engine (vLLM, llama.cpp, transformers: any case or "
+                       "spelling)", choices=ENGINES, spellings=ENGINE_SPELLINGS)
+    tp: int = _opt(1, "tensor-parallel degree", min=1, max=4096,
+                   aliases=("--tensor-parallel-size", "-tp"))
+    pp: int = _opt(1, "pipeline-parallel degree", min=1, max=4096,
+                   aliases=("--pipeline-parallel-size", "-pp"))
     ep: int = _opt(1, "expert-parallel degree (MoE)", min=1, max=4096)
     gpu: str | None = _opt(None, "GPU to check the fit against (see `memfit gpus`)",
                            nullable=True)
@@ -205,7 +224,8 @@ class InferenceOptions:
                                          min=0.01, max=1.0)
     block_size: int = _opt(16, "vllm: KV cache block size in tokens", min=1, max=1 << 20)
     n_gpu_layers: int | None = _opt(None, "llamacpp: layers offloaded to the GPU (default all)",
-                                    min=0, max=1 << 20, nullable=True)
+                                    min=0, max=1 << 20, nullable=True,
+                                    aliases=("--gpu-layers", "-ngl"))
     max_model_len: int | None = _opt(None, "vllm: longest sequence it accepts (--max-model-len); "
                                      "default: the model's limit, derived as vLLM derives it",
                                      min=1, max=MAX_COUNT, nullable=True)
@@ -224,13 +244,14 @@ class InferenceOptions:
                                 "(python), which set different batch defaults",
                                 choices=VLLM_ENTRYPOINTS)
     flash_attn: str = _opt("auto", "llamacpp: flash attention (-fa); auto = on where the "
-                           "backend supports it (CUDA)", choices=FLASH_ATTN)
+                           "backend supports it (CUDA)", choices=FLASH_ATTN, aliases=("-fa",))
     ubatch_size: int = _opt(512, "llamacpp: physical batch of the compute graph (-ub)", min=1,
-                            max=1 << 20)
+                            max=1 << 20, aliases=("-ub",))
     cache_type_k: str | None = _opt(None, "llamacpp: K cache type (-ctk); default --kv-dtype or "
-                                    "f16", nullable=True)
+                                    "f16", nullable=True, aliases=("-ctk",))
     cache_type_v: str | None = _opt(None, "llamacpp: V cache type (-ctv); default --kv-dtype or "
-                                    "f16 (quantized V needs flash attention)", nullable=True)
+                                    "f16 (quantized V needs flash attention)", nullable=True,
+                                    aliases=("-ctv",))
     n_cpu_moe: int = _opt(0, "llamacpp: MoE expert tensors of the first N layers kept in host "
                           "RAM (--n-cpu-moe)", min=0, max=1 << 20)
 
@@ -243,29 +264,33 @@ class InferenceOptions:
 class TrainingOptions:
     """One training step of a causal-LM loss over ``batch`` x ``seq`` tokens per GPU."""
 
-    batch: int = _opt(1, "micro-batch size per data-parallel rank", min=1, max=MAX_COUNT)
-    seq: int = _opt(2048, "sequence length in tokens", min=1, max=MAX_COUNT)
+    batch: int = _opt(1, "micro-batch size per data-parallel rank", min=1, max=MAX_COUNT,
+                      aliases=("--per-device-train-batch-size", "--micro-batch-size"))
+    seq: int = _opt(2048, "sequence length in tokens", min=1, max=MAX_COUNT,
+                    aliases=("--max-seq-length", "--sequence-len", "--seq-len"))
     precision: str = _opt("bf16-mixed", "precision recipe", choices=PRECISIONS)
     optimizer: str = _opt("adamw", "optimizer", choices=OPTIMIZERS)
     optimizer_impl: str = _opt("foreach", "optimizer implementation", choices=OPTIMIZER_IMPLS)
-    checkpointing: str = _opt("none", "activation checkpointing", choices=CHECKPOINTING)
+    checkpointing: str = _opt("none", "activation checkpointing", choices=CHECKPOINTING,
+                              switches={"--gradient-checkpointing": "full"})
     attn: str = _opt("sdpa", "attention implementation", choices=ATTN_IMPLS)
     dp: int = _opt(1, "data-parallel degree", min=1, max=1 << 20)
-    zero: int = _opt(0, "DeepSpeed ZeRO stage", choices=ZERO_STAGES)
-    fsdp: str | None = _opt(None, "PyTorch FSDP2 sharding", choices=FSDP_MODES + (None,),
+    zero: int = _opt(0, "DeepSpeed ZeRO stage", choices=ZERO_STAGES, aliases=("--zero-stage",))
+    fsdp: str | None = _opt(None, "PyTorch FSDP sharding (FSDP2 or FSDP1: --fsdp-version); "
+                            "default: none", choices=FSDP_MODES + (None,),
                             nullable=True)
     tp: int = _opt(1, "tensor-parallel degree", min=1, max=4096)
     sp: bool = _opt(False, "sequence parallelism (with --tp)", flag=True)
     pp: int = _opt(1, "pipeline-parallel degree", min=1, max=4096)
     microbatches: int = _opt(1, "micro-batches per step (pipeline / accumulation)", min=1,
-                             max=1 << 20)
+                             max=1 << 20, aliases=("--gradient-accumulation-steps",))
     cp: int = _opt(1, "context-parallel degree", min=1, max=4096)
     ep: int = _opt(1, "expert-parallel degree (MoE)", min=1, max=4096)
     fsdp_version: int = _opt(2, "FSDP generation with --fsdp: 2 = PyTorch fully_shard "
                              "(torchtitan, torchtune); 1 = FullyShardedDataParallel's flat "
                              "parameters (accelerate, HF Trainer)", choices=FSDP_VERSIONS)
     lora_rank: int | None = _opt(None, "LoRA rank (frozen base, trainable adapters)", min=1,
-                                 max=1 << 16, nullable=True)
+                                 max=1 << 16, nullable=True, aliases=("--lora-r",))
     lora_targets: str = _opt("peft", "modules that get adapters: peft (peft's default for the "
                              "model type, q_proj,v_proj for Llama), all-linear, attention, mlp, "
                              "or a comma list of module names")
