@@ -58,7 +58,7 @@ def entry_names() -> tuple[str, ...]:
     return tuple(sorted(p.name[:-5] for p in _data_dir().iterdir() if p.name.endswith(".json")))
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=256)  # keyed by spelling ("GPT2", " gpt2"): bounded for a long-lived server
 def get_entry(name: str) -> CatalogEntry:
     """The catalog entry called ``name`` (case-insensitive), with close-match suggestions."""
     key = name.strip().lower()
