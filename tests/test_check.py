@@ -511,7 +511,7 @@ FILES = [
       "--microbatches", "2", "--zero", "2", "--offload", "optimizer", "--optimizer", "adamw",
       "--dp", "8", "--gpu", "a10g"],
      {"zero_optimization.stage", "train_batch_size", "fp16.enabled"},
-     {"zero_optimization.overlap_comm", "fp16.loss_scale", "fp16.enabled"}),
+     {"zero_optimization.overlap_comm", "fp16.loss_scale", "fp16 loss scaler"}),
     ("ds_zero3.json", json.dumps(DS_ZERO3_AUTO), ["--model", "llama-3.1-70b", "--batch", "2",
                                                   "--gpus", "8", "--gpu", "h100"],
      ["train", "llama-3.1-70b", "--zero", "3", "--offload", "params", "--batch", "2",

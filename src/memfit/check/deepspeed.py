@@ -94,9 +94,8 @@ def _precision(r: Reader, data: Mapping[str, Any], p: str) -> None:
         if to_bool(name, enabled):
             r.use(name, enabled, "precision", recipe)
             if key == "fp16":
-                r.ignore(name, enabled, "fp16 parameters with fp32 masters: the same bytes as "
-                         "memfit's bf16-master recipe; the loss scaler's few scalars are not "
-                         "counted")
+                r.t.understood[-1]["option"] += " (fp16 with fp32 masters: the same bytes)"
+                r.ignore(f"{p}fp16 loss scaler", None, "a few scalars, not counted")
         for extra in (section if isinstance(section, Mapping) else {}):
             if extra != "enabled":
                 r.ignore(f"{p}{key}.{extra}", section[extra], "loss scaling or precision "
