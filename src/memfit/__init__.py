@@ -6,28 +6,30 @@ Importing memfit is cheap: no torch, transformers, numpy or matplotlib.
 from __future__ import annotations
 
 from .api import ParamsResult, load_model, params
+from .arch import ModelSpec, from_hf_config
+from .errors import MemfitError
 from .inference import fit_infer, infer
 from .memory.breakdown import Estimate
 from .training import fit_train, train
-from .arch import ModelSpec, from_hf_config
-from .errors import MemfitError
 from .workload import InferenceOptions, TrainingOptions
 
+# The version's one definition: pyproject.toml reads it (setuptools dynamic attr), the CLI's
+# --version, the web API and the tracer's records print it.
 __version__ = "0.1.0"
 
-__all__ = sorted([
+__all__ = [
     "Estimate",
     "InferenceOptions",
-    "fit_infer",
-    "fit_train",
-    "infer",
-    "train",
     "MemfitError",
     "ModelSpec",
     "ParamsResult",
     "TrainingOptions",
     "__version__",
+    "fit_infer",
+    "fit_train",
     "from_hf_config",
+    "infer",
     "load_model",
     "params",
-])
+    "train",
+]
