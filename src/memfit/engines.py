@@ -220,15 +220,19 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     if G > 0:
         s1 = _shapes(spec, B, 1, b, tp, stop - start, caps)
         kvG = st.cache.bytes(B, P, G)
-        cands = [(kvG, m) for m in decode_moments(spec, prof, s, T=P + G, last_stage=last)]
+        cands: list[tuple[int, Moment, int, Any]] = [
+            (kvG, m, 0, None) for m in decode_moments(spec, prof, s, T=P + G, last_stage=last)]
         cands += _hf_decode(spec, o, st, kvdt, attn, b, s, s1, first, last)
-        kv_d, m_d = max(cands, key=lambda x: x[0] + x[1].activations + x[1].logits)
+        kv_d, m_d, shift, ctx = max(cands, key=lambda x: x[0] + x[1].activations + x[2]
+                                    + x[1].logits)
         phases.append(Phase("decode", {"weights": W, "kv_cache": kv_d,
-                                       "activations": m_d.activations, "logits": m_d.logits}))
-        for kv_c, m in cands:
-            moments[m.name] = kv_c - kvG + m.activations + m.logits
+                                       "activations": m_d.activations + shift,
+                                       "logits": m_d.logits}))
+        for kv_c, m, sh, _ in cands:
+            moments[m.name] = kv_c - kvG + m.activations + sh + m.logits
         if phases[-1].peak_bytes > phases[1].peak_bytes:
-            peak_m = m_d
+            peak_m = m_d if ctx is None else _shifted(m_d, shift, spec, prof, s1, attn, first,
+                                                      *ctx)
     total = max(p.peak_bytes for p in phases)
 
     def terms() -> list[Term]:
@@ -273,18 +277,20 @@ def _hf_prefill(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KV
 
 def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVDtype,
                attn: str, b: int, s: Shapes, s1: Shapes, first: bool,
-               last: bool) -> list[tuple[int, Moment]]:
+               last: bool) -> list[tuple[int, Moment, int, Any]]:
     """The decode steps' candidate moments besides the last step's logits, as (KV bytes,
-    moment), at the first and the last step: the cache's growth, and each layer kind's
-    attention (and MoE block) at its first and last layer on the stage. A layer's attention
-    differs between those two layers only by the resident bytes it sits on, so it is
-    evaluated once per kind and step and shifted (its derivation rebuilt when read)."""
+    moment, shift, context), at the first and the last step: the cache's growth, and each
+    layer kind's attention (and MoE block) at its first and last layer on the stage. A
+    layer's attention differs between those two layers only by the resident bytes it sits
+    on, so it is evaluated once per kind and step on none; ``shift`` is the resident bytes
+    to add and ``context`` (kind, tokens, math path) rebuilds the shifted moment
+    (:func:`_shifted`) for the one candidate that turns out the peak."""
     prof = profile_for(spec)
     tp, B, P, G = o.tp, o.batch, o.prompt, o.generate
     k, width, shared = _moe_width(spec, tp, o.ep)
     grow = decode_growth_bytes(spec, prof, s1)
     math = _sdpa_math(spec, attn, b, tp)
-    cands: list[tuple[int, Moment]] = []
+    cands: list[tuple[int, Moment, int, Any]] = []
     for t in sorted({1, G}):
         # the cache at its largest: one layer's old and new tensors during torch.cat
         kv_t, name, inner = _growth_peak(spec, st, B, P, t, kvdt, tp)
@@ -294,7 +300,7 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
         cands.append((kv_t, Moment(name, res, formula=(
             "cache of every layer + the old K, V of the layer being grown (torch.cat "
             "keeps both until the assignment) + the step's tensors"),
-            substituted=f"{kv_t} + {res}")))
+            substituted=f"{kv_t} + {res}"), 0, None))
         # each layer kind's attention at its first and last layer: the layers before it
         # hold step t's cache, those after it step t-1's (sliding layers the prefill's
         # P rows until their first decode step)
@@ -307,17 +313,17 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
                 kv_a = before_rows.bytes(B, P, t) + own + after_rows.bytes(B, P, t - 1)
                 lin = inner_layer or not first
                 res = base + (with_in if lin else without_in)
-                cands.extend((kv_a, _shifted(m, res, spec, prof, s1, attn, kind, tokens,
-                                             first, math)) for m in att)
+                ctx = (kind, tokens, math)
+                cands.extend((kv_a, m, res, ctx) for m in att)
                 if kind.moe and k:
                     cands.append((kv_a, decode_moe(
                         spec, prof, s1, attn=attn, tokens=tokens, moe_k=k,
-                        moe_width=width, shared_width=shared, resident=res)))
+                        moe_width=width, shared_width=shared, resident=res), 0, None))
     return cands
 
 
 def _shifted(m: Moment, resident: int, spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,
-             kind: LayerSpec, tokens: int, first: bool, math: bool) -> Moment:
+             first: bool, kind: LayerSpec, tokens: int, math: bool) -> Moment:
     """A decode attention moment evaluated on no resident bytes, moved onto ``resident``
     (every such moment is ``resident + its own tensors``); its derivation is the one
     :func:`decode_attention` gives with ``resident``, rebuilt only when read."""

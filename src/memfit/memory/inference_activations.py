@@ -301,10 +301,14 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
     B, P, b, N, h = s.B, s.P, s.b, s.N, s.h
     kv = P if kv_len is None else kv_len
     Nk = B * kv  # key/value rows
-    res = resident_bytes(spec, prof, s, attn, first_stage, kv_len=kv)
-    if not layer_input:  # the stage's first layer reads the embeddings themselves
-        res["layer_input"] = 0
-    R = sum(res.values()) if resident is None else resident
+    if resident is None:
+        res = resident_bytes(spec, prof, s, attn, first_stage, kv_len=kv)
+        if not layer_input:  # the stage's first layer reads the embeddings themselves
+            res["layer_input"] = 0
+        R, masks = sum(res.values()), res["masks"]
+    else:
+        R, masks = resident, _mask_bytes(_consts(spec, prof), prof, s, attn, kv)
+    rms = 0 if attention_only else _rms(s, prof)
     q_w = s.heads * s.d
     kv_w = s.kv_heads * s.d
     S = B * s.heads * P * kv
@@ -313,8 +317,8 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
 
     # 1. the input norm (before the cache update of this layer)
     if prof.norm == "rms" and not prof.post_norm and not attention_only:
-        moments.append(Moment("prefill/norm", R + _rms(s, prof), kv_full=False,
-                              formula="R + 2*4*N*h", substituted=lambda: f"R {R} + {_rms(s, prof)}"))
+        moments.append(Moment("prefill/norm", R + rms, kv_full=False,
+                              formula="R + 2*4*N*h", substituted=lambda: f"R {R} + {rms}"))
 
     # 2. attention (its input is the norm's output; OLMo 2 feeds the residual itself)
     Xn = 0 if prof.post_norm else X
@@ -378,7 +382,7 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                 work = S * _eager_score_bytes(prof, s)
                 f = "R + N*h*b + q + 2*N*q*b (repeat_kv) + S*(b + 4 + 4)"
         else:
-            mask_present = res["masks"] > 0 and layer is not None and layer.attention == "sliding"
+            mask_present = masks > 0 and layer is not None and layer.attention == "sliding"
             if sdpa_math and not mask_present and s.kv_heads < s.heads:
                 # fp32 with grouped KV heads (enable_gqa, no mask): CUDA has no fused kernel
                 # and runs the math one: K and V repeated to a' heads, q * sqrt(scale), the
@@ -414,7 +418,8 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                     f += " + B*P*P*b (the window mask made additive)"
         attn_live = Xn + q_live + qkv + repeat + work
         moments.append(Moment("prefill/attention", R + attn_live, formula=f,
-                              substituted=lambda: f"R {R} + {Xn} + {q_live + qkv} + {repeat} + {work}"))
+                              substituted=lambda: (f"R {R} + {Xn} + {q_live + qkv} + {repeat} "
+                                                   f"+ {work}")))
         if attn == "eager":
             # probs @ v's output, then its transpose(1, 2).contiguous() copy for o_proj, while
             # the probabilities and the (repeated) K, V are still referenced (the larger
@@ -440,15 +445,15 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
 
     # 3. the norm before the MLP
     if prof.norm == "rms":
-        moments.append(Moment("prefill/post_attention_norm", R + X + _rms(s, prof) + probs,
+        moments.append(Moment("prefill/post_attention_norm", R + X + rms + probs,
                               formula="R + N*h*b + 2*4*N*h (+ S*b eager probs)",
-                              substituted=lambda: f"R {R} + {X} + {_rms(s, prof)} + {probs}"))
+                              substituted=lambda: f"R {R} + {X} + {rms} + {probs}"))
 
     # 3b. OLMo 2 normalises the MLP's output (post-norm) while the residual waits
     if prof.post_norm:
-        moments.append(Moment("prefill/post_mlp_norm", R + 2 * X + _rms(s, prof) + probs,
+        moments.append(Moment("prefill/post_mlp_norm", R + 2 * X + rms + probs,
                               formula="R + 2*N*h*b + 2*4*N*h (+ S*b eager probs)",
-                              substituted=lambda: f"R {R} + {2 * X} + {_rms(s, prof)} + {probs}"))
+                              substituted=lambda: f"R {R} + {2 * X} + {rms} + {probs}"))
 
     # 4. the MLP (dense or MoE) of the last layer
     is_moe = layer is not None and layer.moe and spec.moe is not None and moe_k > 0
@@ -518,9 +523,10 @@ def logits_moments(spec: ModelSpec, s: Shapes, *, logits: str, last_stage: bool 
     X = B * P * h * b
     extra = lg if s.softcap_logits else 0  # x / cap, tanh, * cap: two logits-sized at once
     fp32_row = 4 * B * V
+    rms = _rms(s, prof)
     return [
-        Moment("prefill/final_norm", ids + X + _rms(s, prof), kv_full=True,
-               formula="8*B*P + N*h*b + 2*4*N*h", substituted=lambda: f"{ids} + {X} + {_rms(s, prof)}"),
+        Moment("prefill/final_norm", ids + X + rms, kv_full=True,
+               formula="8*B*P + N*h*b + 2*4*N*h", substituted=lambda: f"{ids} + {X} + {rms}"),
         Moment("prefill/logits", ids + X + extra, logits=lg,
                formula=f"8*B*P + N*h*b + {'B' if logits == 'last' else 'B*P'}*V'*b"
                        + (" (x2: soft-capping)" if extra else ""),
