@@ -1,0 +1,137 @@
+"""The events of one training step and the sweep that finds each phase's peak.
+
+A step is replayed as a program: the parts (:mod:`memfit.step.parts`) append allocations and
+frees in program order, each tagged with its owner (one of :data:`OWNERS`), and phase marks.
+:func:`sweep` walks the program once, keeping the live bytes per owner, and returns each
+phase's peak with what it is made of. It knows nothing about models: it is XLA's
+``HeapSimulator`` reduced to owners (buffers with live ranges over a schedule, one pass gives
+the peak and the buffers that make it), and what ``torch.cuda.memory._snapshot()`` and
+``torch.distributed._tools.mem_tracker.MemTracker`` report by owner (parameter, gradient,
+optimizer state, activation, temporary).
+
+Operations (tuples, for speed):
+
+* ``(ALLOC, owner, n)``: ``n`` bytes allocated (``n < 0``: freed). A positive one is a moment
+  the sweep looks at: the first largest total of a phase is its peak (ties go to the earlier
+  moment).
+* ``(MOMENT, {owner: bytes}, None)``: the listed owners become those bytes (what happens in
+  between is not modelled, only the moment), and the sweep looks at the result. The FSDP2
+  timeline and the phases' opening states are moments.
+* ``(REPEAT, block, n)``: ``block`` (a tuple of ``(owner, n)`` allocations and frees) ``n``
+  times, as over a run of identical layers. Each repetition moves the totals by the same net
+  amount, so the run's largest moment is in its first repetition (net <= 0) or its last (net
+  > 0): the block is swept once, the other repetitions only added. Estimates stay in
+  microseconds whatever the depth.
+* ``(PHASE, name, order)``: a new phase begins; its components are reported in ``order``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["OWNERS", "Program", "sweep", "WEIGHTS", "STATES", "GRADS", "ACTS", "LOGITS",
+           "BUFFERS", "TEMPS"]
+
+#: The owners a byte can have (the estimate's components).
+OWNERS = ("weights", "optimizer_states", "gradients", "activations", "logits", "comm_buffers",
+          "temporaries")
+#: The components a phase reports even when zero.
+_ALWAYS = frozenset((0, 1, 2, 3))  # weights, optimizer_states, gradients, activations
+
+ALLOC, MOMENT, REPEAT, PHASE = 0, 1, 2, 3
+#: The owners' indices, as the parts name them in their events.
+WEIGHTS, STATES, GRADS, ACTS, LOGITS, BUFFERS, TEMPS = range(len(OWNERS))
+
+Block = tuple[tuple[int, int], ...]
+
+
+class Program:
+    """A step's operations in program order (see the module docstring); owners are named by
+    their index in :data:`OWNERS` (``WEIGHTS``, ``GRADS``...)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[int, Any, Any]] = []
+
+    def alloc(self, owner: int, n: int) -> None:
+        if n:
+            self.ops.append((ALLOC, owner, n))
+
+    def free(self, owner: int, n: int) -> None:
+        if n:
+            self.ops.append((ALLOC, owner, -n))
+
+    def moment(self, *live: tuple[int, int]) -> None:
+        """The listed ``(owner, bytes)`` become the live bytes of those owners."""
+        self.ops.append((MOMENT, live, None))
+
+    def repeat(self, block: Block, n: int) -> None:
+        if n == 1:
+            self.ops.extend((ALLOC, k, v) for k, v in block if v)
+        elif n > 1:
+            self.ops.append((REPEAT, block, n))
+
+    def phase(self, name: str, order: tuple[int, ...]) -> None:
+        """A new phase, reporting its components in ``order`` (owner indices)."""
+        self.ops.append((PHASE, name, order))
+
+
+def _report(order: tuple[int, ...], live: list[int]) -> dict[str, int]:
+    """A phase's components at its peak: ``order`` first, then any other owner with bytes."""
+    out = {OWNERS[i]: live[i] for i in order if live[i] or i in _ALWAYS}
+    if len(out) < 7:
+        for i, k in enumerate(OWNERS):
+            if k not in out and live[i]:
+                out[k] = live[i]
+    return out
+
+
+def sweep(ops: Iterable[tuple[int, Any, Any]]) -> list[tuple[str, dict[str, int]]]:
+    """Each phase's peak moment, by owner: ``[(phase name, {owner: bytes}), ...]``."""
+    live = [0] * len(OWNERS)
+    total = 0
+    phases: list[tuple[str, dict[str, int]]] = []
+    name: str | None = None
+    order: tuple[int, ...] = ()
+    best_total, best = -1, live
+    for op, a, b in ops:
+        if op == ALLOC:
+            live[a] += b
+            total += b
+            if b > 0 and total > best_total:
+                best_total, best = total, live[:]
+        elif op == MOMENT:
+            for i, n in a:
+                total += n - live[i]
+                live[i] = n
+            if total > best_total:
+                best_total, best = total, live[:]
+        elif op == REPEAT:
+            net = [0] * len(OWNERS)
+            for i, n in a:
+                net[i] += n
+            steps = b - 1
+            late = sum(net) > 0  # the last repetition is the largest: add the others first
+            if late:
+                for i, n in enumerate(net):
+                    live[i] += n * steps
+                total += sum(net) * steps
+            for i, n in a:
+                live[i] += n
+                total += n
+                if n > 0 and total > best_total:
+                    best_total, best = total, live[:]
+            if not late:
+                for i, n in enumerate(net):
+                    live[i] += n * steps
+                total += sum(net) * steps
+        else:
+            if name is not None:
+                phases.append((name, _report(order, best)))
+            name, order = a, b
+            best_total, best = -1, live
+    if name is not None:
+        phases.append((name, _report(order, best)))
+    return phases

@@ -1,0 +1,206 @@
+"""The layer parts: each layer kind's saved tensors and transients
+(:mod:`memfit.memory.activations`, read off transformers' ``modeling_*.py`` and checked op by
+op on the tracer), the checkpoint policy (what a layer keeps for backward), autocast's 16-bit
+weight copies, and the loss' B x S x V tensors (transformers ``ForCausalLMLoss``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..memory.activations import (
+    ActivationSetup,
+    dropout_config,
+    embedding_activations,
+    head_activations,
+    layer_activations,
+    lora_unsaved_prefix,
+    mask_bytes,
+    rotary_bytes,
+    softcap_config,
+)
+from ..memory.weights import memo_table
+from ..workload import TrainingOptions
+from .context import Stage
+
+__all__ = ["build", "ckpt_working_set", "kept_list"]
+
+
+def _use_cache(config: Mapping[str, Any] | None, o: TrainingOptions) -> bool:
+    """Whether the training forward builds a ``DynamicCache``: transformers leaves
+    ``use_cache`` at the config's default (True) as ``Trainer`` does, and turns it off under
+    its gradient checkpointing (memfit's ``selective`` is Megatron-style: no cache either)."""
+    if o.checkpointing != "none":
+        return False
+    return (config or {}).get("use_cache", True) is not False
+
+
+def ckpt_working_set(act: Any) -> int:
+    """What a checkpointed layer's forward (which saves nothing) holds beside its transient:
+    the larger of its attention block (with the norms) and its MLP block."""
+    parts = act.saved
+    return max(parts.get("norms", 0) + parts.get("attention", 0),
+               parts.get("mlp", 0) + parts.get("moe", 0) + parts.get("dropout_masks", 0))
+
+
+def _setup(s: Stage) -> ActivationSetup:
+    """The activation setup of the stage: dtypes of the stream, layout, adapters."""
+    o, recipe, c = s.o, s.recipe, s.c
+    b = recipe.compute_bytes
+    # QLoRA: bitsandbytes casts each NF4 matmul's output back to its input's dtype, and
+    # peft's fp32 embedding makes that fp32: every activation outside the matmuls is fp32
+    # (under FSDP2 the policy casts the embedding to 16 bits).
+    s.fp32_stream = fp32_stream = o.qlora and o.fsdp is None
+    s.residual = 4 if (s.autocast or b == 4 or fp32_stream) else 2
+    attn_softcap, logit_softcap = softcap_config(s.spec, c.config)
+    return ActivationSetup(batch=o.batch, seq=o.seq // o.cp,
+                           compute_bytes=4 if fp32_stream else b,
+                           residual_bytes=s.residual, autocast=s.autocast, attn=c.attn,
+                           tp=o.tp, attn_softcap=attn_softcap, logit_softcap=logit_softcap,
+                           sp=o.sp, ep=o.ep, cp=o.cp, lora=s.lora,
+                           lora_rank=o.lora_rank or 0,
+                           # FSDP2's MixedPrecisionPolicy casts the adapters too
+                           lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
+                           qlora=o.qlora, dropout=dropout_config(s.spec, c.config),
+                           full_seq=o.seq, use_cache=_use_cache(c.config, o))
+
+
+def _kinds(s: Stage) -> None:
+    """Each layer kind's activations (worked out once per kind, not once per layer)."""
+    memo = memo_table(s.spec)
+    acts = []
+    for x in s.kind_list:
+        key = ("act", x, s.setup)
+        act = memo.get(key)
+        if act is None:
+            act = memo[key] = layer_activations(s.spec, x, s.setup)
+        acts.append(act)
+    s.acts = acts
+    s.kind_total = [act.total for act in acts]
+
+
+def _checkpoint(s: Stage) -> None:
+    """The checkpoint policy: what each layer keeps for backward (``kept``; per kind,
+    ``kept_of_kind``). none: every saved tensor; full (``torch.utils.checkpoint`` around each
+    layer, transformers' gradient checkpointing): the layer's input; selective (Megatron,
+    Korthikanti et al. 2022): everything but the S x S scores."""
+    ckpt = s.o.checkpointing
+    s.sp_div = s.o.tp if s.o.sp else 1
+    s.ckpt_input = s.T * s.residual * s.spec.hidden_size // s.sp_div
+    acts, kt = s.acts, s.kind_total
+    if ckpt == "full":
+        s.kept_of_kind = [s.ckpt_input] * len(acts)
+    elif ckpt == "selective":
+        s.kept_of_kind = [kt[i] - act.s2 for i, act in enumerate(acts)]
+    else:
+        s.kept_of_kind = list(kt)
+    # nothing before the first adapter needs a gradient: the first layer keeps less
+    s.first_unsaved = (lora_unsaved_prefix(s.spec, s.setup)
+                       if s.first and s.layers and ckpt != "full" else 0)
+
+
+def kept_list(s: Stage) -> list[int]:
+    """Each layer's kept activations, in order (the FSDP2 timeline walks them)."""
+    kept = [s.kept_of_kind[i] for i in s.layer_kind]
+    if kept:
+        kept[0] -= s.first_unsaved
+    return kept
+
+
+def _copies(s: Stage) -> None:
+    """autocast's 16-bit copies of the matmul weights (``torch.autocast``'s cast cache): cached
+    until the forward ends, saved by the matmuls until each layer's backward (a layer at a
+    time with full checkpointing)."""
+    o, L = s.o, len(s.layers)
+    s.copy_layer = 0  # every layer's copies
+    s.copy_first_less = 0  # the first layer's fewer copies
+    s.copies_head = 0
+    if s.autocast:
+        # QLoRA's NF4 linears are not autocast ops (bitsandbytes dequantizes them itself)
+        lin = 0 if o.qlora else s.linear_el
+        n = max(1, L)
+        if s.lora:  # the adapters' fp32 weights are cast too (and cached: they require grad)
+            lin += sum(g.elements for g in s.trainable if g.part == "layer")
+        s.copy_layer = 2 * lin // n if L else 0
+        if s.lora and s.first and s.layers and not o.qlora:
+            # nothing before the first adapter needs a gradient: the first layer's frozen
+            # q/k/v matmuls keep no copy of their weights
+            qkv = sum(g.elements for g in s.groups if g.part == "layer"
+                      and g.name.split(".")[0] in ("q_proj", "k_proj", "v_proj", "qkv_proj"))
+            s.copy_first_less = 2 * qkv // n
+        if s.last:
+            s.copies_head = 2 * s.V * s.spec.hidden_size
+    copies_layers = s.copy_layer * L - s.copy_first_less
+    # the last layer's copies (the first's when it is the only one)
+    s.c_layer = (s.copy_layer - (s.copy_first_less if L == 1 else 0)) if L else 0
+    s.copies_all = copies_layers + s.copies_head
+    s.copies_fwd_loss = s.copies_fwd_mid = s.copies_all
+    s.copies_per_layer = True  # the copies arrive with each layer's forward
+    if s.autocast and s.lora and o.checkpointing == "full" and s.layers:
+        # autocast caches only the casts of tensors that require grad (the adapters'); a
+        # checkpointed layer saves nothing, so the frozen base's casts go with each matmul
+        adapters = 2 * sum(g.elements for g in s.trainable if g.part == "layer")
+        s.copies_fwd_loss = adapters + s.copies_head
+        s.copies_fwd_mid = adapters + (s.c_layer - adapters // L) + s.copies_head
+        s.copies_per_layer = False
+    # Full checkpointing discards the forward's saved casts: in backward only the head's copy
+    # (saved by the un-checkpointed LM head) and the recomputed layer's live.
+    s.copies_bwd = s.copies_head + (0 if o.checkpointing == "full" else copies_layers)
+
+
+def _edges(s: Stage) -> None:
+    """The embedding, the LM head and the loss (HF ``ForCausalLMLoss``: the logits, their fp32
+    copy, ``log_softmax``'s fp32 output; in backward the two fp32 gradients of the loss and
+    of ``log_softmax``), rotary tables and masks, the token ids."""
+    o, setup, T, V, h = s.o, s.setup, s.T, s.V, s.spec.hidden_size
+    b = s.recipe.compute_bytes
+    s.emb = embedding_activations(s.spec, setup) if s.first else {}
+    # the logits' dtype: QLoRA's LM head is fp32 (peft), but an autocast op all the same
+    s.logit_b = logit_b = 4 if (b == 4 or (s.fp32_stream and not s.autocast)) else b
+    s.head = head_activations(s.spec, setup, logit_b) if s.last else {}
+    s.masks = mask_bytes(s.spec, setup)  # not saved: freed when the forward returns
+    s.shared = rotary_bytes(s.spec, setup) + s.masks
+    s.inputs = 16 * T  # input_ids and labels (int64), alive through the step
+    pp = o.pp
+    s.inflight = min(pp - s.stage, o.microbatches) if pp > 1 else 1
+    s.logits = T * V * logit_b if s.last else 0
+    s.upcast = T * V * 4 if (s.last and logit_b != 4) else 0
+    if s.last and (s.autocast or s.lora):
+        # The final norm's output is still a local of the model's forward during the loss
+        # (under autocast the LM head saved its own 16-bit cast; LoRA's frozen head saved
+        # nothing).
+        s.upcast += T * h * s.residual // s.sp_div
+    s.loss_grads = 2 * 4 * T * V if s.last else 0
+
+
+def build(s: Stage) -> None:
+    """Every activation-side quantity of the stage (after :func:`memfit.step.states.build`)."""
+    o = s.o
+    s.setup = _setup(s)
+    s.T = s.setup.tokens
+    s.V = -(-s.spec.vocab_size // o.tp)
+    _kinds(s)
+    _checkpoint(s)
+    _edges(s)
+    _copies(s)
+    inflight = s.inflight
+    s.A_layers = sum(k * n for k, n in zip(s.kept_of_kind, s.kind_count, strict=True)
+                     ) - s.first_unsaved
+    s.A_emb = sum(s.emb.values())
+    s.A_head = sum(s.head.values())
+    s.A_all = inflight * (s.A_layers + s.A_emb + s.shared) + s.A_head + s.inputs
+    # what backward starts with: the masks go with the forward, unless checkpointing keeps
+    # them as inputs of the layers it recomputes
+    s.A_bwd = s.A_all - (0 if o.checkpointing == "full" else inflight * s.masks)
+    # QLoRA: bitsandbytes dequantizes each NF4 weight to 16 bits for its matmul (forward, and
+    # again in backward for the input gradient): one layer's largest weight at a time.
+    s.dequant = 2 * max((g.numel for g in s.groups if g.linear and g.part == "layer"
+                         and len(g.shape) == 2), default=0) if o.qlora else 0
+    # A checkpointed layer's forward saves nothing: at most its attention's or its MLP's
+    # tensors are alive at once, beside the transient.
+    full = o.checkpointing == "full"
+    s.fwd_layer_t = max((act.forward_transient + (ckpt_working_set(act) if full else 0)
+                         for act in s.acts), default=0) + s.dequant
+    # the DynamicCache's copies that backward does not save live until the output is dropped
+    s.cache_of_kind = [inflight * act.cache_forward for act in s.acts]
+    s.cache_fwd = sum(c * n for c, n in zip(s.cache_of_kind, s.kind_count, strict=True))

@@ -1,0 +1,179 @@
+"""The model-states part: the rank's tensors (base, adapters), their bytes, the optimizer's
+state and step temporaries, and how ZeRO / FSDP shard them (:mod:`memfit.memory.model_states`,
+ZeRO (Rajbhandari et al. 2020) sec. 3.1, ``torch/optim``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..arch import ModelSpec
+from ..memory.model_states import (
+    DEEPSPEED_DEFAULTS,
+    FsdpConfig,
+    Recipe,
+    StateInputs,
+    TensorGroup,
+    fsdp_padded_elements,
+    get_optimizer,
+    optimizer_host_step_bytes,
+    optimizer_state_bytes,
+    optimizer_temporary_bytes,
+    rank_tensors,
+    shard_states,
+    tensor_elements,
+)
+from ..memory.params import buffer_elements
+from ..memory.weights import memo_table
+from ..workload import TrainingOptions
+from .context import Stage
+
+__all__ = ["LORA_TARGETS", "build", "weight_bytes", "grad_part"]
+
+#: peft target modules of ``--lora-rank`` (contract): q, k, v, o, gate, up, down.
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+_QLORA_FORMAT = "nf4-dq"
+
+
+def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool) -> int:
+    """Bytes of the weights on the rank: the recipe's b_w per element (fp32 for tensors the
+    model keeps in fp32); QLoRA: base linears in NF4 with double quantization
+    (:func:`memfit.dtypes.tensor_bytes`), everything else upcast to fp32 by peft's
+    ``prepare_model_for_kbit_training``."""
+    if not qlora:
+        return sum(g.elements * (4 if g.fp32 else recipe.weight_bytes) for g in groups)
+    from ..dtypes import tensor_bytes
+
+    total = 0
+    for g in groups:
+        if g.linear and len(g.shape) == 2 and g.part == "layer":
+            total += tensor_bytes(g.shape, _QLORA_FORMAT) * g.count
+        else:
+            total += 4 * g.elements
+    return total
+
+
+def _adapters(groups: tuple[TensorGroup, ...], r: int) -> tuple[TensorGroup, ...]:
+    """LoRA's A (r x in) and B (out x r) for every targeted linear."""
+    out = []
+    for g in groups:
+        if g.lora in LORA_TARGETS and len(g.shape) == 2:
+            n_out, n_in = g.shape
+            out.append(TensorGroup(f"{g.name}.lora_A", (r, n_in), g.count, g.part))
+            out.append(TensorGroup(f"{g.name}.lora_B", (n_out, r), g.count, g.part))
+    return tuple(out)
+
+
+def _linear_elements(groups: tuple[TensorGroup, ...]) -> int:
+    """Elements autocast casts to 16 bits: matmul weights and the biases fused with them."""
+    n = 0
+    for g in groups:
+        if g.name.startswith("experts."):
+            continue  # grouped_mm is not an autocast op: the experts run in fp32
+        if g.linear or g.name.endswith("_proj.bias") or g.name.endswith("proj.bias"):
+            n += g.elements
+    return n
+
+
+def _temporaries(trainable: tuple[TensorGroup, ...], recipe: Recipe, opt: Any,
+                 o: TrainingOptions, lora: bool, state_b: int) -> tuple[int, int]:
+    """(optimizer state bytes, step temporaries) of the full (unsharded) trainable set."""
+    # tensors the model keeps in fp32 (DeepSeek's router) get fp32 optimizer state
+    f32 = tuple(g for g in trainable if g.fp32) if state_b < 4 else ()
+    rest = tuple(g for g in trainable if not g.fp32) if f32 else trainable
+    states_full = optimizer_state_bytes(rest, opt, state_b)
+    temps_full = optimizer_temporary_bytes(rest, opt, o.optimizer_impl, state_b)
+    if f32 and not opt.eight_bit:
+        states_full += optimizer_state_bytes(f32, opt, 4)
+        t32 = optimizer_temporary_bytes(f32, opt, o.optimizer_impl, 4)
+        temps_full = (temps_full + t32 if o.optimizer_impl == "foreach"
+                      else max(temps_full, t32))
+    if recipe.master_bytes and not lora and o.optimizer_impl != "fused" and not opt.eight_bit:
+        # The optimizer steps the fp32 masters: its temporaries are fp32.
+        temps_full = optimizer_temporary_bytes(trainable, opt, o.optimizer_impl, 4)
+    return states_full, temps_full
+
+
+def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Recipe, opt: Any,
+                  o: TrainingOptions, lora: bool, state_b: int, first: bool, n_layers: int,
+                  adapter_bytes: int = 4
+                  ) -> tuple[StateInputs, tuple[TensorGroup, ...], int, dict[str, int]]:
+    """The sums over one rank's tensors that the model states need (memoised per layout)."""
+    trainable = _adapters(groups, o.lora_rank or 0) if lora else groups
+    P = tensor_elements(trainable)
+    W = weight_bytes(groups, recipe, o.qlora) + (adapter_bytes * P if lora else 0)
+    if first:
+        # rotary inv_freq etc.: fp32 buffers; Gemma's embed_scale in the weights' dtype
+        W += (4 * (buffer_elements(spec) - spec.extra_buffers)
+              + recipe.weight_bytes * spec.extra_buffers)
+    states_full, temps_full = _temporaries(trainable, recipe, opt, o, lora, state_b)
+    steps = optimizer_host_step_bytes(trainable, opt, o.optimizer_impl)
+    largest = max((g.numel for g in groups), default=0)
+    persistent = sum(g.elements for g in groups
+                     if g.numel < DEEPSPEED_DEFAULTS.stage3_param_persistence_threshold)
+    per_layer = tuple(g for g in groups if g.part == "layer")
+    layer_el = tensor_elements(per_layer) // max(1, n_layers)
+    root_el = tensor_elements(tuple(g for g in groups if g.part != "layer"))
+    xin = StateInputs(weight_bytes=W, trainable=P, compute_bytes=recipe.compute_bytes,
+                      state_bytes=states_full, temporaries=temps_full, step_counters=steps,
+                      largest_module=largest, persistent=persistent, layer_elements=layer_el,
+                      root_elements=root_el, layers=n_layers,
+                      fp32_trainable=0 if lora else sum(g.elements for g in trainable
+                                                        if g.fp32))
+    parts = {part: sum(g.elements for g in trainable if g.part == part)
+             for part in ("embed", "head")}
+    return xin, trainable, _linear_elements(per_layer), parts
+
+
+def build(s: Stage) -> None:
+    """The rank's tensors and model states: s.groups, s.trainable, s.xin, s.sb (sharded),
+    s.P (trainable elements), s.N (shards), s.parts, s.linear_el, s.padded_layers."""
+    c, o, spec, recipe = s.c, s.o, s.spec, s.recipe
+    memo = memo_table(spec)
+    gkey = ("groups", o.tp, o.ep, s.n_dense, s.n_moe, s.first, s.last)
+    groups = memo.get(gkey)
+    if groups is None:
+        groups = memo[gkey] = rank_tensors(spec, tp=o.tp, ep=o.ep, dense_layers=s.n_dense,
+                                           moe_layers=s.n_moe, first=s.first, last=s.last)
+    lora = s.lora
+    ab = c.lora_bytes  # adapter weights and gradients: fp32 (peft default) or bf16 (qlora.py)
+    state_b = 4 if lora else recipe.state_bytes
+    s.grad_b = ab if lora else recipe.grad_bytes
+    eff = recipe if not lora else replace(recipe, grad_bytes=ab, step_grad_bytes=ab,
+                                          master_bytes=0, state_bytes=4, extra_grad_bytes=0)
+    s.opt = opt = get_optimizer(o.optimizer, o.optimizer_impl)
+    skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.optimizer, o.optimizer_impl,
+            len(s.layers), ab)
+    cached = memo.get(skey)
+    if cached is None:
+        cached = memo[skey] = _state_inputs(spec, groups, recipe, opt, o, lora, state_b,
+                                            s.first, len(s.layers), ab)
+    s.groups = groups
+    s.xin, s.trainable, s.linear_el, s.parts = cached
+    s.P = s.xin.trainable
+    fsdp_cfg = FsdpConfig(gpus_per_node=c.gpus_per_node)
+    padded = s.padded_layers = 0
+    if o.fsdp is not None:
+        n_shards = min(o.dp, fsdp_cfg.gpus_per_node) if o.fsdp == "hybrid" else o.dp
+        pkey = ("padded", skey, n_shards)
+        if pkey not in memo:
+            memo[pkey] = (fsdp_padded_elements(s.trainable, n_shards), fsdp_padded_elements(
+                tuple(g for g in s.trainable if g.part == "layer"), n_shards))
+        padded, s.padded_layers = memo[pkey]
+    s.sb = sb = shard_states(s.xin, eff, dp=o.dp, zero=o.zero, fsdp=o.fsdp, offload=o.offload,
+                             fsdp_cfg=fsdp_cfg, padded=padded)
+    s.N = sb.shards
+    # the bases every phase starts from
+    s.Wres = sb.weights + sb.gathered + sb.gathered_grad_op  # resident and gathered weights
+    s.Ost = sb.master + sb.optimizer
+    s.G = sb.gradients
+    s.buffers = sb.grad_buffers
+    s.G_prev = s.G if s.accumulating else 0  # gradients of earlier micro-batches
+
+
+def grad_part(s: Stage, part: str) -> int:
+    """Gradient bytes (as held, sharded or not) of the parameters of one ``part`` ("embed",
+    "head") on this rank."""
+    if s.P == 0:
+        return 0
+    return s.sb.gradients * s.parts[part] // s.P
