@@ -261,8 +261,16 @@ def test_unknown_option_lists_the_valid_ones(client: TestClient) -> None:
     ("/api/infer", {"model": "lama-3.2-1b"}, ["body", "model"], "lama-3.2-1b", "catalog"),
     ("/api/infer", {"model": {**TINY_CONFIG, "model_type": "bert"}},
      ["body", "model", "model_type"], "bert", "llama"),
+    ("/api/infer", {"model": {**TINY_CONFIG, "num_hidden_layers": 1000}},
+     ["body", "model", "num_hidden_layers"], 1000, "at most 512"),
+    # the bound is checked on the parsed model: a float count or a nested text_config too
+    ("/api/infer", {"model": {**TINY_CONFIG, "num_hidden_layers": 1000.0}},
+     ["body", "model", "num_hidden_layers"], 1000, "at most 512"),
+    ("/api/train", {"model": {"architectures": ["X"], "text_config": {
+        **TINY_CONFIG, "num_hidden_layers": 4096}}},
+     ["body", "model", "num_hidden_layers"], 4096, "at most 512"),
     ("/api/infer", {"model": {**TINY_CONFIG, "num_hidden_layers": 10**7}},
-     ["body", "model", "num_hidden_layers"], 10**7, "at most 512"),
+     ["body", "model", "num_hidden_layers"], 10**7, "[1, 10000]"),
 ])
 def test_memfit_errors_become_422(client: TestClient, path: str, body: dict, loc: list,
                                   value: object, needle: str) -> None:
@@ -352,3 +360,112 @@ def test_importing_memfit_does_not_import_the_web_stack() -> None:
     code = ("import sys, memfit, memfit.web; "
             "assert 'fastapi' not in sys.modules and 'uvicorn' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- bounded work: deadlines, departed clients, stalled bodies, crafted files ----------------
+
+SLOW_FIT = {"mode": "train", "gpu": "h100", "gpus": 64,
+            "model": {**TINY_CONFIG, "model_type": "qwen2_moe", "num_hidden_layers": 4000,
+                      "num_experts": 64, "num_experts_per_tok": 2}}
+
+
+def test_a_computation_past_its_deadline_is_stopped_and_answered_503() -> None:
+    import time
+
+    app = create_app(WebSettings(max_layers=10_000, request_timeout_s=2, max_concurrent=1))
+    slow = TestClient(app)
+    assert slow.post("/api/params", json={"model": TINY_CONFIG}).status_code == 200  # warm
+    start = time.perf_counter()
+    r = slow.post("/api/fit", json=SLOW_FIT)  # ~15 s of work
+    assert r.status_code == 503 and r.json()["detail"][0]["type"] == "timeout", r.text
+    assert time.perf_counter() - start < 5
+    # the worker was killed and replaced: the one slot serves the next request at once
+    start = time.perf_counter()
+    assert slow.post("/api/params", json={"model": TINY_CONFIG}).status_code == 200
+    assert time.perf_counter() - start < 3
+
+
+def test_a_departed_clients_computation_is_stopped() -> None:
+    """ASGI-level: the client disconnects after sending its body; the worker is killed long
+    before the 60 s deadline."""
+    import asyncio
+    import time
+
+    app = create_app(WebSettings(max_layers=10_000, request_timeout_s=60, max_concurrent=1))
+    body = json.dumps(SLOW_FIT).encode()
+    sent: list[dict] = []
+    calls = 0
+
+    async def receive() -> dict:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}  # gone as soon as the body was sent
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/fit", "raw_path": b"/api/fit",
+             "query_string": b"", "headers": [(b"content-type", b"application/json"),
+                                              (b"host", b"testserver")],
+             "http_version": "1.1", "scheme": "http", "server": ("testserver", 80),
+             "client": ("127.0.0.1", 1), "root_path": "", "app": app}
+    start = time.perf_counter()
+    asyncio.run(app(scope, receive, send))
+    assert time.perf_counter() - start < 10
+    assert sent[0]["status"] == 503
+
+
+def test_a_stalled_body_is_refused_408() -> None:
+    import asyncio
+    import time
+
+    from memfit.web.app import BodyLimit
+
+    async def never_called(scope, receive, send) -> None:  # noqa: ANN001
+        raise AssertionError("the app saw a body that never came")
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    start = time.perf_counter()
+    asyncio.run(BodyLimit(never_called, 1 << 20, timeout_s=0.3)(
+        {"type": "http", "headers": []}, receive, send))
+    assert time.perf_counter() - start < 2
+    assert sent[0]["status"] == 408
+
+
+def test_crafted_files_are_422_with_allow_paths(tmp_path: Path) -> None:
+    """Hostile files on the server (allowed paths): one-line 422s, never a 500 or a hang."""
+    import os
+    import struct
+
+    allowed = TestClient(create_app(WebSettings(allow_paths=True)))
+    gguf = tmp_path / "bad.gguf"
+    gguf.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 20)
+                     + b"general.architecture" + struct.pack("<IIQ", 9, 8, 10**15))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    os.mkfifo(folder / "model.safetensors")
+    overlap = tmp_path / "overlap"
+    overlap.mkdir()
+    (overlap / "config.json").write_text(json.dumps(TINY_CONFIG))
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    (overlap / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header
+                                                + bytes(12))
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    (digits / "config.json").write_text('{"model_type": "llama", "x": ' + "9" * 5000 + "}")
+    for model in (gguf, folder, overlap, digits):
+        r = allowed.post("/api/infer", json={"model": str(model)})
+        assert r.status_code == 422, (model, r.text)
+        assert "\n" not in r.json()["detail"][0]["msg"]

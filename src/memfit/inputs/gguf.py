@@ -544,7 +544,7 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
     if isinstance(theta, (int, float)):
         cfg["rope_theta"] = theta
     ftype = meta.get("general.file_type")
-    dtype = _FLOAT_FILE_TYPES.get(ftype) if _is_int(ftype) else None
+    dtype = _FLOAT_FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
     if dtype:
         cfg["torch_dtype"] = dtype
     head_dim = key_len or h // a

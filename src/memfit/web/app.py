@@ -18,19 +18,22 @@ whether pydantic or memfit's own checks (:class:`~memfit.errors.MemfitError`) fo
 Safety: the server never reads its own files for a ``model`` (a path-like string is refused
 unless the operator passes ``allow_paths``), never fetches from the Hub (``hf:`` names are
 refused unless ``allow_hub``), never runs model code (memfit's estimates are arithmetic on
-``config.json`` fields), limits the request body (1 MiB), and bounds the cost of a request:
-inline configs of at most ``max_layers`` layers, fit sweeps over at most ``max_fit_gpus``
-GPUs, at most ``max_concurrent`` computations at once.
+``config.json`` fields), limits the request body (1 MiB, read within ``body_timeout_s``), and
+bounds the cost of a request: models of at most ``max_layers`` layers (checked on the parsed
+model, whatever the JSON number type), fit sweeps over at most ``max_fit_gpus`` GPUs, each
+computation in a worker process (:mod:`memfit.web.workers`) stopped past
+``request_timeout_s`` or when its client leaves (503), at most ``max_concurrent`` at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
 import re
-import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
@@ -59,6 +62,7 @@ from .schemas import (
     describe_options,
     option_field,
 )
+from .workers import JobFailed, WorkerPool
 
 __all__ = ["WebSettings", "create_app", "serve"]
 
@@ -91,8 +95,16 @@ class WebSettings:
     max_layers: int = MAX_LAYERS
     max_fit_gpus: int = MAX_FIT_GPUS
     max_concurrent: int = 2
-    """Estimates and fit sweeps computed at once; others wait up to ``busy_timeout_s``."""
-    busy_timeout_s: float = 30.0
+    """Worker processes: estimates and fit sweeps computed at once; others wait up to
+    ``busy_timeout_s``. 0 computes in the request's thread, with no deadline (tests)."""
+    busy_timeout_s: float = 10.0
+    request_timeout_s: float = 10.0
+    """A computation still running after this is stopped (its worker killed): 503."""
+    body_timeout_s: float = 10.0
+    """A request body not fully received by then is refused (408): a client that sends its
+    headers and stalls holds no worker."""
+    worker_memory_bytes: int = 2 << 30
+    """Address space of one worker process (``RLIMIT_AS``)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,17 +232,23 @@ def _clean_validation_errors(errors: list[Any], path: str,
 
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``max_bytes`` with 413, whether the client
-    declared the length or streams it (the body is read here, at most ``max_bytes`` of it,
-    then handed on)."""
+    declared the length or streams it, and bodies not received within ``timeout_s`` with 408
+    (the body is read here, at most ``max_bytes`` of it, then handed on)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
-    async def _refuse(self, send: Send) -> None:
-        body = (b'{"detail":[{"type":"body_too_large","loc":["body"],"msg":"request body '
-                b'too large","input":null,"allowed":"at most %d bytes"}]}' % self.max_bytes)
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send: Send, status: int = 413) -> None:
+        if status == 408:
+            body = (b'{"detail":[{"type":"body_timeout","loc":["body"],"msg":"request body not '
+                    b'received in time","input":null,"allowed":"a body sent within %d s"}]}'
+                    % int(self.timeout_s))
+        else:
+            body = (b'{"detail":[{"type":"body_too_large","loc":["body"],"msg":"request body '
+                    b'too large","input":null,"allowed":"at most %d bytes"}]}' % self.max_bytes)
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -251,8 +269,13 @@ class BodyLimit:
                     return
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                await self._refuse(send, 408)
+                return
             if message["type"] != "http.request":  # the client went away
                 return
             chunk = message.get("body", b"")
@@ -274,6 +297,33 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``nosniff``, ``no-referrer`` on every response, ``no-store`` on the
+    API's. (Pure ASGI, unlike ``@app.middleware``, whose wrapped ``receive`` hides a client's
+    disconnect from the endpoint.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+        if scope.get("path", "").startswith("/api/"):
+            extra.append((b"cache-control", b"no-store"))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in extra if k not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class HostCheck:
@@ -302,22 +352,15 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
-def _check_layers(config: Mapping[str, Any], limit: int, depth: int = 0) -> None:
-    """Refuse an inline config with more than ``limit`` layers (the estimate's cost grows with
-    them), looking into nested sub-configs (``text_config``) too."""
-    if depth > 3:
-        return
-    for key in _LAYER_KEYS:
-        n = config.get(key)
-        if isinstance(n, int) and not isinstance(n, bool) and n > limit:
-            raise MemfitError.bad_value(key, n, f"at most {limit} layers on this server")
-    layers = config.get("layers")
-    if isinstance(layers, list) and len(layers) > limit:
-        raise MemfitError.bad_value("layers", f"a list of {len(layers)}",
-                                    f"at most {limit} layers on this server")
-    for value in config.values():
-        if isinstance(value, Mapping):
-            _check_layers(value, limit, depth + 1)
+def _check_cost(model: Any, settings: WebSettings) -> None:
+    """Refuse a model whose estimate costs more than this server allows, judged on the parsed
+    model (so ``"num_hidden_layers": 100000.0`` or a nested ``text_config`` cannot slip by)."""
+    from ..catalog import resolve_model
+
+    spec, _ = resolve_model(model)
+    if spec.num_layers > settings.max_layers:
+        raise MemfitError.bad_value("num_hidden_layers", spec.num_layers,
+                                    f"at most {settings.max_layers} layers on this server")
 
 
 def _model_argument(model: str | dict[str, Any], settings: WebSettings) -> Any:
@@ -329,7 +372,7 @@ def _model_argument(model: str | dict[str, Any], settings: WebSettings) -> Any:
     names and paths are refused unless enabled.
     """
     if isinstance(model, dict):
-        _check_layers(model, settings.max_layers)
+        _check_cost(model, settings)
         return model
     text = model.strip()
     if text.lower().startswith("hf:"):
@@ -339,6 +382,7 @@ def _model_argument(model: str | dict[str, Any], settings: WebSettings) -> Any:
                 "allowed: a catalog name or an inline config.json object (the operator "
                 "enables hf: names with `memfit serve --allow-hub`)", field="model",
                 value=model, allowed="a catalog name or an inline config.json object")
+        _check_cost(text, settings)
         return text
     looks_like_path = (not _CATALOG_NAME.match(text)) or text.lower().endswith(_PATH_SUFFIXES)
     if looks_like_path:
@@ -348,6 +392,7 @@ def _model_argument(model: str | dict[str, Any], settings: WebSettings) -> Any:
                 "its own files; allowed: a catalog name or an inline config.json object (the "
                 "operator enables paths with `memfit serve --allow-paths`)", field="model",
                 value=model, allowed="a catalog name or an inline config.json object")
+        _check_cost(text, settings)
         return text
     from ..catalog import get_entry
 
@@ -428,12 +473,72 @@ _PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src '
 # The app
 # ---------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------
+# The computations (run in a worker process: module-level, their arguments plain data)
+# ---------------------------------------------------------------------------------------
+
+def _job(kind: str, args: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
+    """One request's computation: ``params``, ``infer``, ``train``, ``fit`` or ``verdicts``."""
+    if kind == "params":
+        from ..api import params
+
+        return params(_model_argument(args["model"], settings)).to_dict()
+    if kind in ("infer", "train"):
+        return _estimate(kind, _model_argument(args["model"], settings), args["options"])
+    if kind == "fit":
+        return _fit(args, settings)
+    if kind == "verdicts":
+        from ..hardware import get_gpu
+
+        model = _model_argument(args["model"], settings)
+        rows = []
+        for gpu in args["gpus"]:
+            e = _estimate(args["mode"], model, {**args["options"], "gpu": gpu})
+            rows.append({"gpu": gpu, "marketed": get_gpu(gpu).marketed,
+                         "gpu_memory_bytes": e["gpu_memory_bytes"], "fits": e["fits"],
+                         "peak_bytes": e["peak_bytes"], "total_bytes": e["total_bytes"],
+                         "headroom_bytes": e["headroom_bytes"]})
+        return {"mode": args["mode"], "verdicts": rows}
+    raise AssertionError(kind)
+
+
+def _estimate(mode: str, model: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    if mode == "infer":
+        from ..inference import infer as run
+    else:
+        from ..training import train as run  # type: ignore[assignment]
+    return run(model, **opts).to_dict()
+
+
+def _fit(args: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
+    model = _model_argument(args["model"], settings)
+    opts, gpus, limit = args["options"], args["gpus"], settings.max_fit_gpus
+    if args["mode"] == "infer":
+        from ..inference import fit_infer
+
+        if gpus is not None and gpus > limit:
+            raise MemfitError.bad_value("gpus", gpus, f"an integer in [1, {limit}] on this "
+                                        "server")
+        return fit_infer(model, gpu=args["gpu"], gpus=gpus, **opts).to_dict()
+    from ..training import fit_train
+
+    n = gpus
+    if n is None:
+        n = 1
+        for k in ("dp", "tp", "pp", "cp"):
+            n *= int(opts.get(k, 1))
+    if n > limit:
+        raise MemfitError.bad_value("gpus", n, f"an integer in [1, {limit}] on this server "
+                                    "(gpus, or dp x tp x pp x cp)")
+    return fit_train(model, gpu=args["gpu"], gpus=n, **opts).to_dict()
+
+
 def create_app(settings: WebSettings | None = None, *,
                allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
     """The FastAPI app. ``allowed_hosts``: answer only these Host names (``serve`` sets the
     loopback names when bound to a loopback address)."""
     settings = settings or WebSettings()
-    busy = threading.BoundedSemaphore(settings.max_concurrent)
+    pool = WorkerPool(settings.max_concurrent, max_bytes=settings.worker_memory_bytes)
 
     app = FastAPI(
         title="memfit",
@@ -444,21 +549,27 @@ def create_app(settings: WebSettings | None = None, *,
                     "and what is `allowed`.",
     )
 
-    def compute(where: _Where, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` under the concurrency bound, placing a MemfitError in the request."""
-        if not busy.acquire(timeout=settings.busy_timeout_s):
-            raise _Unprocessable([{"type": "busy", "loc": ["body"], "msg": "server busy",
-                                   "input": None, "allowed": "retry later"}])
+    async def compute(request: Request, where: _Where, kind: str, args: dict[str, Any]) -> Any:
+        """Run one job in a worker under the deadline, placing a MemfitError in the request."""
         try:
-            return fn()
+            return await pool.run(_job, (kind, args, settings),
+                                  timeout_s=settings.request_timeout_s,
+                                  busy_timeout_s=settings.busy_timeout_s,
+                                  gone=request.is_disconnected)
         except MemfitError as exc:
             raise _Unprocessable(_memfit_detail(exc, where)) from None
-        finally:
-            busy.release()
+        except JobFailed as exc:
+            if exc.kind == "crashed":
+                log.error("memfit web: %s failed: %s", kind, exc)
+            allowed = ("retry later" if exc.kind == "busy" else "a smaller request (fewer "
+                       "layers, GPUs or sweep points)")
+            raise _Unprocessable([{"type": exc.kind, "loc": ["body"], "msg": str(exc),
+                                   "input": None, "allowed": allowed}]) from None
 
     @app.exception_handler(_Unprocessable)
     async def _unprocessable(request: Request, exc: _Unprocessable) -> JSONResponse:
-        status = 503 if exc.detail and exc.detail[0]["type"] == "busy" else 422
+        kind = str(exc.detail[0]["type"]) if exc.detail else ""
+        status = {"busy": 503, "timeout": 503, "gone": 503, "crashed": 500}.get(kind, 422)
         return JSONResponse({"detail": exc.detail}, status_code=status)
 
     @app.exception_handler(MemfitError)
@@ -481,15 +592,6 @@ def create_app(settings: WebSettings | None = None, *,
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = _clean_validation_errors(list(exc.errors()), request.url.path, settings)
         return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
     # -- page ----------------------------------------------------------------------------
 
@@ -544,95 +646,54 @@ def create_app(settings: WebSettings | None = None, *,
     # -- estimates -------------------------------------------------------------------------
 
     @app.post("/api/params", tags=["estimate"], summary="Exact parameter counts")
-    def params_endpoint(body: ParamsRequest) -> dict[str, Any]:
+    async def params_endpoint(body: ParamsRequest, request: Request) -> dict[str, Any]:
         """``memfit params MODEL --json``."""
-        from ..api import params
-
-        where = _Where(None, ("model",))
-        return compute(where, lambda: params(_model_argument(body.model, settings)).to_dict())
-
-    def estimate(mode: str, model: Any, opts: dict[str, Any]) -> dict[str, Any]:
-        if mode == "infer":
-            from ..inference import infer as run
-        else:
-            from ..training import train as run  # type: ignore[assignment]
-        return run(_model_argument(model, settings), **opts).to_dict()
+        return await compute(request, _Where(None, ("model",)), "params", {"model": body.model})
 
     @app.post("/api/infer", tags=["estimate"], summary="Memory per GPU for inference")
-    def infer_endpoint(body: InferRequest) -> dict[str, Any]:
+    async def infer_endpoint(body: InferRequest, request: Request) -> dict[str, Any]:
         """``memfit infer MODEL [options] --json``: the contract's JSON."""
-        opts = _given(body.options)
-        return compute(_Where("infer", ("model",)), lambda: estimate("infer", body.model, opts))
+        return await compute(request, _Where("infer", ("model",)), "infer",
+                             {"model": body.model, "options": _given(body.options)})
 
     @app.post("/api/train", tags=["estimate"], summary="Memory per GPU for one training step")
-    def train_endpoint(body: TrainRequest) -> dict[str, Any]:
+    async def train_endpoint(body: TrainRequest, request: Request) -> dict[str, Any]:
         """``memfit train MODEL [options] --json``: the contract's JSON."""
-        opts = _given(body.options)
-        return compute(_Where("train", ("model",)), lambda: estimate("train", body.model, opts))
+        return await compute(request, _Where("train", ("model",)), "train",
+                             {"model": body.model, "options": _given(body.options)})
 
     @app.post("/api/fit", tags=["fit"], summary="Largest batch, longest context, fewest GPUs, "
               "layouts")
-    def fit_endpoint(body: FitRequest) -> dict[str, Any]:
+    async def fit_endpoint(body: FitRequest, request: Request) -> dict[str, Any]:
         """``memfit fit MODEL infer|train --gpu G [--gpus N] [options] --json``."""
-        opts = _given(body.options)
         where = _Where(body.mode, ("model", "mode", "gpu", "gpus"))
-
-        def run() -> dict[str, Any]:
-            model = _model_argument(body.model, settings)
-            limit = settings.max_fit_gpus
-            if body.mode == "infer":
-                from ..inference import fit_infer
-
-                if body.gpus is not None and body.gpus > limit:
-                    raise MemfitError.bad_value("gpus", body.gpus, f"an integer in [1, {limit}]"
-                                                " on this server")
-                return fit_infer(model, gpu=body.gpu, gpus=body.gpus, **opts).to_dict()
-            from ..training import fit_train
-
-            n = body.gpus
-            if n is None:
-                n = 1
-                for k in ("dp", "tp", "pp", "cp"):
-                    n *= int(opts.get(k, 1))
-            if n > limit:
-                raise MemfitError.bad_value("gpus", n, f"an integer in [1, {limit}] on this "
-                                            "server (gpus, or dp x tp x pp x cp)")
-            return fit_train(model, gpu=body.gpu, gpus=n, **opts).to_dict()
-
-        return compute(where, run)
+        return await compute(request, where, "fit", {
+            "model": body.model, "mode": body.mode, "gpu": body.gpu, "gpus": body.gpus,
+            "options": _given(body.options)})
 
     @app.post("/api/verdicts", tags=["fit"], summary="Does the scenario fit each of these GPUs?")
-    def verdicts_endpoint(body: VerdictsRequest) -> dict[str, Any]:
+    async def verdicts_endpoint(body: VerdictsRequest, request: Request) -> dict[str, Any]:
         """The scenario's estimate on each GPU of ``gpus`` (default: a row of common ones):
         ``fits``, ``total_bytes``, ``headroom_bytes`` per GPU."""
         from ..hardware import get_gpu
 
-        opts = _given(body.options)
         cards = []
         for i, name in enumerate(body.gpus):
             try:
-                cards.append(get_gpu(name))
+                cards.append(get_gpu(name).name)
             except MemfitError as exc:
                 detail = _memfit_detail(exc, _Where(body.mode, ()))
                 detail[0]["loc"] = ["body", "gpus", i]
                 raise _Unprocessable(detail) from None
+        return await compute(request, _Where(body.mode, ("model", "mode")), "verdicts", {
+            "model": body.model, "mode": body.mode, "gpus": list(dict.fromkeys(cards)),
+            "options": _given(body.options)})
 
-        def run() -> dict[str, Any]:
-            model = _model_argument(body.model, settings)
-            rows = []
-            for card in dict.fromkeys(cards):
-                e = estimate(body.mode, model, {**opts, "gpu": card.name})
-                rows.append({"gpu": card.name, "marketed": card.marketed,
-                             "gpu_memory_bytes": e["gpu_memory_bytes"], "fits": e["fits"],
-                             "peak_bytes": e["peak_bytes"], "total_bytes": e["total_bytes"],
-                             "headroom_bytes": e["headroom_bytes"]})
-            return {"mode": body.mode, "verdicts": rows}
-
-        return compute(_Where(body.mode, ("model", "mode")), run)
-
+    app.add_middleware(SecurityHeaders)
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, hosts=tuple(allowed_hosts))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
     return app
 
 
