@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from .arch import ModelSpec
 from .catalog import resolve_model
+from .errors import MemfitError
 from .memory.params import count_params
 
 __all__ = ["ParamsResult", "params", "load_model"]
@@ -41,9 +42,19 @@ class ParamsResult:
                 "components": dict(self.components)}
 
 
-def params(model: ModelLike) -> ParamsResult:
-    """Exact parameter counts, total and active per token, by component."""
-    spec = load_model(model)
+def params(model: ModelLike) -> Any:
+    """Exact parameter counts, total and active per token, by component.
+
+    A ``model_type`` memfit has no model of is counted through :mod:`memfit.generic`
+    (transformers on the meta device; needs the ``trace`` extra): a
+    :class:`memfit.generic.params.GenericParams` with the same fields and ``notes``.
+    """
+    try:
+        spec = load_model(model)
+    except MemfitError as exc:
+        from .generic.hook import fallback_params
+
+        return fallback_params(model, exc)  # re-raises exc unless it is an unknown type
     counts = count_params(spec)
     return ParamsResult(model=spec.name, model_type=spec.model_type, total_params=counts.total,
                         active_params=counts.active, components=counts.as_dict())

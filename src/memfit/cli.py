@@ -60,7 +60,8 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> MemfitError:
     """argparse's message as ``field: got VALUE; allowed: ALLOWED``."""
     m = _ARGUMENT.match(message)
     if m:
-        arg = m["arg"].split("/")[-1]  # "-o/--output": the long flag
+        names = m["arg"].split("/")  # "-o/--output", "--tp/--tensor-parallel-size/-tp"
+        arg = next((n for n in names if n.startswith("--")), names[-1])  # memfit's own flag
         field = arg.lstrip("-").lower()
         why = m["why"].strip()
         c = _CHOICE.match(why)
@@ -326,6 +327,8 @@ def cmd_params(args: argparse.Namespace) -> int:
     print(f"{result.model} ({result.model_type}): {total:,} parameters "
           f"({_fmt_params(total)}), {result.active_params:,} active per token")
     print(table(["component", "parameters", "share"], rows, right=(1, 2)))
+    for note in getattr(result, "notes", ()):  # the generic path says how it counted
+        print(f"note: {note}")
     return 0
 
 
@@ -398,13 +401,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace, mode: str) -> Any:
-    if mode == "infer":
-        from .inference import infer
+    try:
+        if mode == "infer":
+            from .inference import infer
 
-        return infer(args.model, **vars(options_from_args(InferenceOptions, args)))
-    from .training import train
+            return infer(args.model, **vars(options_from_args(InferenceOptions, args)))
+        from .training import train
 
-    return train(args.model, **vars(options_from_args(TrainingOptions, args)))
+        return train(args.model, **vars(options_from_args(TrainingOptions, args)))
+    except MemfitError as exc:  # an unknown model_type: memfit.generic traces it
+        from .generic.hook import fallback_estimate
+
+        cls = InferenceOptions if mode == "infer" else TrainingOptions
+        return fallback_estimate(args.model, exc, mode, options_from_args(cls, args))
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -413,6 +422,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     est = _estimate(args, args.command)
     if args.json:
         _print_json(est.to_dict())
+        return 0
+    if hasattr(est, "render"):  # memfit.generic's estimate says how it was traced
+        print(est.render(args.units))
         return 0
     print(render_estimate(est, args.units))
     if args.explain:

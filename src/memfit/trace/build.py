@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import warnings
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,10 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
 }
+#: The class :func:`build_model` builds instead of ``AutoModelForCausalLM`` (``from_config``
+#: or ``_from_config``): set by :mod:`memfit.generic` for a vision-language model's own class.
+MODEL_CLASS: contextvars.ContextVar[Any] = contextvars.ContextVar("memfit_model_class",
+                                                                  default=None)
 _HF_DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "half": "fp16",
                    "float": "fp32"}
 
@@ -104,7 +109,7 @@ def build_model(hf_cfg: Any, dtype: torch.dtype, attn: str) -> tuple[Any, str]:
     """
     import transformers
 
-    auto = transformers.AutoModelForCausalLM
+    auto = MODEL_CLASS.get() or transformers.AutoModelForCausalLM
     try:
         return auto.from_config(hf_cfg, attn_implementation=attn, dtype=dtype), attn
     except ValueError as exc:

@@ -157,9 +157,21 @@ def _check_step_knobs(options: TrainingOptions) -> None:
                        "adamw, adamw-8bit, sgd, sgd-momentum, adafactor or lion (bitsandbytes' "
                        "paged optimizers allocate their state with cudaMallocManaged through "
                        "its CUDA library: no CPU or fake-tensor path, see docs/tracer.md)")
-    if options.fsdp_version != 2:
-        raise _not_yet("fsdp-version", options.fsdp_version,
-                       "2 (FSDP1 is not traced, see docs/tracer.md)")
+    if options.fsdp_version != 2 and options.fsdp is None:
+        raise MemfitError.bad_value("fsdp-version", options.fsdp_version,
+                                    "2 (the default) without --fsdp")
+    if options.fsdp_version == 1 and options.precision in ("bf16-mixed", "fp16-mixed"):
+        raise _not_yet("precision", options.precision,
+                       "fp32, bf16-true or fp16-true with --fsdp-version 1 (FSDP1's "
+                       "MixedPrecision does not take effect on the CPU trace)")
+    if options.fsdp_version == 1 and options.fsdp == "grad-op" and \
+            options.checkpointing != "none":
+        raise _not_yet("checkpointing", options.checkpointing,
+                       "none with --fsdp-version 1 --fsdp grad-op (FSDP1's SHARD_GRAD_OP "
+                       "fails on the recomputation in the trace)")
+    if options.fsdp_version == 1 and (options.lora_rank is not None or options.qlora):
+        raise _not_yet("fsdp-version", 1, "2 with --lora-rank or --qlora (FSDP1 with "
+                       "adapters is not traced)")
     fsdp = options.fsdp is not None
     for name, on in (("loss", options.loss != "hf"),
                      ("checkpointing", options.checkpointing == "op-selective"),
@@ -497,11 +509,16 @@ def _prepare(options: TrainingOptions, outer: contextlib.ExitStack,
         # the mesh reads the store: built before (outside) the fake mode
         mesh = outer.enter_context(fake_process_group(options.dp))
 
-        def prepare_fsdp(model: Any) -> None:
+        def prepare_fsdp(model: Any) -> Any:
             checkpoint(model)
+            if options.fsdp_version == 1:
+                from .dist import shard_model_v1
+
+                return shard_model_v1(model, options.fsdp, mp_dtype)
             if options.lora_rank is not None:  # torchtune's order: adapters, then shards
                 apply_lora_options(model, options)  # in place: the base is frozen
             shard_model(model, mesh, options.fsdp, mp_dtype)
+            return None
 
         return prepare_fsdp
     if options.qlora:
