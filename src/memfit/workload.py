@@ -258,6 +258,12 @@ class InferenceOptions:
     def __post_init__(self) -> None:
         _check(self)
         _check_engine_owned(self)
+        if self.engine == "llamacpp":  # llama.cpp splits layers across GPUs (--split-mode layer)
+            for name in ("tp", "pp", "ep"):
+                if getattr(self, name) > 1:
+                    raise MemfitError.bad_value(
+                        name, getattr(self, name), "1 with --engine llamacpp (memfit models "
+                        "llama.cpp on one GPU; its multi-GPU layer split is not modelled)")
 
 
 @dataclass(frozen=True)
