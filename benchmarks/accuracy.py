@@ -65,7 +65,7 @@ LIVE_CASES: list[dict[str, Any]] = [
     {"model": "gemma-2-2b", "batch": 2, "prompt": 1024, "generate": 4},
     {"model": "mixtral-8x7b", "batch": 4, "prompt": 2048, "generate": 2},
     {"model": "deepseek-v2-lite", "batch": 1, "prompt": 4096, "generate": 2},
-    {"model": "gpt-oss-20b", "batch": 2, "prompt": 1024, "generate": 4},
+    {"model": "gpt-oss-20b", "batch": 2, "prompt": 1024, "generate": 4, "weights": "bf16"},
     {"model": "qwen3-30b-a3b", "batch": 2, "prompt": 1024, "generate": 4},
 ]
 

@@ -22,7 +22,9 @@ NVIDIA_SMI_MIB = {
     "a100-sxm-40gb": 40960, "a100-pcie-40gb": 40960, "a10g": 23028, "a10": 23028,
     "l4": 23034, "l40s": 46068, "v100-16gb": 16160, "v100-32gb": 32510, "t4": 15360,
     "rtx-3090": 24576, "rtx-4090": 24564, "rtx-5090": 32607, "rtx-a6000": 49140,
-    "rtx-6000-ada": 49140,
+    "rtx-6000-ada": 49140, "rtx-3060": 12288, "rtx-4070-ti": 12282, "rtx-4080": 16376,
+    "rtx-5080": 16303, "rtx-a5000": 24564, "a40": 46068, "l40": 46068, "h20": 97871,
+    "rtx-pro-6000": 97887,
 }
 
 
@@ -68,10 +70,12 @@ def test_aliases_and_case(spelling, name):
 
 def test_unknown_gpu_suggests_close_matches():
     with pytest.raises(MemfitError) as err:
-        get_gpu("rtx 4080")
+        get_gpu("rtx 4060")
     msg = str(err.value)
-    assert err.value.field == "gpu" and err.value.value == "rtx 4080"
-    assert "did you mean" in msg and "rtx-4090" in msg
+    assert err.value.field == "gpu" and err.value.value == "rtx 4060"
+    assert "did you mean" in msg and "rtx-4080" in msg
+    # the error says every way to name a GPU
+    assert "24GiB" in msg and "auto" in msg and "memfit gpus" in msg
     assert all(name in err.value.allowed for name in GPU_NAMES)
     with pytest.raises(MemfitError):
         get_gpu("")
@@ -93,6 +97,7 @@ def test_catalog_invariants():
             assert "arketed" in gpu.notes
         if gpu.memory_basis != "macos":
             assert gpu.usable_bytes == gpu.memory_bytes
+        assert gpu.memory_basis != "custom"  # only --gpu 24GiB makes one
 
 
 def test_driver_total_is_below_marketed_binary_capacity():
@@ -101,3 +106,46 @@ def test_driver_total_is_below_marketed_binary_capacity():
         gpu = get_gpu(name)
         marketed_gb = int(re.match(r"\d+", gpu.marketed).group())
         assert gpu.memory_bytes <= marketed_gb * 2**30
+
+
+@pytest.mark.parametrize("text,nbytes,name", [
+    ("24GiB", 24 * 2**30, "24gib"), ("24GB", 24 * 10**9, "24gb"), ("80 GB", 80 * 10**9, "80gb"),
+    ("16384MiB", 16384 * MiB, "16384mib"), ("23.5gib", int(23.5 * 2**30), "23.5gib"),
+    ("1TB", 10**12, "1tb"),
+])
+def test_bare_capacity(text, nbytes, name):
+    gpu = get_gpu(text)
+    assert gpu.memory_bytes == gpu.usable_bytes == nbytes
+    assert gpu.name == name and gpu.memory_basis == "custom" and gpu.vendor == "custom"
+    assert get_gpu(gpu.name) == gpu  # the name reads back (the web API passes names)
+
+
+@pytest.mark.parametrize("text", ["0GB", "24", "24 bytes", "-1GiB", "GiB"])
+def test_bad_capacity_is_refused(text):
+    with pytest.raises(MemfitError) as err:
+        get_gpu(text)
+    assert err.value.field == "gpu"
+
+
+def test_bare_capacity_through_infer():
+    from memfit.inference import infer
+
+    e = infer("llama-3.1-8b", gpu="24GiB")
+    assert e.gpu_memory_bytes == 24 * 2**30 and e.fits is True
+    assert infer("llama-3.1-8b", gpu="12GB").fits is False
+
+
+def test_auto_without_nvml_says_how_to_name_a_gpu(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_pynvml(name, *args, **kwargs):
+        if name == "pynvml":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pynvml)
+    with pytest.raises(MemfitError) as err:
+        get_gpu("auto")
+    assert err.value.field == "gpu" and "nvidia-ml-py" in str(err.value)

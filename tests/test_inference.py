@@ -76,8 +76,8 @@ TRACED = [
     ("mixtral-8x7b", 4, 2048, 2, "sdpa", "last", None, 93405585920, 96762880576, 97299952904),
     ("gemma-2-2b", 1, 4096, 2, "sdpa", "last", None, 10457368580, 12760107116, 11398528276),
     ("gemma-2-9b", 2, 2048, 8, "sdpa", "last", None, 36966824964, 41333144748, 39933910468),
-    ("gpt-oss-20b", 2, 1024, 4, "sdpa", "last", None, 41829514624, 42830536160, 42326766428),
-    ("gpt-oss-20b", 2, 1024, 4, "eager", "last", None, 41829514624, 42830536160, 42326766428),
+    ("gpt-oss-20b", 2, 1024, 4, "sdpa", "last", "bf16", 41829514624, 42830536160, 42326766428),
+    ("gpt-oss-20b", 2, 1024, 4, "eager", "last", "bf16", 41829514624, 42830536160, 42326766428),
     ("qwen3-0.6b", 4, 2048, 8, "sdpa", "last", None, 1192100352, 2350858752, 2154683688),
     ("qwen3-0.6b", 4, 2048, 8, "eager", "last", None, 1192100352, 5001658880, 2206536040),
     ("qwen3-30b-a3b", 2, 1024, 4, "sdpa", "last", None, 61064245760, 61569291776, 61418709752),
@@ -108,7 +108,7 @@ TRACED = [
     ("gemma-7b", 2, 4096, 8, "sdpa", "last", None, 17075362818, 22247037954, 20910223514),
     ("smollm2-360m", 1, 8192, 32, "eager", "last", None, 723642496, 11356334208, 1093598096),
     ("qwen2.5-0.5b", 64, 512, 64, "sdpa", "last", None, 988065792, 2582298624, 1538585088),
-    ("gpt-oss-20b", 1, 8192, 4, "sdpa", "last", None, 41829514624, 68617616864, 42416771298),
+    ("gpt-oss-20b", 1, 8192, 4, "sdpa", "last", "bf16", 41829514624, 68617616864, 42416771298),
     ("qwen3-30b-a3b", 8, 2048, 8, "sdpa", "last", None, 61064245760, 65101411840, 63290618056),
     ("llama-3.2-1b", 64, 16, 256, "sdpa", "last", None, 2471629056, 2572304768, 3124278016),
     ("gemma-2-2b", 16, 32, 300, "eager", "last", None, 10457368580, 10642643308, 11693198580),
@@ -475,3 +475,28 @@ def test_fit_nothing_fits() -> None:
 def test_fit_requires_a_gpu() -> None:
     with pytest.raises(MemfitError):
         fit_infer("llama-3.2-1b", "no-such-gpu")
+
+
+# ------------------------------------------------------------------------------------------
+# The model's context limit in every verdict (issue 15)
+# ------------------------------------------------------------------------------------------
+
+def test_fit_caps_the_prompt_at_the_context_limit() -> None:
+    r = fit_infer("llama-3.1-8b", "h100")
+    assert r.max_prompt == 131072 - 128  # memory alone would allow ~240k
+    assert any("capped by the model's context limit 131072" in n for n in r.notes)
+    from memfit.report import render_fit
+
+    assert "capped by the model's context limit" in render_fit(r)
+
+
+@pytest.mark.parametrize("engine", ["hf", "llamacpp", "vllm"])
+def test_prompt_beyond_the_limit_is_in_the_verdict(engine) -> None:
+    from memfit.report import render_estimate
+
+    kw = {"weights": "Q4_K_M"} if engine == "llamacpp" else {}
+    e = infer("llama-3.1-8b", prompt=200_000, gpu="b200", engine=engine, **kw)
+    assert e.fits is False and e.extras["blockers"]
+    text = render_estimate(e)
+    assert "Fit: DOES NOT" in text and "200128" in text
+    assert infer("llama-3.1-8b", prompt=130_000, gpu="b200", engine=engine, **kw).fits

@@ -334,7 +334,9 @@ def _check_result(e: Estimate) -> None:
     for name in ("weights", "gradients", "optimizer_states", "activations", "kv_cache"):
         assert name in data["components"]
     if e.gpu_memory_bytes is not None:
-        assert data["fits"] == (e.total_bytes <= e.gpu_memory_bytes)
+        # an engine's own refusal (extras["blockers"]) makes it False whatever the bytes
+        assert data["fits"] == (e.total_bytes <= e.gpu_memory_bytes
+                                and not e.extras.get("blockers"))
     else:
         assert data["fits"] is None
     assert all(math.isfinite(v) for v in data["overheads"].values())

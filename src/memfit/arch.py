@@ -175,9 +175,12 @@ class ModelSpec:
     dtype: str = "bfloat16"  # the config's torch_dtype (bf16 when absent)
     parallel_residual: bool = False  # GPT-NeoX: attention and MLP read the same input
     extra_buffers: int = 0  # fp32 buffer elements outside rotary (e.g. Gemma's embed_scale)
+    # the config's quantization_config as canonical JSON ("" when absent): the format the
+    # checkpoint ships, read by memory.weights.checkpoint_weights when --weights is not given
+    quantization: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("name", "model_type", "activation", "dtype"):
+        for name in ("name", "model_type", "activation", "dtype", "quantization"):
             if not isinstance(getattr(self, name), str):
                 raise MemfitError.bad_value(name, getattr(self, name), "a string")
         _check_int("num_layers", self.num_layers, 1, MAX_LAYERS)
@@ -689,5 +692,14 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
         dtype=_dtype(config),
         parallel_residual=r.bool("use_parallel_residual", True) if model_type == "gpt_neox" else False,
         extra_buffers=fam.extra_buffers,
+        quantization=_quantization(config),
     )
+
+
+def _quantization(config: Mapping[str, Any]) -> str:
+    """``quantization_config`` as canonical JSON (sorted keys), "" when absent."""
+    q = config.get("quantization_config")
+    if not isinstance(q, Mapping):
+        return ""
+    return json.dumps(q, sort_keys=True, default=str)
 

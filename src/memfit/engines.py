@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Any
 
@@ -52,7 +52,7 @@ from .memory.kv_cache import (
     token_bytes_by_kind,
     tokens_in_layer,
 )
-from .memory.overhead import overhead_terms
+from .memory.overhead import DEFAULT_OVERHEADS, overhead_terms
 from .memory.weights import (
     ResolvedWeights,
     layer_kind_counts,
@@ -61,34 +61,44 @@ from .memory.weights import (
     resolve_weights_option,
 )
 from .parallel import stage_layers
+from .solve import largest_true
 from .workload import InferenceOptions
 
 __all__ = ["VLLM_DEFAULTS", "LLAMACPP_DEFAULTS", "hf_estimate", "vllm_estimate",
-           "llamacpp_estimate", "ENGINE_FUNCS"]
+           "llamacpp_estimate", "ENGINE_FUNCS", "vllm_derived_max_len"]
 
 
 @dataclass(frozen=True)
 class VLLMDefaults:
-    """vLLM V1 engine arguments that size the profile run (``vllm/config/scheduler.py``)."""
+    """Constants of vLLM's start-up accounting (the engine arguments themselves are options:
+    ``max_num_batched_tokens`` and ``max_num_seqs`` default per :func:`_vllm_batch_defaults`)."""
 
-    max_num_batched_tokens: int = 8192  # LLM class default on A100/H100-class GPUs
-    max_num_seqs: int = 256  # rows of the dummy sampler run
+    # vllm/engine/arg_utils.py get_batch_defaults: "device_memory >= 70 * GiB_bytes and
+    # 'a100' not in device_name" picks the large-card defaults
+    big_card_bytes: int = 70 * 2**30
     # cuBLAS/cuBLASLt workspaces and other non-torch allocations made after the baseline
-    # snapshot (memory_profiling's non_torch_increase on one GPU), observed ~0.1-0.3 GiB.
+    # snapshot (memory_profiling's non_torch_increase on one GPU): 0.13 GiB in a public
+    # H100 profiling table (gpt-oss, TP=1), ~0.1-0.3 GiB in logs.
     non_torch_bytes: int = 192 * 2**20
+    # NCCL's buffers per ring peer, allocated at the first all-reduce of the profile run: the
+    # same table shows 0.55 GiB non-torch at TP=2 vs 0.13 at TP=1 (+0.42 GiB for one peer); a
+    # ring has at most two distinct peers (NVLS / tree buffers are not modelled).
+    nccl_peer_bytes: int = 432 * 2**20
     sampler_rows_copies: int = 3  # fp32 [max_num_seqs, V] tensors live in the sampler
     # vLLM sizes util * cudaMemGetInfo's total, which excludes what the driver reserves:
     # nvidia-smi 81559 MiB vs torch total_memory 81079 MiB on an H100 (validation/gpu).
     driver_reserved_bytes: int = 480 * 2**20
+    # CUDA graphs of the decode batch sizes: a measured typical value, not derived from the
+    # capture sizes ("Graph capturing finished in N secs, took 0.4-1.0 GiB" in logs; 0.39 GiB
+    # gpt-oss-20b and 1.03 GiB gpt-oss-120b in the public H100 table). 0 with enforce_eager.
+    cuda_graph_bytes: int = 512 * 2**20
 
 
 @dataclass(frozen=True)
 class LlamaCppDefaults:
-    """llama.cpp context parameters (``common/common.h``)."""
+    """llama.cpp constants (``-ub``, ``-fa``, ``-ctk``/``-ctv`` are options)."""
 
-    n_ubatch: int = 512  # physical batch of the compute graph
-    ctx_pad: int = 256  # n_ctx is padded to a multiple of this (flash attention)
-    flash_attn: bool = True
+    ctx_pad: int = 256  # n_ctx is padded to a multiple of this (llama_context constructor)
 
 
 VLLM_DEFAULTS = VLLMDefaults()
@@ -169,6 +179,15 @@ def _overheads(peak: int, world: int, engine: str) -> tuple[dict[str, int], list
     return {t.name: t.bytes for t in terms}, terms
 
 
+def _card(options: InferenceOptions) -> Any:
+    """The GPU named by ``--gpu`` (a catalog card or a bare capacity), or None."""
+    if options.gpu is None:
+        return None
+    from .hardware import get_gpu
+
+    return get_gpu(options.gpu)
+
+
 def _gpu(options: InferenceOptions) -> tuple[str | None, int | None]:
     if options.gpu is None:
         return None, None
@@ -179,17 +198,27 @@ def _gpu(options: InferenceOptions) -> tuple[str | None, int | None]:
 
 
 def _check_context(spec: ModelSpec, options: InferenceOptions) -> list[str]:
-    notes = []
+    notes: list[str] = []
     T = options.prompt + options.generate
     if spec.learned_positions and T > spec.learned_positions:
         raise MemfitError.bad_value(
             "prompt", options.prompt,
             f"prompt + generate <= {spec.learned_positions} (the model's learned position "
             f"table n_positions; got {T})")
-    if spec.max_position_embeddings and T > spec.max_position_embeddings:
-        notes.append(f"context {T} exceeds max_position_embeddings "
-                     f"{spec.max_position_embeddings}")
     return notes
+
+
+def _context_blockers(spec: ModelSpec, o: InferenceOptions) -> list[str]:
+    """A context beyond the model's trained limit, said in the verdict (``extras
+    ["blockers"]`` makes ``fits`` False): transformers and llama.cpp run it ("n_ctx_per_seq >
+    n_ctx_train -- possible training context overflow") but nothing was trained there; vLLM
+    rejects the request (its own check in :func:`_vllm_verdict`)."""
+    T = o.prompt + o.generate
+    limit = spec.max_position_embeddings
+    if limit and T > limit and o.engine != "vllm":
+        return [f"prompt + generate = {T} tokens is beyond the model's context limit "
+                f"{limit} (max_position_embeddings)"]
+    return []
 
 
 # ------------------------------------------------------------------------------------------
@@ -447,7 +476,7 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
                 config: Mapping[str, Any] | None = None) -> Estimate:
     """transformers ``generate()`` (see the module docstring)."""
     notes = _check_context(spec, o)
-    rw = resolve_weights_option(spec, o.weights, "hf")
+    rw = resolve_weights_option(spec, o.weights, "hf", config)
     kvdt = resolve_kv_dtype(o.kv_dtype, rw.compute_dtype, "hf")
     b = _act_bytes(rw.compute_dtype)
     prof = profile_for(spec)
@@ -483,7 +512,8 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
     }
     extras = {"peak_moment": best["peak_moment"], "moments": best["moments"],
               "weights_by_component": best["weights"].components,
-              "kv_bytes_per_token": best["kv_bytes_per_token"]}
+              "kv_bytes_per_token": best["kv_bytes_per_token"],
+              "weights_source": rw.source, "blockers": _context_blockers(spec, o)}
     return Estimate(mode="infer", model=spec.name, options=_options_dict(o),
                     phases=tuple(best["phases"]), overheads=overheads,
                     terms=LazyTerms(lambda: (*best["terms"](), *oterms)),
@@ -503,8 +533,12 @@ def _options_dict(o: InferenceOptions) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 
 def _vllm_activation_peak(spec: ModelSpec, o: InferenceOptions, b: int, tokens: int,
-                          V_rank: int, last: bool, d: VLLMDefaults) -> tuple[int, str]:
-    """Peak torch memory of vLLM's profile forward (flash attention: no S x S scores)."""
+                          seqs: int, V_rank: int, last: bool,
+                          d: VLLMDefaults) -> tuple[int, str]:
+    """Peak torch memory of vLLM's profile run (``gpu_model_runner.py profile_run``): one
+    forward of ``max_num_batched_tokens`` tokens (flash attention: no S x S scores; fused
+    ``qkv`` and ``gate_up``), then ``_dummy_sampler_run`` over ``min(max_num_seqs, tokens)``
+    rows of fp32 logits."""
     tp = o.tp
     M = tokens
     h = spec.hidden_size
@@ -520,198 +554,449 @@ def _vllm_activation_peak(spec: ModelSpec, o: InferenceOptions, b: int, tokens: 
     body = max(attn, mlp, moe)
     logits = 0
     if last:
-        rows = min(d.max_num_seqs, M)
+        rows = min(seqs, M)
         logits = rows * V_rank * (b + 4 * d.sampler_rows_copies)
     if body >= logits:
         return body, "forward of max_num_batched_tokens (flash attention, fused gate_up)"
     return logits, "sampler over max_num_seqs rows (fp32 logits and sampling copies)"
 
 
+_VLLM_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                  "model_max_length", "max_sequence_length", "max_seq_length", "seq_len")
+
+
+def vllm_derived_max_len(spec: ModelSpec, config: Mapping[str, Any] | None) -> int:
+    """The model's limit as vLLM derives it (``vllm/config/model.py
+    _get_and_verify_max_len``): the smallest of the config's length keys (2048 when none),
+    times the RoPE scaling factor unless the type is ``su``/``longrope``/``llama3`` (YaRN
+    scales ``original_max_position_embeddings``); Gemma 3's limit is already scaled."""
+    c = config or {}
+    vals = [c[k] for k in _VLLM_LEN_KEYS if isinstance(c.get(k), int)
+            and not isinstance(c.get(k), bool) and c[k] > 0]
+    derived = min(vals) if vals else (spec.max_position_embeddings or spec.learned_positions
+                                      or 2048)
+    rope = c.get("rope_scaling") or c.get("rope_parameters")
+    if isinstance(rope, Mapping) and "factor" in rope and "gemma3" not in spec.model_type:
+        kind = rope.get("rope_type", rope.get("type"))
+        if kind not in ("su", "longrope", "llama3"):
+            if kind == "yarn" and rope.get("original_max_position_embeddings"):
+                derived = int(rope["original_max_position_embeddings"])
+            derived = int(derived * float(rope["factor"]))
+    return derived
+
+
+def _vllm_batch_defaults(o: InferenceOptions, card: Any, d: VLLMDefaults) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) as vLLM sets them: ``vllm/engine/arg_utils.py
+    EngineArgs.get_batch_defaults`` (pinned by vLLM's ``tests/engine/test_arg_utils.py
+    test_defaults_with_usage_context``): cards of >= 70 GiB but the A100 get 8192 tokens
+    (``vllm serve``) / 16384 (LLM class) and 1024 sequences; the others 2048 / 8192 and 256.
+    Without a GPU: the large-card values."""
+    big = card is None or (card.memory_bytes >= d.big_card_bytes
+                           and "a100" not in card.name.lower())
+    serve = o.vllm_entrypoint == "serve"
+    tokens = (8192 if serve else 16384) if big else (2048 if serve else 8192)
+    seqs = 1024 if big else 256
+    return (o.max_num_batched_tokens or tokens, o.max_num_seqs or seqs)
+
+
+def _vllm_seq_bytes(spec: ModelSpec, counts: Mapping[LayerSpec, int], kvdt: KVDtype, tp: int,
+                    block: int, batched: int) -> Any:
+    """``f(length)``: the KV bytes one request of ``length`` tokens needs
+    (``vllm/v1/kv_cache_interface.py max_memory_usage_bytes``): ``ceil(length / block)``
+    blocks per full layer; a sliding layer ``ceil(min(W - 1 + max_num_batched_tokens,
+    length) / block) + 1``."""
+    full = 0
+    sliding: list[tuple[int, int]] = []  # (n * page, W - 1 + batched)
+    for kind, n in counts.items():
+        if not n:
+            continue
+        page = n * block * kv_layout(spec, kind, engine="vllm", tp=tp).token_bytes(kvdt)
+        if kind.attention == "sliding" and kind.window:
+            sliding.append((page, kind.window - 1 + batched))
+        else:
+            full += page
+
+    def need(length: int) -> int:
+        total = full * -(-length // block)
+        for page, cap in sliding:
+            total += page * (-(-min(cap, length) // block) + 1)
+        return total
+    return need
+
+
+def _vllm_budget(o: InferenceOptions, gpu_bytes: int, world: int, d: VLLMDefaults,
+                 ctx: int) -> dict[str, Any]:
+    """What vLLM reserves: ``requested = u * total`` of ``cudaMemGetInfo`` (the card less the
+    driver's reservation), checked against the free memory at start (``gpu_worker.py
+    init_device``: "Free memory on device ... is less than desired GPU memory utilization");
+    non-torch memory growing in the profile run (cuBLAS workspaces, NCCL buffers allocated
+    at the first collective: ``memory_profiling non_torch_increase``); CUDA graphs inside the
+    budget from 0.21 (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` on by default), captured
+    after the pool was sized before (``compile_or_warm_up_model``)."""
+    total = gpu_bytes - d.driver_reserved_bytes
+    requested = int(o.gpu_memory_utilization * total)
+    nccl_init = DEFAULT_OVERHEADS.nccl_bytes if world > 1 else 0
+    free = total - ctx - nccl_init
+    non_torch = d.non_torch_bytes + d.nccl_peer_bytes * min(world - 1, 2)
+    graphs = 0 if o.enforce_eager else d.cuda_graph_bytes
+    return {"requested": requested, "free_at_start": free, "non_torch": non_torch,
+            "graphs": graphs, "graphs_inside": o.vllm_version >= "0.21" and graphs > 0}
+
+
+def _vllm_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: KVDtype,
+                b: int, start: int, stop: int, first: bool, last: bool, tokens: int,
+                seqs: int, budget: dict[str, Any] | None) -> dict[str, Any]:
+    """One GPU (pipeline stage): weights, the profile peak and the KV pool left over."""
+    w = model_weights(spec, rw, tp=o.tp, ep=o.ep, start=start, stop=stop, first=first,
+                      last=last)
+    counts = layer_kind_counts(spec, start, stop)
+    act, act_what = _vllm_activation_peak(spec, o, b, tokens, seqs,
+                                          -(-spec.vocab_size // o.tp), last, VLLM_DEFAULTS)
+    token_bytes = _kv_token_bytes(spec, counts, kvdt, o.tp, "vllm")
+    block_bytes = o.block_size * token_bytes
+    r: dict[str, Any] = {"w": w, "act": act, "act_what": act_what, "counts": counts,
+                         "block_bytes": block_bytes, "token_bytes": token_bytes}
+    if budget is not None:
+        avail = (budget["requested"] - w.total - act - budget["non_torch"]
+                 - (budget["graphs"] if budget["graphs_inside"] else 0))
+        blocks = max(0, avail // block_bytes) if block_bytes else 0
+        r.update(avail=avail, blocks=blocks, pool=blocks * block_bytes)
+    return r
+
+
 def vllm_estimate(spec: ModelSpec, o: InferenceOptions,
                   config: Mapping[str, Any] | None = None) -> Estimate:
-    """vLLM's reservation: weights + profiled activations + a KV pool of whole blocks."""
+    """vLLM as it starts: weights + the profile run + a KV pool of whole blocks, and vLLM's own
+    start checks (see :func:`_vllm_verdict`)."""
     d = VLLM_DEFAULTS
     notes = _check_context(spec, o)
-    rw = resolve_weights_option(spec, o.weights, "vllm")
+    rw = resolve_weights_option(spec, o.weights, "vllm", config)
     kvdt = resolve_kv_dtype(o.kv_dtype, rw.compute_dtype, "vllm")
     b = _act_bytes(rw.compute_dtype)
-    stages = _stages(spec, o.pp)
-    gpu_name, gpu_bytes = _gpu(o)
-    T = o.prompt + o.generate
-    block = o.block_size
-    best: dict[str, Any] | None = None
-    for i, (start, stop) in enumerate(stages):
-        first, last = i == 0, i == len(stages) - 1
-        w = model_weights(spec, rw, tp=o.tp, ep=o.ep, start=start, stop=stop, first=first,
-                          last=last)
-        counts = layer_kind_counts(spec, start, stop)
-        tokens = min(d.max_num_batched_tokens, max(d.max_num_batched_tokens, 1))
-        act, act_what = _vllm_activation_peak(spec, o, b, tokens,
-                                              -(-spec.vocab_size // o.tp), last, d)
-        # bytes of one block across this GPU's layers; sliding layers need at most
-        # ceil(W / block) + 1 blocks per sequence
-        block_bytes = block * _kv_token_bytes(spec, counts, kvdt, o.tp, "vllm")
-        need_blocks = 0
-        for kind, n in counts.items():
-            if not n:
-                continue
-            toks = T
-            if kind.attention == "sliding" and kind.window is not None:
-                toks = min(T, kind.window + block)
-            need_blocks = max(need_blocks, -(-toks // block))
-        needed = o.batch * need_blocks * block_bytes
-        non_torch = d.non_torch_bytes
-        if gpu_bytes is not None:
-            requested = int(o.gpu_memory_utilization * (gpu_bytes - d.driver_reserved_bytes))
-            avail = requested - w.total - act - non_torch
-            blocks = max(0, avail // block_bytes) if block_bytes else 0
-            pool = blocks * block_bytes
-        else:
-            requested = avail = blocks = pool = None  # type: ignore[assignment]
-        kv = needed if pool is None else max(pool, needed)
-        total = w.total + kv + act
-        r: dict[str, Any] = {"w": w, "act": act, "act_what": act_what, "block_bytes": block_bytes,
-             "needed": needed, "need_blocks": need_blocks, "blocks": blocks, "pool": pool,
-             "requested": requested, "kv": kv, "total": total, "stage": i,
-             "non_torch": non_torch}
-        if best is None or total > best["total"]:
-            best = r
-    assert best is not None
+    card = _card(o)
+    tokens, seqs = _vllm_batch_defaults(o, card, d)
     world = o.tp * o.pp
+    ctx = DEFAULT_OVERHEADS.cuda_context_bytes
+    budget = None if card is None else _vllm_budget(o, card.usable_bytes, world, d, ctx)
+    stages = _stages(spec, o.pp)
+    runs = [_vllm_stage(spec, o, rw, kvdt, b, lo, hi, i == 0, i == len(stages) - 1, tokens,
+                        seqs, budget) for i, (lo, hi) in enumerate(stages)]
+    # the stage with the smallest pool decides (vLLM takes the minimum over workers)
+    key = (lambda r: -r["avail"]) if budget is not None else (lambda r: r["w"].total + r["act"])
+    best = max(runs, key=key)
+    stage = runs.index(best)
+    v = _vllm_verdict(spec, o, config, kvdt, best, budget, tokens)
+    kv = v["needed"] if budget is None else best["pool"]
     phases = (Phase("load", {"weights": best["w"].total}),
-              Phase("serve", {"weights": best["w"].total, "kv_cache": best["kv"],
+              Phase("serve", {"weights": best["w"].total, "kv_cache": kv,
                               "activations": best["act"]}))
+    overheads, oterms = _vllm_overheads(best, budget, world, d)
+    terms = list(best["w"].terms) + _vllm_terms(o, best, budget, v, d, kv) + oterms
+    extras = _vllm_extras(o, best, budget, v, tokens, seqs)
+    notes.extend(v["notes"])
+    if rw.note:
+        notes.append(rw.note)
+    assumptions = {"engine": f"vllm {o.vllm_version} (V1, paged KV cache, `vllm "
+                             f"{'serve' if o.vllm_entrypoint == 'serve' else 'LLM class'}`)",
+                   "weights": rw.name, "weights_source": rw.source, "kv_dtype": kvdt.name,
+                   "gpu_memory_utilization": o.gpu_memory_utilization,
+                   "most_loaded_stage": stage, "notes": notes}
+    return Estimate(mode="infer", model=spec.name, options=_options_dict(o), phases=phases,
+                    overheads=overheads, terms=tuple(terms), assumptions=assumptions,
+                    gpu=card.name if card else None,
+                    gpu_memory_bytes=card.usable_bytes if card else None, extras=extras)
+
+
+def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | None,
+                  kvdt: KVDtype, r: dict[str, Any], budget: dict[str, Any] | None,
+                  tokens: int) -> dict[str, Any]:
+    """vLLM's start checks and what the scenario gets from the pool.
+
+    * ``max_model_len`` above the derived limit: ``vllm/config/model.py
+      _get_and_verify_max_len`` raises (unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1);
+    * no room for one block: "No available memory for the cache blocks";
+    * one request of ``max_model_len`` tokens must fit the pool: ``vllm/v1/core/
+      kv_cache_utils.py check_enough_kv_cache_memory`` ("To serve at least one request with
+      the models's max seq len ... estimated maximum model length is N"; the older message:
+      "The model's max seq len (N) is larger than the maximum number of tokens that can be
+      stored in KV cache (M)"), with ``estimate_max_model_len``'s binary search for N.
+    """
+    T = o.prompt + o.generate
+    derived = vllm_derived_max_len(spec, config)
+    max_len = o.max_model_len or derived
+    seq = _vllm_seq_bytes(spec, r["counts"], kvdt, o.tp, o.block_size, tokens)
+    out: dict[str, Any] = {"derived": derived, "max_len": max_len, "blockers": [],
+                           "notes": [], "needed": o.batch * seq(T), "starts": None,
+                           "largest_len": None}
+    B = out["blockers"]
+    if o.max_model_len and o.max_model_len > derived:
+        B.append(f"--max-model-len {o.max_model_len} is above the model's limit {derived}: "
+                 "vLLM refuses it (VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 overrides)")
+    if T > max_len:
+        B.append(f"prompt + generate = {T} tokens is above max_model_len {max_len}: vLLM "
+                 "rejects the request")
+    if budget is None:
+        return out
+    if budget["free_at_start"] < budget["requested"]:
+        B.append(f"free memory at start ({budget['free_at_start'] / 2**30:.2f} GiB) is below "
+                 f"gpu_memory_utilization x total ({budget['requested'] / 2**30:.2f} GiB): "
+                 "vLLM refuses to start; lower --gpu-memory-utilization")
+    avail = r["avail"]
+    pool = r["pool"]
+    one = seq(max_len)
+    largest = (max_len if one <= avail else
+               largest_true(lambda x: seq(x) <= avail, 1, max_len) if avail > 0 else None)
+    out["largest_len"] = largest
+    if r["blocks"] <= 0:
+        B.append("no memory left for KV cache blocks after the weights and the profile run: "
+                 "vLLM does not start (more GPUs with --tp, a smaller --weights format, or a "
+                 "larger GPU)")
+    elif one > avail:
+        fix = f"--max-model-len {largest} starts" if largest else "no --max-model-len starts"
+        B.append(f"max_model_len {max_len} needs {one / 2**30:.2f} GiB of KV cache, more than "
+                 f"the {avail / 2**30:.2f} GiB left ({r['blocks'] * o.block_size:,} tokens): "
+                 f"vLLM does not start; {fix}, or give it more memory "
+                 "(--gpu-memory-utilization, --tp, a larger GPU)")
+    out["starts"] = not any("vLLM" in x and ("start" in x or "refuses" in x) for x in B)
+    per_seq = seq(T)
+    out["scenario_concurrency"] = pool // per_seq if per_seq else 0
+    out["max_concurrency"] = round(pool / one, 2) if one else 0.0
+    if out["starts"] and T <= max_len and out["scenario_concurrency"] < o.batch:
+        B.append(f"the KV pool holds {out['scenario_concurrency']} sequences of {T} tokens at "
+                 f"once, fewer than the batch of {o.batch} (vLLM queues the rest)")
+    return out
+
+
+def _vllm_overheads(r: dict[str, Any], budget: dict[str, Any] | None, world: int,
+                    d: VLLMDefaults) -> tuple[dict[str, int], list[Term]]:
     # The weights and the KV pool are a few exact allocations made once; the caching
     # allocator's slack concerns the transient activations only.
-    overheads, oterms = _overheads(best["act"], world, "vllm")
+    overheads, oterms = _overheads(r["act"], world, "vllm")
     oterms = [t if t.name != "allocator_slack" else
               Term(t.name, t.bytes, "s * A_profile", t.substituted, t.source,
                    note="vLLM allocates weights and the KV pool once: slack on activations")
               for t in oterms]
-    overheads["non_torch"] = best["non_torch"]
-    oterms.append(Term("non_torch", best["non_torch"], "C_nt", str(best["non_torch"]),
-                       "vLLM memory_profiling non_torch_increase (cuBLAS workspaces)"))
-    terms = list(best["w"].terms)
+    nt = d.non_torch_bytes + d.nccl_peer_bytes * min(world - 1, 2)
+    overheads["non_torch"] = nt
+    oterms.append(Term("non_torch", nt, "C_nt = C_cublas + C_nccl_peer * min(world - 1, 2)",
+                       f"{d.non_torch_bytes} + {d.nccl_peer_bytes} * {min(world - 1, 2)}",
+                       "vllm/v1/worker/gpu_worker.py determine_available_memory: "
+                       "memory_profiling non_torch_increase (cuBLAS workspaces; NCCL buffers "
+                       "of the ring peers, allocated at the first collective)"))
+    graphs = 0 if budget is None else budget["graphs"]
+    if graphs:
+        overheads["cuda_graphs"] = graphs
+        where = ("inside the KV budget (0.21+: the profiler reserves it)"
+                 if budget and budget["graphs_inside"] else
+                 "outside the KV budget (captured after the pool is sized)")
+        oterms.append(Term("cuda_graphs", graphs, "C_graphs", str(graphs),
+                           "vllm/v1/worker/gpu_worker.py compile_or_warm_up_model "
+                           "capture_model; 'Graph capturing finished ... took 0.4-1 GiB'",
+                           note=where))
+    return overheads, oterms
+
+
+def _vllm_terms(o: InferenceOptions, r: dict[str, Any], budget: dict[str, Any] | None,
+                v: dict[str, Any], d: VLLMDefaults, kv: int) -> list[Term]:
+    act = Term("activations", r["act"], "profile run peak", r["act_what"],
+               "vllm/v1/worker/gpu_model_runner.py profile_run")
+    if budget is None:
+        return [Term("kv_cache", kv, "B * blocks(T) * block bytes",
+                     f"{o.batch} sequences of {o.prompt + o.generate} tokens",
+                     "vllm/v1/kv_cache_interface.py max_memory_usage_bytes (no --gpu: the "
+                     "pool is sized by the scenario, not by gpu_memory_utilization)"), act]
+    g = budget["graphs"] if budget["graphs_inside"] else 0
+    return [Term(
+        "kv_cache", kv,
+        "blocks = floor((u * (M_gpu - M_drv) - W - A_profile - C_nt - C_graphs_0.21) / "
+        "(block * bytes_per_token))",
+        f"floor(({budget['requested']} - {r['w'].total} - {r['act']} - {budget['non_torch']}"
+        f" - {g}) / {r['block_bytes']}) = {r['blocks']}",
+        "vllm/v1/worker/gpu_worker.py determine_available_memory; "
+        "vllm/v1/core/kv_cache_utils.py get_num_blocks"), act]
+
+
+def _vllm_extras(o: InferenceOptions, r: dict[str, Any], budget: dict[str, Any] | None,
+                 v: dict[str, Any], tokens: int, seqs: int) -> dict[str, Any]:
+    block = o.block_size
     extras: dict[str, Any] = {
-        "block_size": block, "kv_block_bytes": best["block_bytes"],
-        "kv_bytes_per_token": best["block_bytes"] // block if block else 0,
-        "profile_activation_bytes": best["act"], "profile_peak": best["act_what"],
-        "max_num_batched_tokens": d.max_num_batched_tokens, "max_num_seqs": d.max_num_seqs,
-        "blocks_per_sequence": best["need_blocks"],
+        "block_size": block, "kv_block_bytes": r["block_bytes"],
+        "kv_bytes_per_token": r["token_bytes"],
+        "profile_activation_bytes": r["act"], "profile_peak": r["act_what"],
+        "max_num_batched_tokens": tokens, "max_num_seqs": seqs,
+        "max_model_len": v["max_len"], "derived_max_model_len": v["derived"],
+        "vllm_version": o.vllm_version,
+        "non_torch_bytes": VLLM_DEFAULTS.non_torch_bytes + VLLM_DEFAULTS.nccl_peer_bytes
+        * min(o.tp * o.pp - 1, 2),
+        "cuda_graph_bytes": 0 if budget is None else budget["graphs"],
+        "blockers": list(v["blockers"]),
     }
-    if best["pool"] is not None:
-        blocks = best["blocks"]
+    if budget is not None:
         extras.update({
-            "requested_bytes": best["requested"],
-            "kv_cache_blocks": blocks,
-            "kv_cache_tokens": blocks * block,
-            "max_concurrency": blocks // best["need_blocks"] if best["need_blocks"] else 0,
-            "fits_concurrently": best["needed"] <= best["pool"],
+            "starts": v["starts"], "requested_bytes": budget["requested"],
+            "available_kv_bytes": max(0, r["avail"]),
+            "kv_cache_blocks": r["blocks"], "kv_cache_tokens": r["blocks"] * block,
+            "max_concurrency": v["max_concurrency"],
+            "scenario_concurrency": v["scenario_concurrency"],
+            "largest_max_model_len": v["largest_len"],
+            "fits_concurrently": v["scenario_concurrency"] >= o.batch,
         })
-        terms.append(Term(
-            "kv_cache", best["kv"],
-            "blocks = floor((u * (M_gpu - M_drv) - W - A_profile - C_nt) / (block * "
-            "bytes_per_token)); KV = max(blocks, B * ceil(T / block)) * block bytes",
-            f"floor(({o.gpu_memory_utilization} * ({gpu_bytes} - {d.driver_reserved_bytes}) - "
-            f"{best['w'].total} - "
-            f"{best['act']} - {best['non_torch']}) / {best['block_bytes']}) = {blocks}",
-            "vllm/v1/worker/gpu_worker.py determine_available_memory; "
-            "vllm/v1/core/kv_cache_utils.py"))
-    else:
-        terms.append(Term("kv_cache", best["kv"], "B * ceil(T / block) * block bytes",
-                          f"{o.batch} * {best['need_blocks']} * {best['block_bytes']}",
-                          "vllm/v1/core/kv_cache_utils.py (no --gpu: the pool is sized by "
-                          "the scenario, not by gpu_memory_utilization)"))
-    terms.append(Term("activations", best["act"], "profile forward peak",
-                      best["act_what"], "vllm/v1/worker/gpu_model_runner.py profile_run"))
-    assumptions = {"engine": "vllm (V1, paged KV cache)", "weights": rw.name,
-                   "kv_dtype": kvdt.name, "gpu_memory_utilization": o.gpu_memory_utilization,
-                   "most_loaded_stage": best["stage"], "notes": notes}
-    return Estimate(mode="infer", model=spec.name, options=_options_dict(o), phases=phases,
-                    overheads=overheads, terms=tuple(terms + oterms), assumptions=assumptions,
-                    gpu=gpu_name, gpu_memory_bytes=gpu_bytes, extras=extras)
+    return extras
 
 
 # ------------------------------------------------------------------------------------------
 # llama.cpp
 # ------------------------------------------------------------------------------------------
 
-def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
-                      config: Mapping[str, Any] | None = None) -> Estimate:
-    """llama.cpp with ``n_gpu_layers`` offloaded (see the module docstring)."""
-    d = LLAMACPP_DEFAULTS
-    for name in ("tp", "pp", "ep"):
-        if getattr(o, name) > 1:  # llama.cpp splits layers across GPUs (--split-mode layer)
-            raise MemfitError.bad_value(name, getattr(o, name), "1 with --engine llamacpp "
-                                        "(memfit models llama.cpp on one GPU; its multi-GPU "
-                                        "layer split is not modelled)")
-    notes = _check_context(spec, o)
-    rw = resolve_weights_option(spec, o.weights, "llamacpp")
-    kvdt = resolve_kv_dtype(o.kv_dtype, "fp16", "llamacpp")
+def _llamacpp_kv_types(o: InferenceOptions) -> tuple[KVDtype, KVDtype]:
+    """(-ctk, -ctv): each defaults to ``--kv-dtype``, else f16 (``common/common.h``)."""
+    out = []
+    for name, value in (("cache-type-k", o.cache_type_k), ("cache-type-v", o.cache_type_v)):
+        try:
+            out.append(resolve_kv_dtype(value or o.kv_dtype, "fp16", "llamacpp"))
+        except MemfitError as err:
+            if value is None:
+                raise
+            raise MemfitError.bad_value(name, value, str(err.allowed or "")) from None
+    return out[0], out[1]
+
+
+def _llamacpp_kv(spec: ModelSpec, kt: KVDtype, vt: KVDtype, n_ctx: int, start: int,
+                 n_ub: int, d: LlamaCppDefaults) -> tuple[int, int]:
+    """(KV buffer on the GPU, in host RAM): ``n_ctx`` cells of ``n_embd_k_gqa`` K elements
+    (type -ctk) and ``n_embd_v_gqa`` V elements (type -ctv) per layer, on the layer's device
+    (``src/llama-kv-cache.cpp`` llama_kv_cache constructor); SWA layers keep
+    ``W + n_ubatch`` cells, padded."""
+    gpu = host = 0
     L = spec.num_layers
-    ngl = L + 1 if o.n_gpu_layers is None else o.n_gpu_layers
-    on_gpu = min(ngl, L)
-    start = L - on_gpu  # llama.cpp offloads the last layers first (i_gpu_start)
-    output_on_gpu = ngl > L
-    gpu_w = model_weights(spec, rw, start=start, stop=L, first=False, last=output_on_gpu)
-    all_cpu_w = model_weights(spec, rw, start=0, stop=start, first=True, last=not output_on_gpu)
-    gpu_w_total = gpu_w.total - gpu_w.components.get("buffers", 0)
-    host_w_total = all_cpu_w.total - all_cpu_w.components.get("buffers", 0)
-    # the KV cache: n_ctx cells for every layer, padded
-    n_ctx = o.batch * (o.prompt + o.generate)
-    n_ctx = -(-n_ctx // d.ctx_pad) * d.ctx_pad
-    kv_gpu = kv_host = 0
     all_counts = layer_kind_counts(spec, 0, L)
     for kind, n_gpu in layer_kind_counts(spec, start, L).items():
-        n_all = all_counts[kind]
         cells = n_ctx
         if kind.attention == "sliding" and kind.window:
-            cells = min(n_ctx, -(-(kind.window + d.n_ubatch) // d.ctx_pad) * d.ctx_pad)
-        per = kv_layout(spec, kind, engine="llamacpp").token_bytes(kvdt) * cells
-        kv_gpu += n_gpu * per
-        kv_host += (n_all - n_gpu) * per
-    # compute buffer: one ubatch through the widest node (FFN or output) plus the KQ mask
-    n_ub = min(d.n_ubatch, max(1, o.batch * o.prompt))
+            cells = min(n_ctx, -(-(kind.window + n_ub) // d.ctx_pad) * d.ctx_pad)
+        lay = kv_layout(spec, kind, engine="llamacpp")
+        per = (kt.row_bytes(lay.k_elems) + vt.row_bytes(lay.v_elems)) * cells
+        gpu += n_gpu * per
+        host += (all_counts[kind] - n_gpu) * per
+    return gpu, host
+
+
+def _llamacpp_compute(spec: ModelSpec, n_ctx: int, n_ub: int, fa: bool,
+                      output_on_gpu: bool) -> tuple[int, str, str]:
+    """The CUDA compute buffer: one graph of ``n_ub = min(n_ctx, n_ubatch)`` tokens
+    (``src/llama-context.cpp graph_reserve``), ggml-alloc reusing freed nodes, so the widest
+    moment: the FFN's f32 nodes (gate, up, their product beside the layer input, the attention
+    output, its norm and the FFN output: ``4 n_ub (3 I + 4 h)``) or the head's (the logits of
+    every row, ``4 n_ub (V + 2 h)``), plus the KQ mask, live through the whole graph (f32
+    ``[n_kv, n_ub]``, cast to f16 with flash attention: ``src/llama-graph.cpp
+    build_attn_inp_kv``). Without flash attention ``build_attn_mha`` materialises the f32
+    scores ``kq = ggml_mul_mat(k, q)``, ``[n_kv, n_ub, n_head]``, softmaxed in place
+    (``ggml_soft_max_ext``)."""
     h, V = spec.hidden_size, spec.vocab_size
     I = max(spec.intermediate_size, (spec.moe.expert_intermediate_size * spec.moe.top_k)
             if spec.moe else 0)
-    # f32 nodes of one ubatch at the FFN: gate, up and their product (3 I) beside the layer
-    # input, the attention output added to it, its norm and the FFN output (4 h); at the
-    # head: the logits of every row (graph_reserve plans n_outputs = n_ubatch) and the norm
     ffn = 4 * n_ub * (3 * I + 4 * h)
-    out = 4 * n_ub * (V + 2 * h)
-    if d.flash_attn:
-        attn = 2 * n_ctx * n_ub
-    else:
-        attn = 4 * n_ctx * n_ub * spec.num_heads
-    compute = max(ffn, out if output_on_gpu else 0) + attn if on_gpu else 0
-    phases = (Phase("load", {"weights": gpu_w_total}),
-              Phase("decode", {"weights": gpu_w_total, "kv_cache": kv_gpu,
-                               "activations": compute}))
-    peak = phases[1].peak_bytes
-    overheads, oterms = _overheads(peak, 1, "llamacpp")
-    host = host_w_total + kv_host
+    out = 4 * n_ub * (V + 2 * h) if output_on_gpu else 0
+    if fa:
+        mask = 2 * n_ctx * n_ub
+        return (mask + max(ffn, out), "KQ mask 2*n_ctx*n_ub (f16, flash attention) + "
+                "max(4*n_ub*(3*I + 4*h), 4*n_ub*(V + 2*h))",
+                f"{mask} + max({ffn}, {out})")
+    mask = 4 * n_ctx * n_ub
+    scores = 4 * n_ctx * n_ub * spec.num_heads
+    return (mask + max(ffn, out, scores), "KQ mask 4*n_ctx*n_ub (f32) + max(FFN, head, "
+            "f32 scores 4*n_ctx*n_ub*n_head) (no flash attention)",
+            f"{mask} + max({ffn}, {out}, {scores})")
+
+
+def _llamacpp_layout(spec: ModelSpec, o: InferenceOptions,
+                     rw: ResolvedWeights) -> dict[str, Any]:
+    """Which weights sit on the GPU: the last ``n_gpu_layers`` layers (``i_gpu_start =
+    n_layer - n_gpu_layers``, ``src/llama-model.cpp load_tensors``), the output layer past
+    ``n_layer``, token_embd always in host RAM; ``--n-cpu-moe N`` keeps the expert tensors
+    of layers ``0..N-1`` in host RAM (``common/arg.cpp``: tensor buffer override
+    ``blk\\.i\\.ffn_(up|down|gate)_exps`` -> CPU)."""
+    L = spec.num_layers
+    ngl = L + 1 if o.n_gpu_layers is None else o.n_gpu_layers
+    on_gpu = min(ngl, L)
+    start = L - on_gpu
+    output_on_gpu = ngl > L
+    gpu_w = model_weights(spec, rw, start=start, stop=L, first=False, last=output_on_gpu)
+    cpu_w = model_weights(spec, rw, start=0, stop=start, first=True, last=not output_on_gpu)
+    moved = 0
+    cut = min(o.n_cpu_moe, L)
+    if cut > start and spec.moe is not None:
+        moved = model_weights(spec, rw, start=start, stop=cut, first=False,
+                              last=False).components.get("experts", 0)
+    gpu_total = gpu_w.total - gpu_w.components.get("buffers", 0) - moved
+    host_total = cpu_w.total - cpu_w.components.get("buffers", 0) + moved
+    return {"ngl": ngl, "on_gpu": on_gpu, "start": start, "output_on_gpu": output_on_gpu,
+            "gpu_w": gpu_w, "gpu_total": gpu_total, "host_total": host_total,
+            "experts_on_cpu": moved}
+
+
+def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
+                      config: Mapping[str, Any] | None = None) -> Estimate:
+    """llama.cpp (the build of late 2025: ``-fa auto``, ``--n-cpu-moe``) with ``n_gpu_layers``
+    offloaded; the buffers it logs: model buffer, KV buffer, compute buffer."""
+    d = LLAMACPP_DEFAULTS
+    notes = _check_context(spec, o)
+    if o.tp > 1 or o.pp > 1 or o.ep > 1:
+        notes.append("llama.cpp splits layers across GPUs (--split-mode layer); tp/pp/ep are "
+                     "not modelled for it: figures are for one GPU")
+    if o.n_cpu_moe and spec.moe is None:
+        notes.append("--n-cpu-moe ignored: the model has no MoE experts")
+    rw = resolve_weights_option(spec, o.weights, "llamacpp")
+    kt, vt = _llamacpp_kv_types(o)
+    fa = o.flash_attn != "off"  # auto: on where the backend supports it (CUDA, Metal)
+    blockers = _context_blockers(spec, o)
+    if not fa and vt.block > 1:
+        blockers.append(f"a quantized V cache (-ctv {vt.name}) needs flash attention: "
+                        "llama.cpp refuses to create the context with -fa off")
+    lay = _llamacpp_layout(spec, o, rw)
+    n_ctx = -(-(o.batch * (o.prompt + o.generate)) // d.ctx_pad) * d.ctx_pad
+    n_ub = min(o.ubatch_size, n_ctx)
+    kv_gpu, kv_host = _llamacpp_kv(spec, kt, vt, n_ctx, lay["start"], n_ub, d)
+    # the compute buffer stays on the GPU at -ngl 0: large matmuls are offloaded (op offload)
+    compute, c_formula, c_subst = _llamacpp_compute(spec, n_ctx, n_ub, fa, lay["output_on_gpu"])
+    W = lay["gpu_total"]
+    phases = (Phase("load", {"weights": W}),
+              Phase("decode", {"weights": W, "kv_cache": kv_gpu, "activations": compute}))
+    overheads, oterms = _overheads(phases[1].peak_bytes, 1, "llamacpp")
     gpu_name, gpu_bytes = _gpu(o)
     MiB = 2**20
-    terms = list(gpu_w.terms) + [
-        Term("kv_cache", kv_gpu, "n_layers_gpu * n_ctx * [row(a_kv*d) K + row(a_kv*d) V]",
-             f"{on_gpu} layers * {n_ctx} cells ({kvdt.name})",
+    kv_name = kt.name if kt.name == vt.name else f"K {kt.name}, V {vt.name}"
+    terms = [replace(t, name="model_buffer") if t.name == "weights" else t
+             for t in lay["gpu_w"].terms] + [
+        Term("kv_buffer", kv_gpu, "n_layers_gpu * n_ctx * [row_k(n_embd_k_gqa) + "
+             "row_v(n_embd_v_gqa)]", f"{lay['on_gpu']} layers * {n_ctx} cells ({kv_name})",
              "llama.cpp src/llama-kv-cache.cpp (one cell per context token per layer)"),
-        Term("compute_buffer", compute,
-             "4*n_ub*max(3*I + 4*h, V + 2*h) + KQ mask 2*n_ctx*n_ub (flash attention)",
-             f"4*{n_ub}*max({3 * I + 4 * h}, {V + 2 * h}) + {attn}",
-             "llama.cpp src/llama-context.cpp graph_reserve (CUDA0 compute buffer size)"),
+        Term("compute_buffer", compute, c_formula, c_subst,
+             "llama.cpp src/llama-context.cpp graph_reserve; src/llama-graph.cpp "
+             "build_attn_mha / build_attn_inp_kv"),
     ] + oterms
-    extras = {"n_gpu_layers": ngl, "layers_on_gpu": on_gpu, "output_on_gpu": output_on_gpu,
-              "n_ctx": n_ctx, "gpu_weights_mib": round(gpu_w_total / MiB, 2),
+    if lay["experts_on_cpu"]:
+        terms.append(Term("experts_on_cpu", lay["experts_on_cpu"], "experts of layers < N",
+                          f"--n-cpu-moe {o.n_cpu_moe}", "llama.cpp common/arg.cpp --n-cpu-moe"))
+    extras = {"n_gpu_layers": lay["ngl"], "layers_on_gpu": lay["on_gpu"],
+              "output_on_gpu": lay["output_on_gpu"], "n_ctx": n_ctx, "n_ubatch": n_ub,
+              "flash_attn": fa, "n_cpu_moe": o.n_cpu_moe,
+              "gpu_weights_mib": round(W / MiB, 2),
               "kv_cache_mib": round(kv_gpu / MiB, 2), "compute_buffer_mib": round(compute / MiB, 2),
-              "host_weights_bytes": host_w_total, "host_kv_bytes": kv_host,
-              "token_embd_on_cpu": True}
-    assumptions = {"engine": "llama.cpp", "weights": rw.name, "kv_dtype": kvdt.name,
-                   "flash_attn": d.flash_attn, "n_ubatch": d.n_ubatch, "notes": notes}
+              "host_weights_bytes": lay["host_total"], "host_kv_bytes": kv_host,
+              "experts_on_cpu_bytes": lay["experts_on_cpu"], "token_embd_on_cpu": True,
+              "buffers": {"CUDA0 model buffer": W, "CUDA0 KV buffer": kv_gpu,
+                          "CUDA0 compute buffer": compute,
+                          "CPU model buffer": lay["host_total"], "CPU KV buffer": kv_host},
+              "blockers": blockers}
+    assumptions = {"engine": "llama.cpp", "weights": rw.name, "weights_source": rw.source,
+                   "kv_dtype": kv_name, "flash_attn": ("auto (on)" if o.flash_attn == "auto"
+                                                       else o.flash_attn),
+                   "n_ubatch": n_ub, "notes": notes}
     return Estimate(mode="infer", model=spec.name, options=_options_dict(o), phases=phases,
                     overheads=overheads, terms=tuple(terms), assumptions=assumptions,
-                    gpu=gpu_name, gpu_memory_bytes=gpu_bytes, host_bytes=host, extras=extras)
+                    gpu=gpu_name, gpu_memory_bytes=gpu_bytes,
+                    host_bytes=lay["host_total"] + kv_host, extras=extras)
 
 
 ENGINE_FUNCS = {"hf": hf_estimate, "vllm": vllm_estimate, "llamacpp": llamacpp_estimate}

@@ -276,7 +276,8 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
                      f"answers use the fewest GPUs, tp={layout[0]} x pp={layout[1]}")
     fits_now = ok(base)
     max_batch = largest_true(lambda x: ok(replace(base, batch=x)), 1, MAX_COUNT)
-    max_prompt = largest_true(lambda x: ok(replace(base, prompt=x)), 1, _prompt_cap(spec, base))
+    cap, bound = _prompt_cap(spec, base, config)
+    max_prompt = largest_true(lambda x: ok(replace(base, prompt=x)), 1, cap)
     max_layers = None
     if base.engine == "llamacpp":
         max_layers = largest_true(lambda x: ok(replace(base, n_gpu_layers=x)), 0,
@@ -284,7 +285,8 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
     e = est(base)
     kv_tokens = e.extras.get("kv_cache_tokens")
     kv_blocks = e.extras.get("kv_cache_blocks")
-    conc = e.extras.get("max_concurrency")
+    conc = e.extras.get("scenario_concurrency")
+    notes.extend(_fit_notes(base, e, max_prompt, cap, bound, max_layers, spec.num_layers))
     return FitResult(model=spec.name, gpu=card.name, gpu_memory_bytes=card.usable_bytes,
                      engine=base.engine, options=asdict(base), fits=fits_now,
                      max_batch=max_batch, max_prompt=max_prompt, min_gpus=min_gpus,
@@ -293,9 +295,42 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
                      max_gpu_layers=max_layers, total_bytes=e.total_bytes, notes=tuple(notes))
 
 
-def _prompt_cap(spec: ModelSpec, o: InferenceOptions) -> int:
-    """The longest prompt worth searching: the learned position table bounds GPT-2-style
-    models; otherwise the option's own bound."""
-    if spec.learned_positions:
-        return max(1, spec.learned_positions - o.generate)
-    return MAX_COUNT
+def _prompt_cap(spec: ModelSpec, o: InferenceOptions,
+                config: Mapping[str, Any] | None = None) -> tuple[int, str]:
+    """The longest prompt worth searching and what bounds it: the model's context limit less
+    the generated tokens (vLLM: its ``max_model_len``, derived as vLLM derives it; GPT-2's
+    learned position table; otherwise ``max_position_embeddings``), else the option's own
+    bound."""
+    if o.engine == "vllm":
+        from .engines import vllm_derived_max_len
+
+        limit = o.max_model_len or vllm_derived_max_len(spec, config)
+        what = f"max_model_len {limit}"
+    elif spec.learned_positions:
+        limit = spec.learned_positions
+        what = f"the learned position table ({limit})"
+    elif spec.max_position_embeddings:
+        limit = spec.max_position_embeddings
+        what = f"the model's context limit {limit} (max_position_embeddings)"
+    else:
+        return MAX_COUNT, "the option's bound"
+    return max(1, limit - o.generate), what
+
+
+def _fit_notes(o: InferenceOptions, e: Estimate, max_prompt: int | None, cap: int, bound: str,
+               max_layers: int | None, n_layers: int) -> list[str]:
+    """Which bound the answers hit, said next to them."""
+    notes = []
+    if max_prompt is not None and max_prompt == cap:
+        notes.append(f"longest prompt: capped by {bound} less the {o.generate} generated "
+                     "tokens, not by memory")
+    largest = e.extras.get("largest_max_model_len")
+    if e.extras.get("starts") is False:
+        fix = (f"--max-model-len {largest} starts" if largest else
+               "no --max-model-len starts on this layout")
+        notes.append(f"vLLM does not start with max_model_len {e.extras.get('max_model_len')}: "
+                     f"{fix}")
+    if max_layers is not None and max_layers <= n_layers:
+        notes.append(f"llama.cpp: at most --n-gpu-layers {max_layers} of {n_layers + 1} fit "
+                     f"(the output layer needs {n_layers + 1})")
+    return notes

@@ -209,7 +209,8 @@ def _gpu_words(name: str, memory_bytes: int, unit: str) -> str:
     try:
         from .hardware import get_gpu
 
-        marketed = f"{get_gpu(name).marketed} marketed, "
+        card = get_gpu(name)
+        marketed = "" if card.vendor == "custom" else f"{card.marketed} marketed, "
     except Exception:  # a GPU unknown to the catalog (tests, custom) has no marketed figure
         pass
     return f"{name} ({marketed}{fmt_bytes(memory_bytes, unit, suffix=True)} usable)"
@@ -257,27 +258,37 @@ def _phase_table(est: Estimate, unit: str) -> str:
 
 
 def _verdict(est: Estimate, unit: str) -> list[str]:
+    blockers = list(est.extras.get("blockers") or ())
     if est.gpu is None or est.gpu_memory_bytes is None:
-        return ["Fit: no --gpu given (name one, e.g. --gpu h100, to check the fit; "
-                "`memfit gpus` lists them)."]
+        return ([f"Fit: DOES NOT RUN as asked: {b}." for b in blockers] +
+                ["Fit: no --gpu given (name one, e.g. --gpu h100 or --gpu 24GiB, to check the "
+                 "fit; `memfit gpus` lists the cards)."])
     cap = est.gpu_memory_bytes
     total = est.total_bytes
     head = cap - total
     gpu = _gpu_words(est.gpu, cap, unit)
     out = []
-    if est.fits:
+    if est.extras.get("starts") is False:
+        out.append(f"Fit: DOES NOT START on {gpu}: vLLM refuses to start.")
+    elif est.fits:
         out.append(f"Fit: FITS on {gpu}: total {fmt_bytes(total, unit, suffix=True)}, headroom "
                    f"{fmt_bytes(head, unit, suffix=True)} ({100 * head / cap:.1f}% of the GPU).")
+    elif head >= 0:
+        out.append(f"Fit: DOES NOT FIT on {gpu} as asked: total "
+                   f"{fmt_bytes(total, unit, suffix=True)} is within the GPU, but:")
     else:
         out.append(f"Fit: DOES NOT FIT on {gpu}: total {fmt_bytes(total, unit, suffix=True)}, "
                    f"{fmt_bytes(-head, unit, suffix=True)} over ({100 * total / cap:.0f}% of "
                    "the GPU).")
+    out.extend(_wrap(b, indent="       ", first="     - ") for b in blockers)
+    if "kv_cache_tokens" in est.extras and est.extras.get("starts"):
+        x = est.extras
+        out.append(f"     vLLM starts: KV pool {x['kv_cache_tokens']:,} tokens, max_model_len "
+                   f"{x['max_model_len']:,}, maximum concurrency {x['max_concurrency']}x at "
+                   "max_model_len.")
+    if not est.fits:
         out.append(f"     `memfit fit {est.model} {est.mode} --gpu {est.gpu}` finds the batch, "
                    "context and layouts that fit.")
-    if est.extras.get("fits_concurrently") is False:
-        conc = est.extras.get("max_concurrency")
-        out.append(f"     but the KV cache pool holds only {conc} sequences at once, fewer "
-                   f"than the batch of {est.options.get('batch')}.")
     return out
 
 
@@ -696,6 +707,10 @@ def _render_fit_infer(r: Any, unit: str) -> str:
         rows.append(["sequences served at once", f"{r.max_concurrency:,} of "
                                                  f"{o.get('prompt')} + {o.get('generate')} "
                                                  "tokens"])
+    if getattr(r, "max_gpu_layers", None) is not None:
+        rows.append(["largest --n-gpu-layers", f"{r.max_gpu_layers} (of {o.get('n_gpu_layers')} "
+                     "asked; n_layer + 1 offloads the output layer too)"
+                     if o.get("n_gpu_layers") is not None else f"{r.max_gpu_layers}"])
     out.append(table(["question", "answer"], rows))
     if r.notes:
         out.append("")

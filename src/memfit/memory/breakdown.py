@@ -148,10 +148,10 @@ class Estimate:
         """Whether ``total_bytes`` fits the GPU; None without one. An engine's own refusals
         (``extras["blockers"]``: vLLM not starting, a context beyond the model's limit) make
         it False whatever the bytes."""
-        if self.extras.get("blockers"):
-            return False
         if self.gpu_memory_bytes is None:
             return None
+        if self.extras.get("blockers"):
+            return False
         return self.total_bytes <= self.gpu_memory_bytes
 
     @property

@@ -112,10 +112,13 @@ def resolve_weights_option(spec: ModelSpec, weights: str | None, engine: str,
     """Resolve ``--weights``; without it, the format the checkpoint ships: its config's
     ``quantization_config`` (:func:`checkpoint_weights`) for transformers and vLLM, else the
     config's ``torch_dtype`` (bf16 when absent); see :func:`_resolve_weights`."""
-    if weights is None and engine != "llamacpp" and config is not None:
-        q = config.get("quantization_config")
-        if isinstance(q, Mapping):
-            return checkpoint_weights(spec.dtype, q)
+    if weights is None and engine != "llamacpp":
+        text = spec.quantization
+        if not text and config is not None and isinstance(config.get("quantization_config"),
+                                                          Mapping):
+            text = json.dumps(config["quantization_config"], sort_keys=True, default=str)
+        if text:
+            return _checkpoint_from_json(spec.dtype, text)
     rw = _resolve_weights(spec.dtype, weights, engine)
     return rw if weights is None else replace(rw, source="--weights")
 
@@ -305,7 +308,9 @@ def _quant_format(q: Mapping[str, Any]) -> tuple[WeightFormat, str, Any]:
         "mxfp4, fp8, gptq, awq, bitsandbytes or compressed-tensors (or pass --weights)")
 
 
-_CHECKPOINT_CACHE: dict[tuple[str, str], ResolvedWeights] = {}
+@lru_cache(maxsize=256)
+def _checkpoint_from_json(spec_dtype: str, text: str) -> ResolvedWeights:
+    return checkpoint_weights(spec_dtype, json.loads(text))
 
 
 def checkpoint_weights(spec_dtype: str, q: Mapping[str, Any]) -> ResolvedWeights:
@@ -321,10 +326,6 @@ def checkpoint_weights(spec_dtype: str, q: Mapping[str, Any]) -> ResolvedWeights
     ``quantizers/quantizer_mxfp4.py``, ``quantizer_finegrained_fp8.py``, ``quantizer_gptq.py``,
     ``quantizer_awq.py``, ``quantizer_bnb_4bit.py``; compressed-tensors ``QuantizationScheme``.
     """
-    key = (spec_dtype, json.dumps(q, sort_keys=True, default=str))
-    cached = _CHECKPOINT_CACHE.get(key)
-    if cached is not None:
-        return cached
     fmt, how, skip = _quant_format(q)
     roles, unmapped = _skip_roles(skip)
     extra = tuple(r for r in roles if r not in fmt.unquantized)
@@ -338,12 +339,8 @@ def checkpoint_weights(spec_dtype: str, q: Mapping[str, Any]) -> ResolvedWeights
             f"({how}; kept in {fmt.unquantized_dtype}: {kept})")
     if unmapped:
         note += f"; skip-list entries not placed (counted quantized): {', '.join(unmapped)}"
-    rw = ResolvedWeights(fmt.name, fmt, None, False, compute, note=note,
-                         source="quantization_config")
-    if len(_CHECKPOINT_CACHE) > 256:
-        _CHECKPOINT_CACHE.clear()
-    _CHECKPOINT_CACHE[key] = rw
-    return rw
+    return ResolvedWeights(fmt.name, fmt, None, False, compute, note=note,
+                           source="quantization_config")
 
 
 # ------------------------------------------------------------------------------------------

@@ -409,9 +409,15 @@
     verdict.className = "";
     if (e.fits === null) verdict.textContent = "no GPU chosen";
     else {
+      // an engine's own refusal (vLLM not starting, a context beyond the model's limit) is
+      // the verdict even when the bytes are within the GPU (extras.blockers)
+      const blockers = (e.extras && e.extras.blockers) || [];
+      const refused = e.extras && e.extras.starts === false ? `vLLM does not start on ${e.gpu}`
+        : `does not fit ${e.gpu}`;
       verdict.textContent = e.fits
         ? `fits ${e.gpu} (${gib(e.headroom_bytes)} GiB free)`
-        : `does not fit ${e.gpu} (${gib(-e.headroom_bytes)} GiB over)`;
+        : blockers.length ? `${refused}: ${blockers[0]}`
+          : `does not fit ${e.gpu} (${gib(-e.headroom_bytes)} GiB over)`;
       verdict.className = e.fits ? "ok" : "bad";
     }
     $("#peak-phase").textContent = e.peak_phase;
@@ -551,7 +557,8 @@
     const box = $("#verdicts");
     box.replaceChildren();
     for (const r of v.verdicts) {
-      const text = r.fits ? `${gib(r.headroom_bytes)} GiB free` : `${gib(-r.headroom_bytes)} GiB over`;
+      const text = r.fits ? `${gib(r.headroom_bytes)} GiB free`
+        : r.headroom_bytes >= 0 ? "refused (see the estimate)" : `${gib(-r.headroom_bytes)} GiB over`;
       box.append(el("div", { class: `chip ${r.fits ? "ok" : "bad"}`, "data-gpu": r.gpu,
                              title: `total ${gib(r.total_bytes)} of ${gib(r.gpu_memory_bytes)} GiB usable` },
         el("strong", { text: r.gpu }), el("span", { text: r.marketed }),
@@ -582,6 +589,8 @@
         rows.push(["KV cache pool", `${f.kv_cache_tokens.toLocaleString("en-US")} tokens (${f.kv_cache_blocks} blocks)`]);
       if (f.max_concurrency !== null && f.max_concurrency !== undefined)
         rows.push(["concurrent sequences", String(f.max_concurrency)]);
+      if (f.max_gpu_layers !== null && f.max_gpu_layers !== undefined)
+        rows.push(["largest --n-gpu-layers", String(f.max_gpu_layers)]);
       rows.push(["layout used", `tp ${o.tp} × pp ${o.pp}`]);
       box.append(answers(rows));
       for (const n of f.notes || []) box.append(el("p", { class: "muted small", text: n }));
