@@ -863,3 +863,170 @@ def test_core_import_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile inputs (issue 19): each reproduced case is a one-line MemfitError, fast
+# ------------------------------------------------------------------------------------------
+
+def _kv_with(arch: str = "llama", **changes: tuple[int, Any]) -> list[tuple[str, int, Any]]:
+    """llama_kv with some keys' (type, value) replaced (``__`` in a name stands for ``.``)."""
+    fixed = {k.replace("__", "."): v for k, v in changes.items()}
+    kv = [(k, *fixed.pop(k)) if k in fixed else (k, t, v) for k, t, v in llama_kv(arch=arch)]
+    return kv + [(k, t, v) for k, (t, v) in fixed.items()]
+
+
+@pytest.mark.parametrize("arch,changes,match", [
+    ("qwen2moe", {"qwen2moe__block_count": (U64, 10**12)}, r"block_count: got 1000000000000"),
+    ("llama", {"general__architecture": (ARR, (STR, ["llama", "x"]))},
+     r"general.architecture: got \['llama', 'x'\]"),
+    ("llama", {"llama__attention__head_count": (ARR, (ARR, [(U32, [1]), (U32, [2])]))},
+     r"head_count: got \[\[1\], \[2\]\]; allowed: an integer, or an array"),
+    ("llama", {"llama__embedding_length": (ARR, (STR, ["x"]))}, r"embedding_length: got"),
+    ("llama", {"tokenizer__ggml__tokens": (STR, "abc")}, r"tokenizer.ggml.tokens: got 'abc'"),
+    ("llama", {"general__file_type": (ARR, (U32, [1]))}, None),  # ignored: not a file type
+    ("llama", {"llama__embedding_length": (U32, 2), "llama__attention__head_count": (U32, 4)},
+     r"at least attention.head_count=4"),  # h // a == 0 (was ZeroDivisionError)
+    ("llama", {"split__count": (U64, 10**15)}, r"split.count: got 1000000000000000; allowed: "
+                                               r"an integer in \[0, 65535\]"),
+    ("llama", {"split__count": (U16, 3)}, r"its split.count is 3 but its name says 2 files"),
+])
+def test_gguf_metadata_of_the_wrong_type_or_size(tmp_path: Path, arch: str, changes: dict,
+                                                 match: str | None) -> None:
+    path = tmp_path / "m-00001-of-00002.gguf"
+    write_gguf(path, _kv_with(arch, **changes), llama_gguf_tensors())
+    if match is None:
+        read_gguf(path)
+        return
+    with pytest.raises(MemfitError, match=match) as err:
+        load(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_gguf_header_counts_are_bounded_before_the_work(tmp_path: Path) -> None:
+    from memfit.inputs import gguf
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10**9, 1) + bytes(64))
+    with pytest.raises(MemfitError, match=r"1,000,000,000 tensors .*at most 100,000"):
+        parse_gguf_header(path)
+    # a string longer than the bound is refused before it is read
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 40)
+                     + bytes(64))
+    with pytest.raises(MemfitError, match="a string of 1,099,511,627,776 bytes"):
+        parse_gguf_header(path)
+    # 5 dimensions (ggml has 4)
+    write_gguf(path, llama_kv(), [("token_embd.weight", (256, 320, 1, 1, 1), "F32")])
+    with pytest.raises(MemfitError, match="5 dimensions"):
+        parse_gguf_header(path)
+    # millions of empty arrays nested in one: the item budget, not the clock, stops them
+    n = gguf.MAX_ITEMS + 1
+    raw = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _gguf_str("x") + struct.pack("<IIQ", 9, 9, n)
+           + struct.pack("<IQ", 0, 0) * n)
+    path.write_bytes(raw)
+    with pytest.raises(MemfitError, match="past 4,000,000 items"):
+        parse_gguf_header(path)
+
+
+def test_fifos_and_unknown_users_are_refused_at_once(tmp_path: Path) -> None:
+    import os
+
+    folder = write_folder(tmp_path / "ckpt", LLAMA, llama_tensors(LLAMA))
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")  # reading it would block forever
+    with pytest.raises(MemfitError, match="a regular file"):
+        load(str(folder))
+    os.mkfifo(tmp_path / "pipe.gguf")
+    with pytest.raises(MemfitError, match="not a regular file or folder"):
+        load(str(tmp_path / "pipe.gguf"))
+    with pytest.raises(MemfitError, match=r"got '~nosuchuser/x'.*no such file or folder"):
+        load("~nosuchuser/x")
+
+
+def _st(path: Path, header: dict[str, Any], data: int) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(data))
+    return path
+
+
+def _t(offsets: tuple[int, int], shape: list[int] | None = None, dtype: str = "F32") -> dict:
+    if shape is None:
+        shape = [(offsets[1] - offsets[0]) // 4]
+    return {"dtype": dtype, "shape": shape, "data_offsets": list(offsets)}
+
+
+@pytest.mark.parametrize("header,data,match", [
+    # the reference loader's InvalidOffset: overlaps and gaps
+    ({"a": _t((0, 8)), "b": _t((4, 12))}, 12, "overlaps the tensor before it"),
+    ({"a": _t((0, 8)), "b": _t((16, 24))}, 24, "leaves a gap before it"),
+    ({"a": _t((8, 16))}, 16, "leaves a gap"),
+    # MetadataIncompleteBuffer: bytes after the last tensor
+    ({"a": _t((0, 8))}, 9, "1 bytes after its last tensor"),
+    # ValidationOverflow: 1,000 dimensions of 2
+    ({"a": _t((0, 8), [2] * 1000)}, 8, "more than 2\\^64 elements"),
+    ({"a": _t((0, 2**70), [1])}, 8, "data_offsets"),
+    ({"a": _t((0, 8)), "__metadata__": {"format": ["pt"]}}, 8, "__metadata__ is not an object "
+                                                                "of strings"),
+])
+def test_safetensors_offsets_are_validated_as_the_reference_loader(
+        tmp_path: Path, header: dict, data: int, match: str) -> None:
+    with pytest.raises(MemfitError, match=match) as err:
+        read_header(_st(tmp_path / "x.safetensors", header, data))
+    assert "\n" not in str(err.value) and len(str(err.value)) < 600
+
+
+def test_safetensors_headers_in_any_order_and_1000_unit_dimensions(tmp_path: Path) -> None:
+    header = {"b": _t((8, 16)), "a": _t((0, 8), [1] * 998 + [2, 1])}
+    entries, _ = read_header(_st(tmp_path / "x.safetensors", header, 16))
+    assert [e.name for e in entries] == ["a", "b"] and len(entries[0].shape) == 1000
+
+
+def test_safetensors_header_length_is_bounded_before_reading(tmp_path: Path) -> None:
+    import resource
+
+    from memfit.inputs.safetensors import MAX_HEADER_BYTES
+
+    path = tmp_path / "x.safetensors"
+    with path.open("wb") as f:  # a sparse 84 MB header: refused from its 8-byte length
+        f.write(struct.pack("<Q", 84_000_000))
+        f.truncate(8 + 84_000_000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(MemfitError, match=f"exceeds {MAX_HEADER_BYTES:,} bytes"):
+        read_header(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KiB
+    path.write_bytes(struct.pack("<Q", 5000) + b'{"a": 1}')
+    with pytest.raises(MemfitError, match="truncated inside its 5,000-byte header"):
+        read_header(path)
+    raw = b'{"a": ' + b"9" * 5000 + b"}"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(MemfitError, match="not valid JSON"):
+        read_header(path)
+    raw = b'{"\xff": 1}'
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(MemfitError, match="not UTF-8"):
+        read_header(path)
+
+
+@pytest.mark.parametrize("weight_map,match", [
+    ({"a": 1}, r"weight_map\['a'\]: got 1"),
+    ({"a": "../../etc/passwd"}, r"no '\.\.'"),
+    ({"a": "/etc/passwd"}, "relative to the folder"),
+    ([1, 2], "a JSON object whose weight_map"),
+])
+def test_safetensors_index_is_checked(tmp_path: Path, weight_map: Any, match: str) -> None:
+    folder = write_folder(tmp_path / "ckpt", LLAMA, llama_tensors(LLAMA))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(MemfitError, match=match):
+        load(str(folder))
+
+
+def test_config_with_a_5000_digit_number(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "x": ' + "9" * 5000 + "}")
+    with pytest.raises(MemfitError, match="holds a number memfit will not read"):
+        load(str(tmp_path))
+    cfg = {**LLAMA, "num_hidden_layers": 10**5000}
+    with pytest.raises(MemfitError, match="an integer of about 5001 digits"):
+        from_hf_config(cfg)
+    with pytest.raises(MemfitError, match=r"num_hidden_layers: got 100000.0; allowed: an "
+                                          r"integer in \[1, 10000\]"):
+        from_hf_config({**LLAMA, "num_hidden_layers": 100000.0})
