@@ -350,3 +350,79 @@ def test_llamacpp_fit_finds_the_most_gpu_layers() -> None:
     base = dict(engine="llamacpp", weights="Q4_K_M", prompt=8192, generate=0, gpu="rtx-4090")
     assert infer("llama-3.1-70b", n_gpu_layers=n, **base).fits
     assert not infer("llama-3.1-70b", n_gpu_layers=n + 1, **base).fits
+
+
+# ------------------------------------------------------------------------------------------
+# llama.cpp options
+# ------------------------------------------------------------------------------------------
+
+def test_llamacpp_llama3_8b_published_buffers_without_flash_attention() -> None:
+    # Ollama's llama runner log (llama.cpp, n_ctx 8192 = 4 slots x 2048, n_ubatch 512,
+    # flash_attn = 0): "CPU model buffer size = 281.81 MiB", "CUDA0 model buffer size =
+    # 4403.49 MiB" (Q4_K_M), "CUDA0 KV buffer size = 1024.00 MiB", "CUDA0 compute buffer size
+    # = 560.00 MiB"; a Llama 3 8B Q4_0 log shows "CUDA0 buffer size = 4156.00 MiB".
+    e = infer("llama-3.1-8b", engine="llamacpp", weights="Q4_K_M", batch=4, prompt=2000,
+              generate=48, flash_attn="off")
+    x = e.extras
+    assert x["n_ctx"] == 8192 and x["n_ubatch"] == 512 and x["flash_attn"] is False
+    assert abs(x["gpu_weights_mib"] - 4403.49) <= 0.01
+    assert round(x["host_weights_bytes"] / MiB, 2) == 281.81
+    assert x["kv_cache_mib"] == 1024.0
+    assert abs(x["compute_buffer_mib"] - 560.0) <= 0.05 * 560
+    q4_0 = infer("llama-3-8b", engine="llamacpp", weights="Q4_0", prompt=512, generate=0)
+    assert abs(q4_0.extras["gpu_weights_mib"] - 4156.00) <= 0.05
+
+
+def test_llamacpp_flash_attention_and_ubatch() -> None:
+    base = dict(engine="llamacpp", weights="Q4_K_M", prompt=32768, generate=0)
+    on = infer("llama-3.1-8b", flash_attn="on", **base)
+    auto = infer("llama-3.1-8b", **base)
+    off = infer("llama-3.1-8b", flash_attn="off", **base)
+    assert auto.components["activations"] == on.components["activations"]
+    # the f32 KQ scores: 4 * 32768 * 512 * 32 heads = 2 GiB
+    assert off.components["activations"] > 2 * 2**30 > 6 * on.components["activations"]
+    half = infer("llama-3.1-8b", ubatch_size=256, flash_attn="off", **base)
+    assert half.extras["n_ubatch"] == 256
+    assert 1.9 < off.components["activations"] / half.components["activations"] < 2.1
+
+
+def test_llamacpp_separate_k_and_v_cache_types() -> None:
+    base = dict(engine="llamacpp", weights="Q4_K_M", prompt=8192, generate=0)
+    f16 = infer("llama-3.1-8b", **base).components["kv_cache"]
+    kq8 = infer("llama-3.1-8b", cache_type_k="q8_0", **base)
+    both = infer("llama-3.1-8b", cache_type_k="q8_0", cache_type_v="q8_0", **base)
+    # q8_0: 34 bytes per 32 elements; f16: 64
+    assert kq8.components["kv_cache"] == f16 // 2 + f16 // 2 * 34 // 64
+    assert both.components["kv_cache"] == f16 * 34 // 64
+    assert kq8.assumptions["kv_dtype"] == "K q8_0, V f16"
+    # a quantized V cache needs flash attention: llama.cpp refuses the context
+    refused = infer("llama-3.1-8b", cache_type_v="q8_0", flash_attn="off", gpu="h100", **base)
+    assert refused.fits is False and "flash attention" in refused.extras["blockers"][0]
+    with pytest.raises(MemfitError) as err:
+        infer("llama-3.1-8b", cache_type_k="q7", **base)
+    assert err.value.field == "cache-type-k"
+
+
+def test_llamacpp_n_cpu_moe_keeps_experts_in_host_ram() -> None:
+    base = dict(engine="llamacpp", weights="Q4_K_M", prompt=4096, generate=0)
+    full = infer("qwen3-30b-a3b", **base)
+    moe = infer("qwen3-30b-a3b", n_cpu_moe=12, **base)
+    moved = moe.extras["experts_on_cpu_bytes"]
+    assert moved > 0
+    assert full.components["weights"] - moe.components["weights"] == moved
+    assert moe.extras["host_weights_bytes"] - full.extras["host_weights_bytes"] == moved
+    spec = get_entry("qwen3-30b-a3b").spec
+    rw = resolve_weights_option(spec, "Q4_K_M", "llamacpp")
+    assert moved == model_weights(spec, rw, start=0, stop=12, first=False,
+                                  last=False).components["experts"]
+    dense = infer("llama-3.1-8b", n_cpu_moe=4, **base)
+    assert any("n-cpu-moe ignored" in n for n in dense.assumptions["notes"])
+
+
+def test_llamacpp_reports_in_llama_cpp_words() -> None:
+    e = infer("llama-3.1-8b", engine="llamacpp", weights="Q4_K_M", gpu="rtx-4090")
+    assert "allocator_slack" not in e.overheads  # ggml allocates its buffers once
+    assert {t.name for t in e.terms} >= {"model_buffer", "kv_buffer", "compute_buffer"}
+    text = render_estimate(e)
+    assert "model buffer" in text and "KV buffer" in text and "compute buffer" in text
+    assert "torch.cuda" not in text and "allocator slack" not in text

@@ -216,19 +216,29 @@ def _gpu_words(name: str, memory_bytes: int, unit: str) -> str:
     return f"{name} ({marketed}{fmt_bytes(memory_bytes, unit, suffix=True)} usable)"
 
 
+def _engine_label(est: Estimate, name: str) -> str:
+    """A component in the engine's own words where it has them (llama.cpp's buffers:
+    ``extras["component_words"]``)."""
+    words = est.extras.get("component_words") or {}
+    return words.get(name) or component_label(name)
+
+
 def _breakdown_rows(est: Estimate, unit: str) -> list[list[str]]:
     comps = dict(est.components)
     peak = est.peak_bytes
     rows: list[list[str]] = []
+    ggml = bool(est.extras.get("component_words"))
     for name in ordered_components(comps):
         value = comps.get(name, 0)
         if value == 0:
-            rows.append([component_label(name), "-", "-", ""])
+            if not ggml:
+                rows.append([component_label(name), "-", "-", ""])
             continue
         share = value / peak if peak else 0.0
-        rows.append([component_label(name), fmt_bytes(value, unit), f"{100 * share:.1f}%",
+        rows.append([_engine_label(est, name), fmt_bytes(value, unit), f"{100 * share:.1f}%",
                      _bar(share)])
-    rows.append(["= peak (tensors)", fmt_bytes(peak, unit), "100.0%",
+    rows.append(["= GPU buffers" if ggml else "= peak (tensors)", fmt_bytes(peak, unit),
+                 "100.0%", "the CUDA0 buffers llama.cpp logs" if ggml else
                  "what torch.cuda.max_memory_allocated() reports"])
     for name, value in est.overheads.items():
         rows.append([f"+ {component_label(name)}", fmt_bytes(value, unit), "", ""])
@@ -252,7 +262,7 @@ def _phase_table(est: Estimate, unit: str) -> str:
                     + [fmt_bytes(p.components[n], unit) if p.components.get(n) else "-"
                        for n in live]
                     + [fmt_bytes(p.peak_bytes, unit), mark])
-    headers = ["phase"] + [component_label(n) for n in live] + ["peak", ""]
+    headers = ["phase"] + [_engine_label(est, n) for n in live] + ["peak", ""]
     right = tuple(range(1, len(live) + 2))
     return table(headers, rows, right=right)
 
