@@ -211,7 +211,7 @@ gradient_checkpointing: true
 flash_attention: true
 """
 AXOLOTL_FULL = """\
-# examples/llama-3/fft-8b.yaml (axolotl), with the Liger plugin of examples/llama-3/fft-8b-liger-fsdp.yaml
+# examples/llama-3/fft-8b.yaml (axolotl) with the Liger plugin of fft-8b-liger-fsdp.yaml
 base_model: NousResearch/Meta-Llama-3.1-8B
 plugins:
   - axolotl.integrations.liger.LigerPlugin
@@ -588,13 +588,15 @@ FILES = [
       "selective_ac_option"}, {"[job]", "training.steps", "optimizer.lr"}),
     ("llama3_70b.toml", TORCHTITAN_70B, ["--gpus", "64", "--gpu", "h100"],
      ["train", "llama-3.1-70b", "--optimizer", "adamw", "--batch", "1", "--seq", "8192",
-      "--tp", "8", "--pp", "1", "--cp", "1", "--precision", "bf16-mixed", "--checkpointing", "full", "--dp", "8",
+      "--tp", "8", "--pp", "1", "--cp", "1", "--precision", "bf16-mixed", "--checkpointing",
+      "full", "--dp", "8",
       "--gpu", "h100", "--fsdp", "full", "--fsdp-version", "2"],
      {"parallelism.tensor_parallel_degree"}, set()),
     ("llama3_8b_sac.toml", TORCHTITAN_SAC2, ["--gpus", "8"],
      ["train", "llama-3.1-8b", "--optimizer", "adamw", "--optimizer-impl", "fused", "--batch",
       "1", "--seq", "8192", "--tp", "1", "--pp", "1", "--cp", "1", "--precision",
-      "bf16-mixed", "--checkpointing", "full", "--checkpoint-every", "2", "--dp", "8", "--fsdp", "full", "--fsdp-version", "2"],
+      "bf16-mixed", "--checkpointing", "full", "--checkpoint-every", "2", "--dp", "8",
+      "--fsdp", "full", "--fsdp-version", "2"],
      {"activation_checkpoint.selective_ac_option"}, set()),
     ("default_config.yaml", ACCELERATE_FSDP, ["--model", "llama-3.1-8b", "--batch", "2"],
      ["train", "llama-3.1-8b", "--fsdp", "full", "--fsdp-version", "1", "--precision",

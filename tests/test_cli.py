@@ -68,7 +68,7 @@ def test_user_errors_exit_2_with_one_line(capsys, argv, needle) -> None:
 
 @pytest.mark.parametrize("content, needle", [
     ("{not json", "not valid JSON"),
-    ('{"model_type": "bert"}', "model_type"),
+    ('{"model_type": "nosuchtype"}', "model_type"),
     ('{"model_type": "llama", "hidden_size": -1, "num_hidden_layers": 2, '
      '"num_attention_heads": 4, "vocab_size": 10, "intermediate_size": 8}', "hidden_size"),
     ("[1, 2]", "JSON object"),

@@ -301,7 +301,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             from .catalog import all_entries as every
             families = sorted({e.family for e in every()})
             raise MemfitError.bad_value("family", args.family, ", ".join(families))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in entries:
         c = count_params(e.spec)
         rows.append({"name": e.name, "family": e.family, "total_params": c.total,
@@ -335,7 +335,8 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_formats(args: argparse.Namespace) -> int:
     from .dtypes import FORMATS, GGUF_FILE_TYPES
 
-    rows = [{"name": f.name, "kind": f.kind, "bits_per_element": float(f.bits_per_element),
+    rows: list[dict[str, Any]] = [
+            {"name": f.name, "kind": f.kind, "bits_per_element": float(f.bits_per_element),
              "block_size": f.block_size, "unquantized": list(f.unquantized),
              "source": f.source} for f in FORMATS]
     files = [{"name": t.name, "default_type": t.default_type, "description": t.description}
@@ -355,7 +356,8 @@ def cmd_formats(args: argparse.Namespace) -> int:
 def cmd_gpus(args: argparse.Namespace) -> int:
     from .hardware import GPUS
 
-    rows = [{"name": g.name, "vendor": g.vendor, "memory_bytes": g.memory_bytes,
+    rows: list[dict[str, Any]] = [
+            {"name": g.name, "vendor": g.vendor, "memory_bytes": g.memory_bytes,
              "usable_bytes": g.usable_bytes, "marketed": g.marketed,
              "memory_basis": g.memory_basis} for g in GPUS]
     if args.json:
