@@ -78,6 +78,24 @@ COMMANDS = [
       "--gpu-memory-utilization", "0.8", "--max-model-len", "8192", "--gpu", "l40s"],
      {"--mem-fraction-static", "--context-length", "--model-path"},
      {"sglang.launch_server", "--port"}),
+    # SGLang docs, "Server arguments": tensor parallel, an fp8 checkpoint and cache
+    (["--gpu", "h100", "--", "python", "-m", "sglang.launch_server", "--model-path",
+      "meta-llama/Meta-Llama-3.1-70B-Instruct", "--tp", "4", "--kv-cache-dtype", "fp8_e5m2",
+      "--quantization", "fp8", "--max-running-requests", "128"],
+     ["infer", "meta-llama/Meta-Llama-3.1-70B-Instruct", "--engine", "vllm", "--tp", "4",
+      "--kv-dtype", "fp8_e5m2", "--weights", "fp8-e4m3", "--gpu", "h100"],
+     {"--tp-size", "--kv-cache-dtype", "--quantization"}, {"--max-running-requests"}),
+    # SGLang docs: data parallel replicas and a chunked prefill, the model's own context
+    (["--gpu", "l4", "--", "python3", "-m", "sglang.launch_server", "--model",
+      "meta-llama/Llama-3.2-3B-Instruct", "--dp", "2", "--chunked-prefill-size", "4096"],
+     ["infer", "meta-llama/Llama-3.2-3B-Instruct", "--engine", "vllm", "--gpu", "l4"],
+     {"--model-path"}, {"--dp-size", "--chunked-prefill-size", "--mem-fraction-static"}),
+    # llama.cpp README, "Obtaining and quantizing models": -hf repo:quant, the model's context
+    (["--model", "gemma-3-1b", "--gpu", "t4", "--", "llama-server", "-hf",
+      "ggml-org/gemma-3-1b-it-GGUF:Q4_K_M", "-c", "0", "-np", "4"],
+     ["infer", "gemma-3-1b", "--engine", "llamacpp", "--weights", "Q4_K_M", "--batch", "1",
+      "--generate", "0", "--prompt", "32768", "--gpu", "t4"],
+     {"--hf-repo", "--parallel", "--ctx-size", "(context not given)"}, {"--hf-repo"}),
     # llama.cpp tools/server/README.md: a local GGUF, given beside as a catalog model
     (["--model", "llama-3.1-8b", "--weights", "Q4_K_M", "--gpu", "rtx-4090", "--",
       "llama-server", "-m", "models/7B/ggml-model.gguf", "-c", "16384", "-ngl", "99",
@@ -94,6 +112,13 @@ COMMANDS = [
      ["infer", "llama-3.2-3b", "--engine", "llamacpp", "--prompt", "4096", "--n-gpu-layers",
       "20", "--ubatch-size", "256", "--batch", "1", "--generate", "0"],
      {"--ctx-size", "--gpu-layers", "--ubatch-size"}, {"--conversation", "MODEL"}),
+    # llama.cpp README, "llama-cli": a prompt and a token budget, llama.cpp's default context
+    (["--model", "llama-2-7b", "--weights", "Q4_0", "--", "llama-cli", "-m",
+      "models/7B/ggml-model-q4_0.gguf", "-p", "Building a website can be done in 10 steps:",
+      "-n", "400", "--no-kv-offload"],
+     ["infer", "llama-2-7b", "--engine", "llamacpp", "--batch", "1", "--generate", "0",
+      "--prompt", "4096", "--weights", "Q4_0"],
+     {"--ctx-size"}, {"--prompt", "--n-predict", "--no-kv-offload"}),
 ]
 
 
