@@ -500,3 +500,17 @@ def test_prompt_beyond_the_limit_is_in_the_verdict(engine) -> None:
     text = render_estimate(e)
     assert "Fit: DOES NOT" in text and "200128" in text
     assert infer("llama-3.1-8b", prompt=130_000, gpu="b200", engine=engine, **kw).fits
+
+
+def test_llamacpp_fit_answers_at_partial_offload() -> None:
+    from memfit.report import render_fit
+
+    r = fit_infer("llama-3.1-70b", "rtx-4090", engine="llamacpp", weights="Q4_K_M")
+    assert r.fits is False and r.max_gpu_layers is not None and r.max_gpu_layers < 81
+    # the batch and prompt answers are at that -ngl, not "nothing fits"
+    assert r.max_batch is not None and r.max_prompt is not None
+    assert infer("llama-3.1-70b", engine="llamacpp", weights="Q4_K_M", gpu="rtx-4090",
+                 n_gpu_layers=r.max_gpu_layers, batch=r.max_batch).fits
+    text = render_fit(r)
+    assert f"--n-gpu-layers {r.max_gpu_layers}" in text
+    assert "largest --n-gpu-layers" in text

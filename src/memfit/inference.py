@@ -278,10 +278,8 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
     max_batch = largest_true(lambda x: ok(replace(base, batch=x)), 1, MAX_COUNT)
     cap, bound = _prompt_cap(spec, base, config)
     max_prompt = largest_true(lambda x: ok(replace(base, prompt=x)), 1, cap)
-    max_layers = None
-    if base.engine == "llamacpp":
-        max_layers = largest_true(lambda x: ok(replace(base, n_gpu_layers=x)), 0,
-                                  spec.num_layers + 1)
+    max_layers, max_batch, max_prompt = _llamacpp_answers(spec, base, ok, max_batch,
+                                                          max_prompt, cap, notes)
     e = est(base)
     kv_tokens = e.extras.get("kv_cache_tokens")
     kv_blocks = e.extras.get("kv_cache_blocks")
@@ -293,6 +291,25 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
                      layout={"tp": layout[0], "pp": layout[1]} if layout else None,
                      kv_cache_tokens=kv_tokens, kv_cache_blocks=kv_blocks, max_concurrency=conc,
                      max_gpu_layers=max_layers, total_bytes=e.total_bytes, notes=tuple(notes))
+
+
+def _llamacpp_answers(spec: ModelSpec, base: InferenceOptions, ok: Any,
+                      max_batch: int | None, max_prompt: int | None, cap: int,
+                      notes: list[str]) -> tuple[int | None, int | None, int | None]:
+    """llama.cpp: the largest ``--n-gpu-layers`` that fits and, when full offload fits
+    nothing and no ``-ngl`` was asked, the batch and prompt answers at that partial offload
+    (said in the notes)."""
+    if base.engine != "llamacpp":
+        return None, max_batch, max_prompt
+    L = spec.num_layers
+    layers = largest_true(lambda x: ok(replace(base, n_gpu_layers=x)), 0, L + 1)
+    if max_batch is None and layers is not None and base.n_gpu_layers is None:
+        part = replace(base, n_gpu_layers=layers)
+        max_batch = largest_true(lambda x: ok(replace(part, batch=x)), 1, MAX_COUNT)
+        max_prompt = largest_true(lambda x: ok(replace(part, prompt=x)), 1, cap)
+        notes.append(f"full offload ({L + 1} layers) does not fit: the batch and prompt "
+                     f"answers are at --n-gpu-layers {layers}, the rest in host RAM")
+    return layers, max_batch, max_prompt
 
 
 def _prompt_cap(spec: ModelSpec, o: InferenceOptions,
@@ -331,6 +348,6 @@ def _fit_notes(o: InferenceOptions, e: Estimate, max_prompt: int | None, cap: in
         notes.append(f"vLLM does not start with max_model_len {e.extras.get('max_model_len')}: "
                      f"{fix}")
     if max_layers is not None and max_layers <= n_layers:
-        notes.append(f"llama.cpp: at most --n-gpu-layers {max_layers} of {n_layers + 1} fit "
-                     f"(the output layer needs {n_layers + 1})")
+        notes.append(f"llama.cpp: at most --n-gpu-layers {max_layers} fit ({n_layers + 1} "
+                     f"offloads all {n_layers} layers and the output layer)")
     return notes
