@@ -426,3 +426,23 @@ def test_llamacpp_reports_in_llama_cpp_words() -> None:
     text = render_estimate(e)
     assert "model buffer" in text and "KV buffer" in text and "compute buffer" in text
     assert "torch.cuda" not in text and "allocator slack" not in text
+
+
+def test_vllm_a5000_llama31_8b_published_pool() -> None:
+    # a public measurement: RTX A5000, Llama-3.1-8B bf16, enforce_eager, max_model_len 2048,
+    # LLM class: "Available KV cache memory: 5.29 GiB", "GPU KV cache size: 43,296 tokens"
+    e = infer("llama-3.1-8b", engine="vllm", gpu="rtx-a5000", enforce_eager=True,
+              max_model_len=2048, vllm_entrypoint="llm")
+    assert abs(e.extras["kv_cache_tokens"] - 43296) / 43296 <= 0.02
+    assert abs(e.extras["available_kv_bytes"] / 2**30 - 5.29) / 5.29 <= 0.02
+
+
+def test_vllm_start_refusal_matches_the_published_message() -> None:
+    # "To serve at least one request with the model's max seq len (131072), 20.0 GiB KV cache
+    # is needed": Llama-3.3-70B FP8 with an fp8 KV cache on one 80 GB GPU
+    e = infer("llama-3.3-70b", engine="vllm", gpu="h100", weights="fp8", kv_dtype="fp8",
+              max_num_batched_tokens=8192, max_num_seqs=8)
+    assert e.extras["starts"] is False
+    assert "needs 20.00 GiB of KV cache" in e.extras["blockers"][0]
+    # "Model loading took 67.7 GiB"
+    assert abs(e.components["weights"] / 2**30 - 67.7) <= 0.05
