@@ -823,3 +823,38 @@ def test_check_does_not_import_yaml_or_torch() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ""
+
+
+# -- the Python entry point (for the web page) and bare Hugging Face ids -----------------------
+
+def test_check_text_answers_a_pasted_command_or_config(capsys) -> None:
+    from memfit.check import check_text
+
+    got = check_text("vllm serve meta-llama/Llama-3.1-8B-Instruct \\\n  --max-model-len 16384",
+                     gpu="l4")
+    same_as(capsys, got, ["infer", "meta-llama/Llama-3.1-8B-Instruct", "--engine", "vllm",
+                          "--max-model-len", "16384", "--gpu", "l4"])
+    got = check_text(LLAMAFACTORY_FULL)  # its deepspeed file cannot be read from a paste
+    assert {"field": "deepspeed", "value": "ds_z3_config.json",
+            "why": "the DeepSpeed file was not found beside this config; give its settings "
+                   "with memfit's flags (--zero, --offload) or check it on its own"} \
+        in got["ignored"]
+
+
+def test_bare_hf_ids(monkeypatch) -> None:
+    import importlib.util
+
+    import memfit.inputs
+    from memfit.catalog import find_hf_id, resolve_model
+    from memfit.errors import MemfitError
+
+    assert find_hf_id("META-LLAMA/llama-3.1-8b").name == "llama-3.1-8b"
+    assert find_hf_id("meta-llama/Llama-3.1-8B-Instruct").name == "llama-3.1-8b"
+    assert resolve_model("meta-llama/Llama-3.2-1B")[0].name == "llama-3.2-1b"
+    seen = []
+    monkeypatch.setattr(memfit.inputs, "load", lambda m: seen.append(m) or ("spec", {}, None))
+    resolve_model("someorg/some-model")  # not in the catalog: the Hub, through hf:
+    assert seen == ["hf:someorg/some-model"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MemfitError, match="hf:org/name with the 'hub' extra"):
+        resolve_model("someorg/some-model")

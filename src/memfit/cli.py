@@ -454,16 +454,11 @@ def cmd_check(args: argparse.Namespace) -> int:
               for cls in (InferenceOptions, TrainingOptions) for f in fields(cls)}
     beside.update(model=args.model, gpus=args.gpus)
     t = check.complete(t, beside)
-    argv = check.equivalent_argv(t)
-    est = _estimate(argparse.Namespace(model=t.model, **{
-        f.name: t.options.get(f.name) for f in fields(InferenceOptions if t.mode == "infer"
-                                                      else TrainingOptions)}), t.mode)
     if args.json:
-        out = est.to_dict()
-        out.update(understood=t.understood, ignored=t.ignored,
-                   artefact={"kind": t.kind, "equivalent": "memfit " + shlex.join(argv)})
-        _print_json(out)
+        _print_json(check.answer(t))
         return 0
+    argv = check.equivalent_argv(t)
+    est = check.estimate(t)
     print(_render_check(t, argv))
     print()
     print(render_estimate(est, args.units))

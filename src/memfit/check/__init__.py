@@ -32,7 +32,7 @@ from ..workload import InferenceOptions, TrainingOptions
 from ._base import Translation, flag_text
 
 __all__ = ["Translation", "read_command", "read_file", "read_text", "complete",
-           "equivalent_argv", "KINDS"]
+           "equivalent_argv", "estimate", "answer", "check_text", "KINDS"]
 
 KINDS = ("vllm", "sglang", "llama-server", "llama-cli", "ollama", "deepspeed", "hf-trainer",
          "axolotl", "llama-factory", "torchtune", "torchtitan", "accelerate")
@@ -272,3 +272,46 @@ def equivalent_argv(t: Translation) -> list[str]:
             continue
         argv += flag_text(key, value).split(" ", 1)
     return argv
+
+
+def estimate(t: Translation) -> Any:
+    """The :class:`~memfit.inference.Estimate` of a completed translation: exactly
+    ``memfit.infer`` / ``memfit.train`` with its options."""
+    if t.mode == "infer":
+        from ..inference import infer
+
+        return infer(t.model, **t.options)  # type: ignore[arg-type]
+    from ..training import train
+
+    return train(t.model, **t.options)  # type: ignore[arg-type]
+
+
+def answer(t: Translation) -> dict[str, Any]:
+    """The JSON of ``memfit check``: the equivalent call's, plus ``understood``, ``ignored``
+    and ``artefact`` (its kind and the equivalent command line)."""
+    out = estimate(t).to_dict()
+    out.update(understood=t.understood, ignored=t.ignored,
+               artefact={"kind": t.kind, "equivalent": "memfit " + shlex.join(
+                   equivalent_argv(t))})
+    return out
+
+
+def check_text(text: str, name: str = "pasted", **beside: Any) -> dict[str, Any]:
+    """A pasted command line or config file (for Python and the web page): ``beside`` holds
+    memfit options (``model=``, ``gpu=``, ``gpus=`` ...). A config's references to other
+    files (``deepspeed: ds.json``) are listed as ignored: there is no folder to read them
+    from."""
+    if not isinstance(text, str) or not text.strip():
+        raise MemfitError.bad_value("artefact", text, "a command line or a config file's text")
+    if len(text) > _MAX_FILE_BYTES:
+        raise MemfitError.bad_value("artefact", f"{len(text):,} characters",
+                                    f"at most {_MAX_FILE_BYTES:,}")
+    first = text.strip().split()[0]
+    if os.path.basename(first) in _COMMANDS or _ASSIGN.match(first):
+        t = read_command(shlex.split(re.sub(r"\\\r?\n", " ", text), comments=True))
+    else:
+        t = read_text(text, name)
+    return answer(complete(t, beside))
+
+
+_COMMANDS = ("vllm", "python", "python3", "llama-server", "llama-cli")
