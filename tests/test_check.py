@@ -140,6 +140,15 @@ def test_issue_example_answers_vllms_verdict(capsys) -> None:
     assert "vLLM starts" in out and "FITS on l4" in out
 
 
+def test_cpu_moe_is_every_layer(capsys) -> None:
+    got = check_json(capsys, "--model", "qwen3-30b-a3b", "--weights", "Q4_K_M", "--",
+                     "llama-server", "-m", "q.gguf", "--cpu-moe", "-c", "8192")
+    assert got["options"]["n_cpu_moe"] == 48  # qwen3-30b-a3b's num_hidden_layers
+    same_as(capsys, got, ["infer", "qwen3-30b-a3b", "--engine", "llamacpp", "--prompt", "8192",
+                          "--batch", "1", "--generate", "0", "--weights", "Q4_K_M",
+                          "--n-cpu-moe", "48"])
+
+
 def test_one_string_command_and_script_file(tmp_path: Path) -> None:
     line = "vllm serve meta-llama/Llama-3.1-8B-Instruct --max-model-len 8192 -tp 2"
     a = read_command([line])

@@ -222,8 +222,8 @@ def complete(t: Translation, beside: Mapping[str, Any]) -> Translation:
     if t.options.get("dp", 1) > 1:
         for key, value in t.when_distributed.items():
             t.options.setdefault(key, value)
-    if t.context == "model":
-        _model_context(t)
+    if t.context == "model" or t.per_model:
+        _from_model(t)
     return t
 
 
@@ -248,10 +248,16 @@ def _world(t: Translation, gpus: int) -> None:
     _override(t, "dp", gpus // model_par)
 
 
-def _model_context(t: Translation) -> None:
+def _from_model(t: Translation) -> None:
+    """Options the artefact sets as a property of the model: every layer (``--cpu-moe``),
+    the model's own context (vLLM's and llama.cpp's ``-c 0`` default)."""
     from ..catalog import resolve_model
 
     spec, _ = resolve_model(t.model)  # type: ignore[arg-type]
+    for option, attr in t.per_model.items():
+        t.options.setdefault(option, getattr(spec, attr))
+    if t.context != "model":
+        return
     n = spec.learned_positions or spec.max_position_embeddings
     if not n:
         raise MemfitError.bad_value("max-model-len", None, "a context length (the model's "

@@ -38,6 +38,9 @@ class Translation:
     # options that apply when the run has more than one data-parallel rank (torchtune's and
     # torchtitan's distributed recipes shard with FSDP2 whatever the config says)
     when_distributed: dict[str, Any] = field(default_factory=dict)
+    # options whose value is a property of the model (``--cpu-moe``: every layer's experts),
+    # filled once the model is resolved: option -> ModelSpec attribute
+    per_model: dict[str, str] = field(default_factory=dict)
 
 
 class Reader:

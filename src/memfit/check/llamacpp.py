@@ -50,7 +50,6 @@ _NO_MEMORY = frozenset(("threads", "threads-batch", "host", "port", "alias", "ji
                         "reasoning-format", "no-warmup", "slots", "timeout", "ctx-shift"))
 _IGNORED = {
     "no-kv-offload": "the KV cache stays in CPU memory: less GPU memory than counted",
-    "cpu-moe": "expert weights stay in CPU memory: less GPU memory than counted",
     "override-tensor": "tensors placed by pattern (often experts on the CPU): less GPU memory "
                        "than counted",
     "mlock": "host memory only", "no-mmap": "host memory only", "mmap": "host memory only",
@@ -119,6 +118,9 @@ def read_llamacpp(program: str, argv: list[str]) -> Translation:
             _kv(r, flag, value, name.replace("-", "_"))
         elif name == "n-cpu-moe":
             r.use(flag, value, "n_cpu_moe", to_int(name, value, 0))
+        elif name == "cpu-moe" and value is True:
+            r.note(flag, value, "--n-cpu-moe = every layer (all expert tensors in host RAM)")
+            r.t.per_model["n_cpu_moe"] = "num_layers"
         elif name == "ubatch-size":
             _ubatch(r, flag, value)
         elif name == "flash-attn":
