@@ -271,8 +271,8 @@ def _verdict(est: Estimate, unit: str) -> list[str]:
     blockers = list(est.extras.get("blockers") or ())
     if est.gpu is None or est.gpu_memory_bytes is None:
         return ([f"Fit: DOES NOT RUN as asked: {b}." for b in blockers] +
-                ["Fit: no --gpu given (name one, e.g. --gpu h100 or --gpu 24GiB, to check the "
-                 "fit; `memfit gpus` lists the cards)."])
+                ["Fit: no --gpu given (name one, e.g. --gpu h100, to check the fit; "
+                 "`memfit gpus` lists them)."])
     cap = est.gpu_memory_bytes
     total = est.total_bytes
     head = cap - total
