@@ -37,6 +37,7 @@ from .memory.weights import memo_table
 from .parallel import ParallelPlan, stage_layers
 from .solve import largest_true
 from .step import Ctx, stage_estimate
+from .step.knobs import check_knobs, target_names
 from .step.states import LORA_TARGETS
 from .workload import MAX_COUNT, TrainingOptions, default_within, make_options
 
@@ -127,7 +128,9 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
     lora_dtype = o.lora_dtype or "fp32"
     if o.lora_dtype is not None and o.lora_rank is None:
         raise MemfitError.bad_value("lora-dtype", lora_dtype, "only with --lora-rank or --qlora")
-    c = Ctx(spec, config, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2)
+    targets = check_knobs(spec, o)
+    c = Ctx(spec, config, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2,
+            targets)
     counts = stage_layers(spec.num_layers, o.pp)
     stages = [0] if o.pp == 1 else sorted({0, o.pp - 1})
     results = [stage_estimate(c, s, counts) for s in stages]
@@ -164,8 +167,11 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
         assumptions["pipeline"] = ("1F1B: the first stage holds min(pp, micro-batches) "
                                    "micro-batches of activations; the last the LM head and loss")
     if o.lora_rank is not None:
-        assumptions["lora"] = (f"rank {o.lora_rank} on {', '.join(LORA_TARGETS)}; adapters, their "
-                               "gradients and optimizer state in fp32")
+        assumptions["lora"] = (
+            f"rank {o.lora_rank} on {', '.join(target_names(spec, targets))} "
+            f"(--lora-targets {o.lora_targets}); adapters and their gradients in {lora_dtype}, "
+            "optimizer state fp32" + (f"; dropout {o.lora_dropout} on each adapter's input"
+                                      if o.lora_dropout else ""))
     return Estimate(mode="train", model=spec.name, options=_options_dict(o, extra),
                     phases=best["phases"], overheads={t.name: t.bytes for t in overheads},
                     terms=LazyTerms(lambda: (*best["terms"](), *overheads)),

@@ -115,6 +115,9 @@ class ActivationSetup:
     cp: int = 1
     lora: bool = False  # frozen base linears with trainable adapters
     lora_rank: int = 0
+    # the projections with adapters, in memfit's names (TensorGroup.lora); see LORA_ALL
+    lora_targets: frozenset[str] = frozenset(("q", "k", "v", "o", "gate", "up", "down"))
+    lora_dropout: bool = False  # peft lora_dropout > 0: an nn.Dropout on each adapter's input
     lora_bytes: int = 4  # the adapters' dtype: fp32 (peft's default) or 16-bit
     qlora: bool = False
     dropout: tuple[bool, bool, bool] = (False, False, False)
@@ -200,10 +203,25 @@ def _adapter_input_bytes(s: ActivationSetup) -> int:
 def _adapter_inputs(s: ActivationSetup, width: int, n_proj: int, in_bytes: int) -> int:
     """Bytes per token the adapters of ``n_proj`` projections reading one ``width``-wide
     input save: each casts the input to its own copy, unless the input already has the
-    adapters' dtype (no cast, no autocast: one shared tensor); lora_B's input each."""
+    adapters' dtype (no cast, no autocast: one shared tensor); lora_B's input each.
+
+    With ``lora_dropout`` > 0 each adapter has its own ``nn.Dropout`` (peft
+    tuners/lora/layer.py, ``LoraLayer.update_layer``: ``lora_dropout[adapter_name]``; the
+    forward is ``lora_B(lora_A(dropout(x)))``): dropout saves its bool mask (1 byte per
+    element) and lora_A the dropped copy, its own, whatever the dtypes; the cast it read is
+    then saved by no one."""
+    if n_proj == 0:
+        return 0
     ad = _adapter_input_bytes(s)
+    if s.lora_dropout:
+        return (ad + 1) * width * n_proj + ad * s.lora_rank * n_proj
     shared = in_bytes == ad and not s.autocast
     return ad * width * (1 if shared else n_proj) + ad * s.lora_rank * n_proj
+
+
+def _adapted(s: ActivationSetup, names: tuple[str, ...]) -> int:
+    """How many of the projections ``names`` (memfit's LoRA names) have adapters."""
+    return sum(1 for n in names if n in s.lora_targets)
 
 
 def _act_saved_tensors(activation: str) -> int:
@@ -287,7 +305,8 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         b = 2 if s.autocast else s.compute_bytes
         n_in = 1 if fused_qkv else 3
         if lora:
-            inp = _adapter_inputs(s, h, n_in, br)
+            inp = _adapter_inputs(s, h, _adapted(s, ("q",) if fused_qkv else ("q", "k", "v")),
+                                  br)
         elif s.autocast:
             inp = 2 * h * n_in
         else:
@@ -372,14 +391,20 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
                 # q comes out of torch.cat (partial rotary): SDPA's output follows q's
                 # (B, a, S, d) layout and ``transpose(1, 2).contiguous()`` copies it for o_proj.
                 attn_bytes += b * q
-        if lora:
+        copy_counted = s.attn == "eager" or math_sdpa
+        if lora and "o" in s.lora_targets and s.lora_dropout:
+            # o_proj's adapter: dropout's mask and its dropped copy; the eager and math
+            # kernels' transposed copy (counted above, b q) is then saved by no one
+            attn_bytes += (_adapter_inputs(s, q, 1, b) - (b * q if copy_counted else 0))
+        elif lora and "o" in s.lora_targets:
             # o_proj's adapter saves its input (and lora_B's): where that is a cast, the
             # cast; where it is the attention output itself, nothing more. The eager and
             # math kernels' transposed copy (counted above, b q) is then saved by no one.
             ad = _adapter_input_bytes(s)
-            copy_counted = s.attn == "eager" or math_sdpa
             attn_bytes += ad * s.lora_rank + (
                 (ad - b) * q if copy_counted else (ad * q if (ad != b or s.autocast) else 0))
+        elif lora and copy_counted:
+            attn_bytes -= b * q  # a frozen o_proj without an adapter saves no input
         saved["attention"] = T * attn_bytes
     b = s.compute_bytes
     if resid_drop:
@@ -408,7 +433,11 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
         # down's adapter input saved later, (b + 2 a_b - b - a_b) I = a_b I; down_proj: the
         # unsaved product b I and (b + 2 a_b) h.
         ad = _adapter_input_bytes(s)
-        fwd_t = max(fwd_t, T * ad * I, T * (b * I + (b + 2 * ad) * h))
+        if "up" in s.lora_targets:
+            fwd_t = max(fwd_t, T * ad * I)
+        # a frozen down_proj without an adapter: the unsaved product and its output
+        fwd_t = max(fwd_t, T * (b * I + ((b + 2 * ad) * h if "down" in s.lora_targets
+                                        else b * h)))
     bwd_t = T * (3 * b * I + 2 * br * h)  # dL/d(product), d(act), d(up); residual gradients
     attn_bwd = 0
     if s.attn == "eager" or (spec.mla is None and s.attn == "sdpa" and b == 4
@@ -425,7 +454,8 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
             # o_proj's and probs @ v's: their saved tensors are gone by then
             v_saved = b * kv if (n_rep == 1 and s.attn == "eager") else b * q
             # o_proj's input, or (LoRA) its adapter's copy and lora_B's input
-            o_in = (q + s.lora_rank) * _adapter_input_bytes(s) if lora else b * q
+            o_in = (_adapter_inputs(s, q, 1, b) if "o" in s.lora_targets else 0
+                    ) if lora else b * q
             freed = (saved.get("mlp", 0) + saved.get("moe", 0)
                      + _norm_saved(style, h, br, lora) * T // sp_div
                      + T * (o_in + probs_cast + v_saved))
@@ -480,9 +510,9 @@ def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate
     gated: gate out, act(gate), up out, product = 4 b I; plain: n_act b I + the output b I."""
     b, h = s.compute_bytes, spec.hidden_size
     n_proj = 1 if (fused_gate_up or not spec.mlp_gated) else 2
-    ad = _adapter_input_bytes(s)
     if s.lora:
-        inp = _adapter_inputs(s, h, n_proj, s.residual_bytes)
+        reading = (("gate",) if fused_gate_up else ("gate", "up")) if spec.mlp_gated else ("up",)
+        inp = _adapter_inputs(s, h, _adapted(s, reading), s.residual_bytes)
     elif s.autocast:
         inp = 2 * h * n_proj
     else:
@@ -490,7 +520,7 @@ def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate
     if spec.mlp_gated:
         body = 4 * b * I
         if s.lora:  # down is frozen: its adapter keeps its own copy instead of the product
-            body = 3 * b * I + ad * (I + s.lora_rank)
+            body = 3 * b * I + _adapter_inputs(s, I, _adapted(s, ("down",)), b)
     else:
         body = (_act_saved_tensors(spec.activation) + 1) * b * I
         if s.autocast and _act_saved_tensors(spec.activation) == 4:
@@ -498,7 +528,8 @@ def _mlp_saved_per_token(spec: ModelSpec, I: int, s: ActivationSetup, fused_gate
             # 0.5 x stays 16-bit, the product is fp32 and down casts it to 16 bits again.
             body = (3 * 4 + 2) * I + 2 * I
         if s.lora:
-            body = _act_saved_tensors(spec.activation) * b * I + ad * (I + s.lora_rank)
+            body = (_act_saved_tensors(spec.activation) * b * I
+                    + _adapter_inputs(s, I, _adapted(s, ("down",)), b))
     return inp + body
 
 

@@ -27,6 +27,8 @@ class Ctx:
     gpus_per_node: int
     attn: str = "sdpa"  # the attention that runs (Gemma 2 falls back to eager)
     lora_bytes: int = 4  # LoRA adapter dtype bytes
+    # the projections with LoRA adapters (memfit's names, memfit.step.knobs.lora_targets)
+    lora_targets: frozenset[str] = frozenset(("q", "k", "v", "o", "gate", "up", "down"))
 
 
 _EARLY = ("q_proj", "k_proj", "v_proj", "qkv_proj", "q_norm", "k_norm", "q_a_proj",

@@ -53,11 +53,14 @@ def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool) -
     return total
 
 
-def _adapters(groups: tuple[TensorGroup, ...], r: int) -> tuple[TensorGroup, ...]:
-    """LoRA's A (r x in) and B (out x r) for every targeted linear."""
+def _adapters(groups: tuple[TensorGroup, ...], r: int,
+              targets: frozenset[str]) -> tuple[TensorGroup, ...]:
+    """LoRA's A (r x in) and B (out x r) for every targeted linear (peft
+    tuners/lora/layer.py ``LoraLayer.update_layer``: ``nn.Linear(in, r)``, ``nn.Linear(r,
+    out)``, no bias)."""
     out = []
     for g in groups:
-        if g.lora in LORA_TARGETS and len(g.shape) == 2:
+        if g.lora and g.lora in targets and len(g.shape) == 2:
             n_out, n_in = g.shape
             out.append(TensorGroup(f"{g.name}.lora_A", (r, n_in), g.count, g.part))
             out.append(TensorGroup(f"{g.name}.lora_B", (n_out, r), g.count, g.part))
@@ -96,10 +99,10 @@ def _temporaries(trainable: tuple[TensorGroup, ...], recipe: Recipe, opt: Any,
 
 def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Recipe, opt: Any,
                   o: TrainingOptions, lora: bool, state_b: int, first: bool, n_layers: int,
-                  adapter_bytes: int = 4
+                  adapter_bytes: int, targets: frozenset[str]
                   ) -> tuple[StateInputs, tuple[TensorGroup, ...], int, dict[str, int]]:
     """The sums over one rank's tensors that the model states need (memoised per layout)."""
-    trainable = _adapters(groups, o.lora_rank or 0) if lora else groups
+    trainable = _adapters(groups, o.lora_rank or 0, targets) if lora else groups
     P = tensor_elements(trainable)
     W = weight_bytes(groups, recipe, o.qlora) + (adapter_bytes * P if lora else 0)
     if first:
@@ -143,11 +146,11 @@ def build(s: Stage) -> None:
                                           master_bytes=0, state_bytes=4, extra_grad_bytes=0)
     s.opt = opt = get_optimizer(o.optimizer, o.optimizer_impl)
     skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.optimizer, o.optimizer_impl,
-            len(s.layers), ab)
+            len(s.layers), ab, c.lora_targets if lora else None)
     cached = memo.get(skey)
     if cached is None:
         cached = memo[skey] = _state_inputs(spec, groups, recipe, opt, o, lora, state_b,
-                                            s.first, len(s.layers), ab)
+                                            s.first, len(s.layers), ab, c.lora_targets)
     s.groups = groups
     s.xin, s.trainable, s.linear_el, s.parts = cached
     s.P = s.xin.trainable
