@@ -118,7 +118,14 @@ def resolve_weights_option(spec: ModelSpec, weights: str | None, engine: str,
                                                           Mapping):
             text = json.dumps(config["quantization_config"], sort_keys=True, default=str)
         if text:
-            return _checkpoint_from_json(spec.dtype, text)
+            rw = _checkpoint_from_json(spec.dtype, text)
+            if engine == "hf" and rw.fmt is not None and rw.fmt.kind == "mx":
+                # transformers integrations/mxfp4.py: kept quantized only where the triton
+                # kernels load (the `kernels` package, a Hopper-class GPU); else dequantized
+                rw = replace(rw, note=rw.note + "; transformers keeps MXFP4 only with its "
+                             "triton kernels (`kernels` installed, Hopper or newer), else it "
+                             "dequantizes to bf16: --weights bf16")
+            return rw
     rw = _resolve_weights(spec.dtype, weights, engine)
     return rw if weights is None else replace(rw, source="--weights")
 
