@@ -33,7 +33,7 @@ _LM_HEAD = ("lm_head", "embed_out", "output_layer", "decoder", "head", "generato
             "vocab_projector")
 _EMBED = ("embed_tokens", "wte", "wpe", "embeddings", "word_embeddings", "embed_positions",
           "embed_in", "embedding", "tok_embeddings", "position_embeddings",
-          "token_type_embeddings", "word_embeddings_layernorm", "shared")
+          "token_type_embeddings", "word_embeddings_layernorm", "shared", "embeddings_project")
 _EXPERTS = ("experts", "input_linear", "output_linear")
 _SHARED = ("shared_expert", "shared_experts", "shared_mlp")
 _ROUTER = ("gate", "router", "shared_expert_gate")
@@ -65,6 +65,10 @@ def component_of(name: str) -> str:
             return group
     if parts and parts[-1] in _LM_HEAD:
         return "lm_head"
+    if len(parts) > 1 and parts[0] in ("head", "lm_head"):  # an MLM head's transform
+        return "heads"
+    if every[-1].startswith("cross_attn"):  # Mllama's gates on its cross-attention blocks
+        return "attention"
     if parts and (parts[0] in _HEADS or parts[-1] in ("score", "classifier", "qa_outputs")):
         return "heads"
     block = next((p for p in reversed(parts) if p in _ATTN + _MLP + _SSM + _EXPERTS + _SHARED
