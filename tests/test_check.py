@@ -867,3 +867,40 @@ def test_bare_hf_ids(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MemfitError, match="hf:org/name with the 'hub' extra"):
         resolve_model("someorg/some-model")
+
+
+# -- hostile artefacts: a MemfitError in one line, never a traceback ---------------------------
+
+_JUNK = ["[", "]", "{", "}", ":", "-", " ", "\n", "'", '"', "#", "&a", "*a", "!!x", "\t", "0",
+         "-1", "1e99", "é", "\x00", "\\", "|", "9" * 60]
+
+
+def test_mutated_artefacts_fail_in_one_line() -> None:
+    import random
+
+    from memfit.check import answer, complete
+    from memfit.errors import MemfitError
+
+    rng = random.Random(18)
+    texts = [(AXOLOTL_QLORA, "a.yml"), (TORCHTUNE_LORA, "t.yaml"), (TORCHTITAN_8B, "x.toml"),
+             (MODELFILE_ENV, "Modelfile"), (ACCELERATE_FSDP, "c.yaml"),
+             (LLAMAFACTORY_LORA, "l.yaml"), (HF_TRL_LORA, "s.yaml"),
+             (json.dumps(DS_OFFLOAD), "ds.json")]
+    commands = [c[0][c[0].index("--") + 1:] for c in COMMANDS]
+    for _ in range(150):
+        text, name = rng.choice(texts)
+        chars = list(text)
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(chars))
+            if rng.random() < 0.5:
+                del chars[pos]
+            else:
+                chars.insert(pos, rng.choice(_JUNK))
+        words = list(rng.choice(commands))
+        words.insert(rng.randrange(len(words)), rng.choice(_JUNK + ["-tp", "-c", "--dtype"]))
+        for make in (lambda: read_text("".join(chars), name), lambda: read_command(words)):
+            try:
+                t = make()
+                answer(complete(t, {"model": "llama-3.2-1b"} if t.model is None else {}))
+            except MemfitError as exc:
+                assert "\n" not in str(exc)

@@ -144,6 +144,10 @@ def _parse_mapping(text: str, name: str) -> Mapping[str, Any]:
             raise MemfitError(f"json: not valid JSON ({exc.msg} at line {exc.lineno}); "
                               "allowed: a JSON object", field="json", value=None,
                               allowed="a JSON object") from None
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, deep nesting
+            raise MemfitError(f"json: not a config memfit reads ({str(exc)[:80]}); allowed: "
+                              "a JSON object of config fields", field="json", value=None,
+                              allowed="a JSON object") from None
     else:
         from .yamlish import loads
 

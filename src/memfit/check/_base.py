@@ -11,7 +11,8 @@ from typing import Any
 
 from ..errors import MemfitError
 
-__all__ = ["Translation", "Reader", "to_int", "to_float", "to_bool", "long_options"]
+__all__ = ["Translation", "Reader", "to_int", "to_float", "to_bool", "long_options",
+           "section"]
 
 
 @dataclass
@@ -72,6 +73,16 @@ class Reader:
 
     def done(self) -> Translation:
         return self.t
+
+
+def section(name: str, value: Any) -> Mapping[str, Any]:
+    """A nested block of a config (``fsdp_config``), which must be a mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MemfitError.bad_value(name, value if isinstance(value, (int, float, str, bool))
+                                    else type(value).__name__, "a mapping of fields")
+    return value
 
 
 def flag_text(option: str, value: Any) -> str:

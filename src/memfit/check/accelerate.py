@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import MemfitError
-from ._base import Reader, Translation, to_bool, to_int
+from ._base import Reader, Translation, section, to_bool, to_int
 from .deepspeed import apply_deepspeed
 from .hf import apply_fsdp_config
 
@@ -105,9 +105,9 @@ def read_accelerate(data: Mapping[str, Any], open_ref: Callable[[str], Any] | No
                 raise MemfitError.bad_value(key, value, "no, bf16, fp16")
             r.use(key, value, "precision", recipes[str(value).lower()])
         elif key == "fsdp_config" and kind == "FSDP":
-            _fsdp(r, value or {})
+            _fsdp(r, section(key, value))
         elif key == "deepspeed_config" and deepspeed:
-            _deepspeed(r, value or {}, open_ref)
+            _deepspeed(r, section(key, value), open_ref)
         elif key in ("fsdp_config", "deepspeed_config", "megatron_lm_config"):
             r.ignore(key, value, f"not used with distributed_type {kind}")
         elif key in _NO_MEMORY:

@@ -21,7 +21,6 @@ models are Q4_K_M GGUF files unless the tag says otherwise.
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any
 
 from ..errors import MemfitError
@@ -189,10 +188,11 @@ def _from(r: Reader, value: str) -> None:
 
 
 def _parameter(r: Reader, line: str, env: dict[str, str]) -> None:
-    parts = shlex.split(line)
+    parts = line.split(None, 2)  # PARAMETER name value (the value may hold spaces and quotes)
     if len(parts) != 3:
-        raise MemfitError.bad_value("PARAMETER", line, "PARAMETER name value")
+        raise MemfitError.bad_value("PARAMETER", line[:80], "PARAMETER name value")
     _, key, value = parts
+    value = value.strip().strip("\"'")
     name = f"PARAMETER {key}"
     if key == "num_ctx":
         r.use(name, value, "prompt", to_int(name, value, 1))

@@ -47,7 +47,7 @@ def loads_toml(text: str) -> dict[str, Any]:
                           value=None, allowed="Python >= 3.11") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
         raise MemfitError(f"toml: not valid TOML ({exc}); allowed: a torchtitan job config",
                           field="toml", value=None, allowed="TOML") from None
 

@@ -83,7 +83,10 @@ def scalar(text: str, no: int = 0) -> Any:
     if _INT.match(text) and len(text) <= 40:
         return int(text.replace("_", ""))
     if any(c.isdigit() for c in text) and _FLOAT.match(text) and len(text) <= 40:
-        return float(text.replace("_", ""))
+        try:
+            return float(text.replace("_", ""))
+        except ValueError:  # "e-4": no mantissa, a plain string
+            return text
     return text
 
 
