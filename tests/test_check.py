@@ -898,9 +898,10 @@ def test_mutated_artefacts_fail_in_one_line() -> None:
                 chars.insert(pos, rng.choice(_JUNK))
         words = list(rng.choice(commands))
         words.insert(rng.randrange(len(words)), rng.choice(_JUNK + ["-tp", "-c", "--dtype"]))
-        for make in (lambda: read_text("".join(chars), name), lambda: read_command(words)):
+        for make, arg in ((lambda a: read_text("".join(a[0]), a[1]), (chars, name)),
+                          (read_command, words)):
             try:
-                t = make()
+                t = make(arg)
                 answer(complete(t, {"model": "llama-3.2-1b"} if t.model is None else {}))
             except MemfitError as exc:
                 assert "\n" not in str(exc)
