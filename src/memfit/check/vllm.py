@@ -20,6 +20,7 @@ listed in ``ignored``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import MemfitError
@@ -74,21 +75,18 @@ _VLLM_SHORT = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size
 
 
 def human_int(name: str, text: Any) -> int:
-    """vLLM's ``human_readable_int`` (``arg_utils.py``): ``16384``, ``16k`` (x1000),
-    ``16K`` (x1024), ``1m``/``1M``."""
-    if isinstance(text, str) and text and text[-1] in "kKmMgG":
-        mult = {"k": 10**3, "K": 2**10, "m": 10**6, "M": 2**20, "g": 10**9, "G": 2**30}
-        return to_int(name, float(text[:-1] or "x") * mult[text[-1]], 1) \
-            if _num(text[:-1]) else to_int(name, text, 1)
-    return to_int(name, text, 1)
-
-
-def _num(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """vLLM's ``human_readable_int`` (``vllm/engine/arg_utils.py``): ``16384``; ``25.6k``
+    (lowercase: x1000, decimals allowed); ``16K`` (uppercase: x1024, integers only)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", str(text).strip())
+    if not m:
+        return to_int(name, text, 1)
+    number, suffix = m.groups()
+    if suffix.islower():
+        return to_int(name, int(float(number) * 10 ** (3 * " kmgt".index(suffix))), 1)
+    if "." in number:
+        raise MemfitError.bad_value(name, text, f"an integer before {suffix} (vLLM allows "
+                                    f"decimals only with k, m, g: {number}{suffix.lower()})")
+    return to_int(name, int(number) * 2 ** (10 * " KMGT".index(suffix)), 1)
 
 
 def _quantization(r: Reader, name: str, value: Any) -> None:
