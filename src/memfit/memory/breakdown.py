@@ -117,8 +117,8 @@ class Estimate:
 
     def __post_init__(self) -> None:
         assert self.phases, "an estimate has at least one phase"
-        for phase in self.phases:
-            assert all(isinstance(v, int) and v >= 0 for v in phase.components.values()), phase
+        assert all(isinstance(v, int) and v >= 0 for phase in self.phases
+                   for v in phase.components.values()), self.phases
         object.__setattr__(self, "options", freeze(self.options))
         object.__setattr__(self, "overheads", freeze(self.overheads))
         object.__setattr__(self, "assumptions", freeze(self.assumptions))

@@ -193,7 +193,17 @@ class _Consts:
     mask_types: tuple[str, ...]  # the masks the model builds (by the profile's ``masks``)
 
 
+# The last model's constants (one atomically swapped tuple: an estimate asks for them a dozen
+# times, and a memo lookup costs more than the arithmetic it saves).
+_LAST_CONSTS: tuple[Any, str, Any] = (None, "", None)
+
+
 def _consts(spec: ModelSpec, prof: Profile) -> _Consts:
+    global _LAST_CONSTS
+    last = _LAST_CONSTS
+    if last[0] is spec and last[1] == prof.masks:
+        return last[2]  # type: ignore[no-any-return]
+
     def build() -> _Consts:
         kinds = frozenset(x.attention for x in spec.layers)
         wins = [x.window for x in dict.fromkeys(spec.layers) if x.attention == "sliding"
@@ -206,7 +216,9 @@ def _consts(spec: ModelSpec, prof: Profile) -> _Consts:
             # Mistral, Mixtral, Phi-3: one mask function, sliding when the config has a window
             types = ("sliding",) if "sliding" in kinds else ("full",)
         return _Consts(kinds, min(wins) if wins else None, types)
-    return memo(spec, ("ia_consts", prof.masks), build)
+    consts: _Consts = memo(spec, ("ia_consts", prof.masks), build)
+    _LAST_CONSTS = (spec, prof.masks, consts)
+    return consts
 
 
 def resident_bytes(spec: ModelSpec, prof: Profile, s: Shapes, attn: str,
