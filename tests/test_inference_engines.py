@@ -446,3 +446,28 @@ def test_vllm_start_refusal_matches_the_published_message() -> None:
     assert "needs 20.00 GiB of KV cache" in e.extras["blockers"][0]
     # "Model loading took 67.7 GiB"
     assert abs(e.components["weights"] / 2**30 - 67.7) <= 0.05
+
+
+def test_llamacpp_tensor_split_over_gpus() -> None:
+    base = dict(engine="llamacpp", weights="Q4_K_M", prompt=8192, generate=0)
+    one = infer("llama-3.1-70b", **base)
+    two = infer("llama-3.1-70b", tensor_split="1,1", **base)
+    per = two.extras["per_gpu"]
+    # src/llama-model.cpp: layer il on upper_bound(splits, il / 81): 41 + 39 layers, the
+    # output layer (index 80) on the last GPU
+    assert [g["layers"] for g in per] == [[0, 41], [41, 80]]
+    assert [g["output_layer"] for g in per] == [False, True]
+    assert sum(g["model_buffer_bytes"] for g in per) == one.components["weights"]
+    assert sum(g["kv_buffer_bytes"] for g in per) == one.components["kv_cache"]
+    top = max(per, key=lambda g: g["model_buffer_bytes"] + g["kv_buffer_bytes"]
+              + g["compute_buffer_bytes"])
+    assert two.components["weights"] == top["model_buffer_bytes"]
+    assert two.extras["most_loaded_gpu"] == top["gpu"]
+    assert "CUDA1 KV buffer" in two.extras["buffers"]
+    # a 3:1 split puts three quarters of the layers on the first GPU
+    skew = infer("llama-3.1-70b", tensor_split="3,1", **base).extras["per_gpu"]
+    assert skew[0]["layers"] == [0, 61]
+    for bad in ("0,0", "a,b", "-1,2", ""):
+        with pytest.raises(MemfitError) as err:
+            infer("llama-3.1-8b", tensor_split=bad, **base)
+        assert err.value.field == "tensor-split"

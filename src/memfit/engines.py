@@ -867,23 +867,21 @@ def _llamacpp_kv_types(o: InferenceOptions) -> tuple[KVDtype, KVDtype]:
 
 
 def _llamacpp_kv(spec: ModelSpec, kt: KVDtype, vt: KVDtype, n_ctx: int, start: int,
-                 n_ub: int, d: LlamaCppDefaults) -> tuple[int, int]:
-    """(KV buffer on the GPU, in host RAM): ``n_ctx`` cells of ``n_embd_k_gqa`` K elements
+                 stop: int, n_ub: int, d: LlamaCppDefaults) -> int:
+    """KV buffer of layers ``start:stop``: ``n_ctx`` cells of ``n_embd_k_gqa`` K elements
     (type -ctk) and ``n_embd_v_gqa`` V elements (type -ctv) per layer, on the layer's device
     (``src/llama-kv-cache.cpp`` llama_kv_cache constructor); SWA layers keep
     ``W + n_ubatch`` cells, padded."""
-    gpu = host = 0
-    L = spec.num_layers
-    all_counts = layer_kind_counts(spec, 0, L)
-    for kind, n_gpu in layer_kind_counts(spec, start, L).items():
+    total = 0
+    for kind, n in layer_kind_counts(spec, start, stop).items():
+        if not n:
+            continue
         cells = n_ctx
         if kind.attention == "sliding" and kind.window:
             cells = min(n_ctx, -(-(kind.window + n_ub) // d.ctx_pad) * d.ctx_pad)
         lay = kv_layout(spec, kind, engine="llamacpp")
-        per = (kt.row_bytes(lay.k_elems) + vt.row_bytes(lay.v_elems)) * cells
-        gpu += n_gpu * per
-        host += (all_counts[kind] - n_gpu) * per
-    return gpu, host
+        total += n * (kt.row_bytes(lay.k_elems) + vt.row_bytes(lay.v_elems)) * cells
+    return total
 
 
 def _llamacpp_compute(spec: ModelSpec, n_ctx: int, n_ub: int, fa: bool,
@@ -916,41 +914,79 @@ def _llamacpp_compute(spec: ModelSpec, n_ctx: int, n_ub: int, fa: bool,
             f"{mask} + max({ffn}, {out}, {scores})")
 
 
+def _tensor_split(text: str | None) -> list[float]:
+    """``--tensor-split 3,1``: the share of the offloaded layers each GPU gets."""
+    if text is None:
+        return [1.0]
+    try:
+        parts = [float(x) for x in str(text).replace("/", ",").split(",")]
+    except ValueError:
+        parts = []
+    if not parts or len(parts) > 64 or any(not x >= 0 for x in parts) or not sum(parts) > 0:
+        raise MemfitError.bad_value("tensor-split", text, "a comma list of 1 to 64 "
+                                    "non-negative shares, not all 0 (e.g. 3,1)")
+    return parts
+
+
+def _llamacpp_devices(L: int, start: int, act: int, shares: list[float]) -> list[int]:
+    """The GPU of each offloaded layer ``start..L`` (index ``L`` is the output layer):
+    ``src/llama-model.cpp load_tensors`` normalises the cumulative ``--tensor-split`` shares
+    and puts layer ``il`` on ``upper_bound(splits, (il - i_gpu_start) / act_gpu_layers)``."""
+    total, acc, splits = sum(shares), 0.0, []
+    for x in shares:
+        acc += x
+        splits.append(acc / total)
+    return [min(bisect.bisect_right(splits, (il - start) / act), len(shares) - 1)
+            for il in range(start, L + 1)]
+
+
 def _llamacpp_layout(spec: ModelSpec, o: InferenceOptions,
                      rw: ResolvedWeights) -> dict[str, Any]:
-    """Which weights sit on the GPU: the last ``n_gpu_layers`` layers (``i_gpu_start =
-    n_layer - n_gpu_layers``, ``src/llama-model.cpp load_tensors``), the output layer past
-    ``n_layer``, token_embd always in host RAM; ``--n-cpu-moe N`` keeps the expert tensors
-    of layers ``0..N-1`` in host RAM (``common/arg.cpp``: tensor buffer override
-    ``blk\\.i\\.ffn_(up|down|gate)_exps`` -> CPU)."""
+    """Which weights sit on which GPU: the last ``n_gpu_layers`` layers (``i_gpu_start =
+    n_layer - n_gpu_layers``, ``src/llama-model.cpp load_tensors``), split over the GPUs of
+    ``--tensor-split`` in contiguous runs (split-mode layer), the output layer past
+    ``n_layer`` on the GPU of index ``n_layer``, token_embd always in host RAM;
+    ``--n-cpu-moe N`` keeps the expert tensors of layers ``0..N-1`` in host RAM
+    (``common/arg.cpp``: tensor buffer override ``blk\\.i\\.ffn_(up|down|gate)_exps`` -> CPU)."""
     L = spec.num_layers
     ngl = L + 1 if o.n_gpu_layers is None else o.n_gpu_layers
     on_gpu = min(ngl, L)
     start = L - on_gpu
     output_on_gpu = ngl > L
-    gpu_w = model_weights(spec, rw, start=start, stop=L, first=False, last=output_on_gpu)
+    shares = _tensor_split(o.tensor_split)
+    devs = _llamacpp_devices(L, start, max(1, min(ngl, L + 1)), shares)
+    cut = min(o.n_cpu_moe, L) if spec.moe is not None else 0
+    gpus = []
+    for g in range(len(shares)):
+        idx = [start + i for i, dev in enumerate(devs[:-1]) if dev == g]
+        a, b = (idx[0], idx[-1] + 1) if idx else (L, L)
+        out_here = output_on_gpu and devs[-1] == g
+        w = model_weights(spec, rw, start=a, stop=b, first=False, last=out_here)
+        moved = 0
+        if min(cut, b) > a:
+            moved = model_weights(spec, rw, start=a, stop=min(cut, b), first=False,
+                                  last=False).components.get("experts", 0)
+        gpus.append({"gpu": g, "start": a, "stop": b, "output": out_here, "w": w,
+                     "weights": w.total - w.components.get("buffers", 0) - moved,
+                     "moved": moved})
     cpu_w = model_weights(spec, rw, start=0, stop=start, first=True, last=not output_on_gpu)
-    moved = 0
-    cut = min(o.n_cpu_moe, L)
-    if cut > start and spec.moe is not None:
-        moved = model_weights(spec, rw, start=start, stop=cut, first=False,
-                              last=False).components.get("experts", 0)
-    gpu_total = gpu_w.total - gpu_w.components.get("buffers", 0) - moved
+    moved = sum(g["moved"] for g in gpus)
     host_total = cpu_w.total - cpu_w.components.get("buffers", 0) + moved
     return {"ngl": ngl, "on_gpu": on_gpu, "start": start, "output_on_gpu": output_on_gpu,
-            "gpu_w": gpu_w, "gpu_total": gpu_total, "host_total": host_total,
-            "experts_on_cpu": moved}
+            "gpus": gpus, "host_total": host_total, "experts_on_cpu": moved}
 
 
 def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
                       config: Mapping[str, Any] | None = None) -> Estimate:
     """llama.cpp (the build of late 2025: ``-fa auto``, ``--n-cpu-moe``) with ``n_gpu_layers``
-    offloaded; the buffers it logs: model buffer, KV buffer, compute buffer."""
+    offloaded over the GPUs of ``--tensor-split``; the buffers it logs: model buffer, KV
+    buffer, compute buffer. The estimate is the most loaded GPU's; ``extras["per_gpu"]``
+    lists each."""
     d = LLAMACPP_DEFAULTS
     notes = _check_context(spec, o)
     if o.tp > 1 or o.pp > 1 or o.ep > 1:
-        notes.append("llama.cpp splits layers across GPUs (--split-mode layer); tp/pp/ep are "
-                     "not modelled for it: figures are for one GPU")
+        notes.append("llama.cpp splits layers across GPUs (--tensor-split, split-mode layer); "
+                     "tp/pp/ep are not its options and are ignored")
     if o.n_cpu_moe and spec.moe is None:
         notes.append("--n-cpu-moe ignored: the model has no MoE experts")
     rw = resolve_weights_option(spec, o.weights, "llamacpp")
@@ -963,41 +999,67 @@ def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
     lay = _llamacpp_layout(spec, o, rw)
     n_ctx = -(-(o.batch * (o.prompt + o.generate)) // d.ctx_pad) * d.ctx_pad
     n_ub = min(o.ubatch_size, n_ctx)
-    kv_gpu, kv_host = _llamacpp_kv(spec, kt, vt, n_ctx, lay["start"], n_ub, d)
-    # the compute buffer stays on the GPU at -ngl 0: large matmuls are offloaded (op offload)
-    compute, c_formula, c_subst = _llamacpp_compute(spec, n_ctx, n_ub, fa, lay["output_on_gpu"])
-    W = lay["gpu_total"]
+    for g in lay["gpus"]:
+        g["kv"] = _llamacpp_kv(spec, kt, vt, n_ctx, g["start"], g["stop"], n_ub, d)
+        # every GPU with work holds a compute buffer; at -ngl 0 the first one still does
+        # (large matmuls are offloaded: op offload)
+        busy = g["stop"] > g["start"] or g["output"] or g["gpu"] == 0
+        g["compute"], g["formula"], g["subst"] = (
+            _llamacpp_compute(spec, n_ctx, n_ub, fa, g["output"]) if busy else (0, "", "0"))
+        g["total"] = g["weights"] + g["kv"] + g["compute"]
+    top = max(lay["gpus"], key=lambda g: g["total"])
+    kv_host = _llamacpp_kv(spec, kt, vt, n_ctx, 0, lay["start"], n_ub, d)
+    return _llamacpp_result(spec, o, rw, lay, top, kt, vt, n_ctx, n_ub, fa, kv_host, notes,
+                            blockers)
+
+
+def _llamacpp_result(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights,
+                     lay: dict[str, Any], top: dict[str, Any], kt: KVDtype, vt: KVDtype,
+                     n_ctx: int, n_ub: int, fa: bool, kv_host: int, notes: list[str],
+                     blockers: list[str]) -> Estimate:
+    W, kv, compute = top["weights"], top["kv"], top["compute"]
     phases = (Phase("load", {"weights": W}),
-              Phase("decode", {"weights": W, "kv_cache": kv_gpu, "activations": compute}))
+              Phase("decode", {"weights": W, "kv_cache": kv, "activations": compute}))
     overheads, oterms = _overheads(phases[1].peak_bytes, 1, "llamacpp")
     gpu_name, gpu_bytes = _gpu(o)
     MiB = 2**20
     kv_name = kt.name if kt.name == vt.name else f"K {kt.name}, V {vt.name}"
+    n_layers = top["stop"] - top["start"]
     terms = [replace(t, name="model_buffer") if t.name == "weights" else t
-             for t in lay["gpu_w"].terms] + [
-        Term("kv_buffer", kv_gpu, "n_layers_gpu * n_ctx * [row_k(n_embd_k_gqa) + "
-             "row_v(n_embd_v_gqa)]", f"{lay['on_gpu']} layers * {n_ctx} cells ({kv_name})",
+             for t in top["w"].terms] + [
+        Term("kv_buffer", kv, "n_layers_gpu * n_ctx * [row_k(n_embd_k_gqa) + "
+             "row_v(n_embd_v_gqa)]", f"{n_layers} layers * {n_ctx} cells ({kv_name})",
              "llama.cpp src/llama-kv-cache.cpp (one cell per context token per layer)"),
-        Term("compute_buffer", compute, c_formula, c_subst,
+        Term("compute_buffer", compute, top["formula"], top["subst"],
              "llama.cpp src/llama-context.cpp graph_reserve; src/llama-graph.cpp "
              "build_attn_mha / build_attn_inp_kv"),
     ] + oterms
     if lay["experts_on_cpu"]:
         terms.append(Term("experts_on_cpu", lay["experts_on_cpu"], "experts of layers < N",
                           f"--n-cpu-moe {o.n_cpu_moe}", "llama.cpp common/arg.cpp --n-cpu-moe"))
+    buffers = {}
+    for g in lay["gpus"]:
+        for what, key in (("model", "weights"), ("KV", "kv"), ("compute", "compute")):
+            buffers[f"CUDA{g['gpu']} {what} buffer"] = g[key]
+    buffers.update({"CPU model buffer": lay["host_total"], "CPU KV buffer": kv_host})
     extras = {"n_gpu_layers": lay["ngl"], "layers_on_gpu": lay["on_gpu"],
               "output_on_gpu": lay["output_on_gpu"], "n_ctx": n_ctx, "n_ubatch": n_ub,
-              "flash_attn": fa, "n_cpu_moe": o.n_cpu_moe,
-              "gpu_weights_mib": round(W / MiB, 2),
-              "kv_cache_mib": round(kv_gpu / MiB, 2), "compute_buffer_mib": round(compute / MiB, 2),
+              "flash_attn": fa, "n_cpu_moe": o.n_cpu_moe, "most_loaded_gpu": top["gpu"],
+              "gpu_weights_mib": round(W / MiB, 2), "kv_cache_mib": round(kv / MiB, 2),
+              "compute_buffer_mib": round(compute / MiB, 2),
               "host_weights_bytes": lay["host_total"], "host_kv_bytes": kv_host,
               "experts_on_cpu_bytes": lay["experts_on_cpu"], "token_embd_on_cpu": True,
-              "buffers": {"CUDA0 model buffer": W, "CUDA0 KV buffer": kv_gpu,
-                          "CUDA0 compute buffer": compute,
-                          "CPU model buffer": lay["host_total"], "CPU KV buffer": kv_host},
+              "buffers": buffers,
+              "per_gpu": [{"gpu": g["gpu"], "layers": [g["start"], g["stop"]],
+                           "output_layer": g["output"], "model_buffer_bytes": g["weights"],
+                           "kv_buffer_bytes": g["kv"], "compute_buffer_bytes": g["compute"]}
+                          for g in lay["gpus"]],
               "blockers": blockers,
               "component_words": {"weights": "model buffer", "kv_cache": "KV buffer",
                                   "activations": "compute buffer"}}
+    if len(lay["gpus"]) > 1:
+        notes.append("several GPUs: llama.cpp's pipeline-parallel copies of the split inputs "
+                     "(n_copies = 4 at full offload) are small and not counted")
     assumptions = {"engine": "llama.cpp", "weights": rw.name, "weights_source": rw.source,
                    "kv_dtype": kv_name, "flash_attn": ("auto (on)" if o.flash_attn == "auto"
                                                        else o.flash_attn),

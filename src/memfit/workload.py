@@ -254,6 +254,9 @@ class InferenceOptions:
                                     aliases=("-ctv",))
     n_cpu_moe: int = _opt(0, "llamacpp: MoE expert tensors of the first N layers kept in host "
                           "RAM (--n-cpu-moe)", min=0, max=1 << 20)
+    tensor_split: str | None = _opt(None, "llamacpp: split the offloaded layers over GPUs in "
+                                    "these shares (--tensor-split 3,1; split-mode layer); "
+                                    "default one GPU", nullable=True)
 
     def __post_init__(self) -> None:
         _check(self)
