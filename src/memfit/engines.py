@@ -956,7 +956,7 @@ def _llamacpp_layout(spec: ModelSpec, o: InferenceOptions,
     shares = _tensor_split(o.tensor_split)
     devs = _llamacpp_devices(L, start, max(1, min(ngl, L + 1)), shares)
     cut = min(o.n_cpu_moe, L) if spec.moe is not None else 0
-    gpus = []
+    gpus: list[dict[str, Any]] = []
     for g in range(len(shares)):
         idx = [start + i for i, dev in enumerate(devs[:-1]) if dev == g]
         a, b = (idx[0], idx[-1] + 1) if idx else (L, L)
