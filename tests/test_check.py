@@ -113,12 +113,13 @@ COMMANDS = [
       "20", "--ubatch-size", "256", "--batch", "1", "--generate", "0"],
      {"--ctx-size", "--gpu-layers", "--ubatch-size"}, {"--conversation", "MODEL"}),
     # llama.cpp README, "llama-cli": a prompt and a token budget, llama.cpp's default context
+    # (the model's own: Llama 2's 4,096 positions)
     (["--model", "llama-2-7b", "--weights", "Q4_0", "--", "llama-cli", "-m",
       "models/7B/ggml-model-q4_0.gguf", "-p", "Building a website can be done in 10 steps:",
       "-n", "400", "--no-kv-offload"],
      ["infer", "llama-2-7b", "--engine", "llamacpp", "--batch", "1", "--generate", "0",
       "--prompt", "4096", "--weights", "Q4_0"],
-     {"--ctx-size"}, {"--prompt", "--n-predict", "--no-kv-offload"}),
+     {"(context not given)"}, {"--prompt", "--n-predict", "--no-kv-offload"}),
 ]
 
 

@@ -3,8 +3,8 @@ environment settings), read into ``memfit infer --engine llamacpp``.
 
 llama.cpp's names and defaults are from ``common/arg.cpp`` (``common_params_parser_init``)
 and ``common/common.h`` (``common_params``), llama.cpp b5000-b6000: ``-m/--model``,
-``-hf/--hf-repo repo[:quant]``, ``-c/--ctx-size`` (default 4096; 0 = the model's training
-context), ``-np/--parallel`` (slots sharing the ``n_ctx`` cells: the total cache is
+``-hf/--hf-repo repo[:quant]``, ``-c/--ctx-size`` (default 0 = the model's training context
+in current builds; 4096 in builds before late 2025), ``-np/--parallel`` (slots sharing the ``n_ctx`` cells: the total cache is
 ``n_ctx``), ``-ngl/--gpu-layers/--n-gpu-layers``, ``-b/--batch-size`` (2048),
 ``-ub/--ubatch-size`` (512), ``-ctk/--cache-type-k`` and ``-ctv/--cache-type-v`` (f16),
 ``-fa/--flash-attn``, ``-nkvo/--no-kv-offload``, ``--cpu-moe``, ``-ot/--override-tensor``,
@@ -98,7 +98,7 @@ def read_llamacpp(program: str, argv: list[str]) -> Translation:
     words, pairs = long_options(argv, _SWITCHES, _SHORT)
     for extra in words:
         r.ignore("argument", extra, f"a positional word {program} does not take")
-    ctx = 4096  # common_params::n_ctx
+    ctx = 0  # common_params::n_ctx: 0 = the model's training context (4096 before late 2025)
     for name, value in pairs:
         flag = f"--{name}"
         if name == "model":
@@ -139,8 +139,6 @@ def read_llamacpp(program: str, argv: list[str]) -> Translation:
     if ctx == 0:
         t.context = "model"
     else:
-        if "prompt" not in t.options:
-            r.note("--ctx-size", "(not given)", f"llama.cpp's default {ctx} cells")
         t.options["prompt"] = ctx
     t.options["batch"], t.options["generate"] = 1, 0
     return t
