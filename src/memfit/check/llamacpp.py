@@ -248,7 +248,8 @@ def _ollama_env(r: Reader, env: dict[str, str]) -> Translation:
                  "--flash-attn off for Ollama 0.9's default)")
     t = r.done()
     if "prompt" not in t.options:
-        r.note("num_ctx", "(not given)", "Ollama's default 4096 cells")
+        r.note("num_ctx", "(not given)", "Ollama 0.9's default 4096 cells (newer releases "
+               "pick 4k/32k/256k by the GPU's memory: give --prompt)")
         t.options["prompt"] = 4096
     t.options.setdefault("batch", 1)
     t.options["generate"] = 0
