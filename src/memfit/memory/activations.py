@@ -183,13 +183,32 @@ def lora_unsaved_prefix(spec: ModelSpec, s: ActivationSetup) -> int:
     The embedding is frozen, so nothing requires grad before the first adapter: the first
     layer's input norm saves nothing (its fp32 input and 1/rms, 4h + 4 per token); the frozen
     q/k/v matmuls keep no weight cast either (counted with autocast's casts in
-    ``memfit.training``). OLMo 2 normalises after attention, not before: nothing to drop.
+    ``memfit.step.layers``). OLMo 2 normalises after attention, not before: nothing to drop.
+    With ``lora_dropout`` the q/k/v adapters' dropout masks are not saved (their input does
+    not require grad; lora_A still saves the dropped copy). Without an adapter on k_proj, k
+    does not require grad in the first layer: the eager scores' matmul (and the math SDPA
+    kernel's, on its scaled q) saves no q for k's gradient.
     """
     if not s.lora or spec.model_type == "olmo2":
         return 0
     style = NORM_STYLES.get(spec.model_type, "llama")
-    return s.tokens * _norm_saved(style, spec.hidden_size, s.residual_bytes, True) // (
-        s.tp if s.sp else 1)
+    h = spec.hidden_size
+    out = s.tokens * _norm_saved(style, h, s.residual_bytes, True) // (s.tp if s.sp else 1)
+    fused_qkv, _ = fused_projections(spec)
+    qkv = ("q",) if fused_qkv else ("q", "k", "v")
+    if s.lora_dropout:
+        out += s.tokens * h * _adapted(s, qkv)
+    if not fused_qkv and "k" not in s.lora_targets and spec.mla is None:
+        a, a_kv, d = spec.num_heads // s.tp, max(1, spec.num_kv_heads // s.tp), spec.head_dim
+        layer = spec.layers[0]
+        sliding = (layer.attention == "sliding" and layer.window is not None
+                   and s.kv_seq >= layer.window)
+        b = 2 if s.autocast else s.compute_bytes
+        math_sdpa = (s.attn == "sdpa" and b == 4 and not s.autocast and a > a_kv
+                     and not (sliding or d > 256))
+        if s.attn == "eager" or math_sdpa:
+            out += s.tokens * b * a * d
+    return out
 
 
 def _adapter_input_bytes(s: ActivationSetup) -> int:
