@@ -358,7 +358,8 @@ def test_to_dict_is_the_contract_json() -> None:
 @pytest.mark.parametrize("call,field", [
     (lambda: trace_training(LLAMA, TrainingOptions(checkpointing="selective")),
      "checkpointing"),
-    (lambda: trace_training(LLAMA, TrainingOptions(qlora=True, precision="fp16-true")), "precision"),
+    (lambda: trace_training(LLAMA, TrainingOptions(qlora=True, precision="fp16-true")),
+     "precision"),
     (lambda: trace_training(LLAMA, TrainingOptions(dp=2)), "dp"),
     (lambda: trace_training(LLAMA, TrainingOptions(dp=2, zero=2)), "dp"),
     (lambda: trace_training(LLAMA, TrainingOptions(fsdp="full")), "fsdp"),
@@ -448,3 +449,139 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
                          check=True)
     max_rss_bytes = int(out.stdout.split()[-1]) * 1024
     assert max_rss_bytes < 2 * 2**30  # the 4-layer model's fp32 weights alone: 4 GiB
+
+
+# -- issue 16: loss, checkpoint policy, offloading, optimizer in backward --------------------
+
+STEP_KNOBS = [
+    {"loss": "chunked", "loss_chunks": 4}, {"loss": "fused-linear"},
+    {"loss": "fused-linear", "precision": "bf16-true"},
+    {"checkpointing": "op-selective"}, {"checkpointing": "full", "checkpoint_every": 2},
+    {"activation_offload": True}, {"optimizer_in_backward": True},
+]
+SLOW_STEP_KNOBS = [
+    {"loss": "chunked", "loss_chunks": 3, "precision": "bf16-true"},
+    {"loss": "fused-linear", "checkpointing": "full"},
+    {"checkpointing": "op-selective", "precision": "bf16-true", "checkpoint_every": 2},
+    {"activation_offload": True, "checkpointing": "full"},
+    {"activation_offload": True, "precision": "bf16-true", "loss": "chunked"},
+    {"optimizer_in_backward": True, "optimizer_impl": "fused", "precision": "bf16-true"},
+    {"optimizer_in_backward": True, "optimizer": "sgd-momentum", "optimizer_impl": "forloop"},
+]
+
+
+@pytest.mark.parametrize("kw", STEP_KNOBS + [pytest.param(k, marks=pytest.mark.slow)
+                                             for k in SLOW_STEP_KNOBS])
+def test_step_knobs_fake_equal_real(kw: dict[str, Any]) -> None:
+    options = TrainingOptions(batch=2, seq=16, **kw)
+    fake = trace_training(LLAMA, options)
+    assert_fake_equals_real(fake, trace_training(LLAMA, options, device_kind="real"))
+
+
+@pytest.mark.parametrize("family", ["qwen2-tied-sliding", "gemma2", "mixtral"])
+def test_losses_and_op_sac_other_families_fake_equal_real(family: str) -> None:
+    for kw in ({"loss": "chunked"}, {"loss": "fused-linear"}, {"checkpointing": "op-selective"}):
+        options = TrainingOptions(batch=2, seq=16, precision="bf16-true", **kw)
+        fake = trace_training(FAMILIES[family], options)
+        assert_fake_equals_real(fake, trace_training(FAMILIES[family], options,
+                                                     device_kind="real"))
+
+
+def _wide() -> dict[str, Any]:
+    """Llama with a vocabulary large enough that the logits dominate the forward."""
+    return dict(LLAMA, vocab_size=4096)
+
+
+def test_chunked_and_fused_losses_hold_less_than_hf() -> None:
+    base = {"batch": 2, "seq": 64, "precision": "bf16-true"}
+    hf = trace_training(_wide(), TrainingOptions(**base))
+    chunked = trace_training(_wide(), TrainingOptions(**base, loss="chunked"))
+    fused = trace_training(_wide(), TrainingOptions(**base, loss="fused-linear"))
+    b, s, v = 2, 64, 4096
+    # hf keeps the bf16 logits' fp32 copy's log-softmax, chunked one fp32 log-softmax per
+    # chunk (all of them), fused none: only the bf16 chunks (chunked) or grad_input (fused)
+    assert fused.phase_peaks["forward"] < chunked.phase_peaks["forward"] < \
+        hf.phase_peaks["forward"]
+    assert hf.phase_peaks["forward"] - chunked.phase_peaks["forward"] >= 4 * b * s * v // 2
+    assert fused.components["logits"] == 0
+
+
+def test_fused_linear_chunk_size_is_ligers() -> None:
+    from memfit.trace.loss import liger_chunk_size
+
+    # Liger's own example: BT = 4096*4, V = 32000, H = 4096 -> chunk_size = 2048
+    assert liger_chunk_size(4096 * 4, 4096, 32000) == 2048
+    assert liger_chunk_size(100, 4096, 32000) == 16  # next power of 2 of cdiv(100, 8)
+    assert liger_chunk_size(3, 4096, 1000) == 3      # never more than BT
+
+
+def _phase(kw: dict[str, Any]) -> int:
+    r = trace_training(LLAMA, TrainingOptions(batch=2, seq=64, precision="bf16-true", **kw))
+    return r.phase_peaks["forward"]
+
+
+def test_op_selective_saves_between_full_and_none() -> None:
+    none, full = _phase({}), _phase({"checkpointing": "full"})
+    op = _phase({"checkpointing": "op-selective"})
+    every2 = _phase({"checkpointing": "full", "checkpoint_every": 2})
+    assert full < op < none
+    assert full < every2 < none
+
+
+def test_op_sac_policy_saves_every_other_mm() -> None:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from memfit.trace.ckpt import op_sac_context_fn
+
+    mm = torch.ops.aten.mm.default
+    fwd, _recompute = op_sac_context_fn(set())()
+    policy = fwd.policy_fn
+    ctx = type("Ctx", (), {"is_recompute": False})()
+    a = torch.zeros(2, 2)
+    got = [policy(ctx, mm, a, a) for _ in range(4)]
+    assert got == [CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE] * 2
+    assert policy(ctx, torch.ops.aten.add.Tensor, a, a) == CheckpointPolicy.PREFER_RECOMPUTE
+    router = op_sac_context_fn({(2, 2)})()[0].policy_fn
+    assert router(ctx, mm, a, a) == CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def test_activation_offload_keeps_host_copies_out_of_the_count() -> None:
+    plain = _phase({})
+    offloaded = _phase({"activation_offload": True})
+    assert offloaded < plain
+
+
+def test_optimizer_in_backward_never_holds_all_gradients() -> None:
+    base = {"batch": 2, "seq": 16, "precision": "bf16-true"}
+    plain = trace_training(LLAMA, TrainingOptions(**base))
+    oib = trace_training(LLAMA, TrainingOptions(**base, optimizer_in_backward=True))
+    assert oib.components["optimizer_states"] == plain.components["optimizer_states"] or \
+        oib.peak_phase == "backward"
+    largest = max(p.numel() for p in _llama_params()) * 2
+    assert oib.components["gradients"] <= 2 * largest  # one (or two, in flight) at a time
+    assert oib.peak_bytes < plain.peak_bytes
+    assert "in backward" in oib.scenario["resolved"]["optimizer_class"]
+
+
+def _llama_params() -> list[Any]:
+    from tests.conftest import hf_meta_model
+
+    return list(hf_meta_model(LLAMA).parameters())
+
+
+@pytest.mark.parametrize(("kw", "field"), [
+    ({"optimizer": "paged-adamw"}, "optimizer"),
+    ({"optimizer": "paged-adamw-8bit"}, "optimizer"),
+    ({"checkpointing": "selective"}, "checkpointing"),
+    ({"checkpoint_every": 2}, "checkpoint-every"),
+    ({"loss_chunks": 4}, "loss-chunks"),
+    ({"fsdp_version": 1}, "fsdp-version"),
+    ({"optimizer_in_backward": True, "microbatches": 2}, "microbatches"),
+    ({"optimizer_in_backward": True, "precision": "bf16-master"}, "precision"),
+    ({"loss": "chunked", "dp": 2, "fsdp": "full"}, "loss"),
+    ({"activation_offload": True, "dp": 2, "fsdp": "full"}, "activation-offload"),
+    ({"offload": "params", "dp": 2, "fsdp": "full"}, "offload"),
+])
+def test_untraced_step_knobs_raise(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(MemfitError, match=field):
+        trace_training(LLAMA, TrainingOptions(batch=2, seq=16, **kw))

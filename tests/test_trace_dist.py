@@ -188,3 +188,28 @@ def test_process_group_destroyed_after_an_error(monkeypatch: Any) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         trace_training(LLAMA, options(dp=2, fsdp="full"))
     assert not dist.is_initialized()
+
+
+# -- FSDP1 (FullyShardedDataParallel, flat parameters) on the same fake process group --------
+
+@pytest.mark.parametrize(("world", "mode", "precision", "ckpt"), [
+    (4, "full", "fp32", "none"), (8, "full", "bf16-true", "full"),
+    pytest.param(2, "grad-op", "fp32", "none", marks=pytest.mark.slow),
+    pytest.param(4, "grad-op", "bf16-true", "none", marks=pytest.mark.slow),
+])
+def test_fsdp1_fake_equals_real(world: int, mode: str, precision: str, ckpt: str) -> None:
+    r = check(LLAMA, options(dp=world, fsdp=mode, fsdp_version=1, precision=precision,
+                             checkpointing=ckpt))
+    two = trace_training(LLAMA, options(dp=world, fsdp=mode, precision=precision,
+                                        checkpointing=ckpt))
+    # both shard the optimizer state over the ranks (FSDP1 pads its flat parameters)
+    assert r.components["optimizer_states"] <= two.components["optimizer_states"] * 1.5
+
+
+@pytest.mark.parametrize("kw", [{"precision": "bf16-mixed"},
+                                {"fsdp": "grad-op", "checkpointing": "full"},
+                                {"lora_rank": 4}])
+def test_fsdp1_untraced_combinations_raise(kw: dict[str, Any]) -> None:
+    with pytest.raises(MemfitError):
+        trace_training(LLAMA, options(**{"dp": 4, "fsdp": "full", "fsdp_version": 1, **kw}))
+    assert not dist.is_initialized()

@@ -175,3 +175,78 @@ def test_qlora_matmul_materializes_one_dequantized_weight() -> None:
         assert t.total == y.untyped_storage().nbytes()
         y.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+# -- issue 16: LoRA targets, dropout, adapter dtype, DoRA, QLoRA's 16-bit stream -------------
+
+def _adapted(config: dict[str, Any], names: tuple[str, ...], rank: int) -> int:
+    """r x (in + out) over the linear layers whose last name is in ``names``."""
+    from tests.conftest import hf_meta_model
+
+    return sum(rank * (m.in_features + m.out_features)
+               for name, m in hf_meta_model(config).named_modules()
+               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names)
+
+
+TARGETS = {"peft": ("q_proj", "v_proj"), "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+           "mlp": ("gate_proj", "up_proj", "down_proj"), "k_proj,o_proj": ("k_proj", "o_proj")}
+
+
+@pytest.mark.parametrize("targets", list(TARGETS))
+def test_lora_targets_adapt_what_they_name(targets: str) -> None:
+    r = trace_training(LLAMA, options(lora_targets=targets))
+    assert r.scenario["resolved"]["trainable_params"] == _adapted(LLAMA, TARGETS[targets], 4)
+
+
+@pytest.mark.parametrize(("targets", "dropout"), [
+    ("peft", 0.05), ("mlp", 0.0),
+    *[pytest.param(t, p, marks=pytest.mark.slow)
+      for t in ("peft", "attention", "mlp", "all-linear") for p in (0.0, 0.05)
+      if (t, p) not in (("peft", 0.05), ("mlp", 0.0))]])
+def test_lora_targets_and_dropout_fake_equal_real(targets: str, dropout: float) -> None:
+    check(LLAMA, options(lora_targets=targets, lora_dropout=dropout))
+
+
+def test_lora_dropout_keeps_a_mask_and_a_dropped_copy() -> None:
+    """peft's ``lora_dropout(x)`` per adapter: a bool mask and the dropped input, kept for
+    backward: more activation memory than without dropout, never less."""
+    plain = trace_training(LLAMA, options(precision="bf16-true"))
+    dropped = trace_training(LLAMA, options(precision="bf16-true", lora_dropout=0.1))
+    assert dropped.phase_peaks["forward"] > plain.phase_peaks["forward"]
+
+
+@pytest.mark.parametrize("kw", [{"dora": True}, {"dora": True, "lora_dropout": 0.05},
+                                {"lora_dtype": "bf16"},
+                                {"lora_dtype": "fp16", "precision": "fp16-true"}])
+def test_dora_and_adapter_dtype_fake_equal_real(kw: dict[str, Any]) -> None:
+    check(LLAMA, options(**kw))
+
+
+def test_adapter_dtype_sets_the_optimizer_state_dtype() -> None:
+    n = _lora_params(LLAMA, 4)
+    r = trace_training(LLAMA, options(precision="bf16-true", lora_dtype="bf16"))
+    assert r.components["optimizer_states"] == 2 * 2 * n  # AdamW: two bf16 states
+
+
+@needs_bnb
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
+def test_qlora_16bit_stream_fake_equals_real(precision: str) -> None:
+    r = check(LLAMA, options(precision=precision, qlora=True, qlora_stream="16-bit"))
+    fp32 = trace_training(LLAMA, options(precision=precision, qlora=True))
+    assert r.components["weights"] < fp32.components["weights"]  # no fp32 upcast
+    assert r.peak_bytes < fp32.peak_bytes
+
+
+@pytest.mark.parametrize(("kw", "field"), [
+    ({"lora_rank": None, "lora_targets": "mlp"}, "lora-targets"),
+    ({"lora_rank": None, "lora_targets": "peft", "lora_dropout": 0.1}, "lora-dropout"),
+    ({"lora_rank": None, "lora_targets": "peft", "dora": True}, "dora"),
+    ({"lora_rank": None, "lora_targets": "peft", "lora_dtype": "bf16"}, "lora-dtype"),
+    ({"lora_experts": True}, "lora-experts"),
+    ({"qlora": True, "dora": True, "precision": "bf16-true"}, "dora"),
+    ({"qlora_stream": "16-bit"}, "qlora-stream"),
+    ({"lora_targets": "nonexistent_proj"}, "lora-targets"),
+])
+def test_untraced_adapter_knobs_raise(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(MemfitError, match=field):
+        trace_training(LLAMA, options(**kw))

@@ -2,6 +2,7 @@
 
     python validation/generate.py                 # every case (about 10 minutes on 2 cores)
     python validation/generate.py --only llama-2-7b   # cases whose id contains the text
+    python validation/generate.py --only opsac --only oib   # either text
     python validation/generate.py --list          # the case ids
 
 Each case is a catalog model (``src/memfit/catalog/data/<name>.json``) and one scenario; its
@@ -173,6 +174,109 @@ CASES = [
           fsdp="full", lora_rank=16, checkpointing="full", lora_targets="all-linear"),
     train("mistral-7b-v0.1", "b1-s4096-dp4-fsdpgradop-lora8", batch=1, seq=4096, dp=4,
           fsdp="grad-op", lora_rank=8, lora_targets="all-linear"),
+
+    # -- issue 16: the knobs of real fine-tuning stacks. Tags: lora16-<targets> (qv = peft's
+    #    default for the model type, attn = q/k/v/o, mlp = gate/up/down, all = all-linear),
+    #    drop05 = --lora-dropout 0.05, dora, lorabf16 = --lora-dtype bf16, qlora16-s16 =
+    #    --qlora-stream 16-bit, chunked8 = --loss chunked --loss-chunks 8, fusedlce = --loss
+    #    fused-linear (Liger), opsac = --checkpointing op-selective (torchtitan), every2 =
+    #    --checkpoint-every 2, offload = --activation-offload, oib = --optimizer-in-backward
+    *[train("llama-3.2-1b", f"b4-s2048-bf16true-lora16-{tag}{'-drop05' if p else ''}", batch=4,
+            seq=2048, precision="bf16-true", lora_rank=16, lora_targets=targets,
+            lora_dropout=p)
+      for tag, targets in (("qv", "peft"), ("attn", "attention"), ("mlp", "mlp"),
+                           ("all", "all-linear"))
+      for p in (0.0, 0.05)],
+    train("llama-3.2-1b", "b4-s2048-bf16true-lora16-all-dora", batch=4, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="all-linear", dora=True),
+    train("llama-3.2-1b", "b4-s2048-lora16-qv-dora-drop05", batch=4, seq=2048, lora_rank=16,
+          dora=True, lora_dropout=0.05),
+    train("llama-3.2-1b", "b4-s2048-bf16true-lora16-all-lorabf16", batch=4, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="all-linear", lora_dtype="bf16"),
+    train("llama-3.2-1b", "b4-s2048-lora16-all-lorabf16", batch=4, seq=2048, lora_rank=16,
+          lora_targets="all-linear", lora_dtype="bf16"),
+    train("qwen2.5-1.5b", "b4-s2048-bf16true-lora16-qv-ckpt", batch=4, seq=2048,
+          precision="bf16-true", lora_rank=16, checkpointing="full"),
+    train("qwen1.5-moe-a2.7b", "b2-s2048-bf16true-lora16-attn", batch=2, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="attention"),
+    train("qwen1.5-moe-a2.7b", "b2-s2048-bf16true-lora16-mlp-drop05", batch=2, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="mlp", lora_dropout=0.05),
+    train("mixtral-8x7b", "b1-s2048-bf16true-lora16-attn-ckpt", batch=1, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="attention", checkpointing="full"),
+    train("llama-3.1-8b", "b1-s2048-qlora16-s16-all", batch=1, seq=2048, precision="bf16-true",
+          qlora=True, lora_rank=16, lora_targets="all-linear", qlora_stream="16-bit"),
+    train("llama-3.1-8b", "b2-s2048-qlora16-s16-qv-ckpt", batch=2, seq=2048,
+          precision="bf16-true", qlora=True, lora_rank=16, qlora_stream="16-bit",
+          checkpointing="full"),
+    train("llama-3.2-1b", "b4-s2048-qlora16-s16-all-mixed", batch=4, seq=2048,
+          precision="bf16-mixed", qlora=True, lora_rank=16, lora_targets="all-linear",
+          qlora_stream="16-bit"),
+    train("llama-3.2-1b", "b4-s2048-bf16true-chunked8", batch=4, seq=2048,
+          precision="bf16-true", loss="chunked"),
+    train("llama-3.2-1b", "b4-s2048-chunked16", batch=4, seq=2048, loss="chunked",
+          loss_chunks=16),
+    train("llama-3.2-1b", "b4-s2048-bf16true-fusedlce", batch=4, seq=2048,
+          precision="bf16-true", loss="fused-linear"),
+    train("llama-3.2-1b", "b4-s2048-fusedlce", batch=4, seq=2048, loss="fused-linear"),
+    train("qwen2.5-0.5b", "b8-s4096-bf16true-fusedlce", batch=8, seq=4096,
+          precision="bf16-true", loss="fused-linear"),
+    train("gemma-2-2b", "b2-s4096-bf16true-chunked8", batch=2, seq=4096,
+          precision="bf16-true", loss="chunked"),
+    train("llama-3.1-8b", "b2-s4096-bf16true-lora16-all-fusedlce-ckpt", batch=2, seq=4096,
+          precision="bf16-true", lora_rank=16, lora_targets="all-linear",
+          loss="fused-linear", checkpointing="full"),
+    train("llama-3.2-1b", "b8-s2048-bf16true-chunked8-ckpt", batch=8, seq=2048,
+          precision="bf16-true", loss="chunked", checkpointing="full"),
+    train("llama-3.2-1b", "b4-s2048-bf16true-opsac", batch=4, seq=2048,
+          precision="bf16-true", checkpointing="op-selective"),
+    train("llama-3.2-1b", "b4-s2048-opsac", batch=4, seq=2048, checkpointing="op-selective"),
+    train("llama-3.1-8b", "b1-s4096-bf16true-opsac", batch=1, seq=4096,
+          precision="bf16-true", checkpointing="op-selective"),
+    train("llama-3.2-1b", "b4-s2048-bf16true-ckpt-every2", batch=4, seq=2048,
+          precision="bf16-true", checkpointing="full", checkpoint_every=2),
+    train("llama-3.2-1b", "b4-s2048-bf16true-opsac-every2", batch=4, seq=2048,
+          precision="bf16-true", checkpointing="op-selective", checkpoint_every=2),
+    train("qwen1.5-moe-a2.7b", "b2-s2048-bf16true-opsac", batch=2, seq=2048,
+          precision="bf16-true", checkpointing="op-selective"),
+    train("llama-3.2-1b", "b4-s2048-bf16true-offload", batch=4, seq=2048,
+          precision="bf16-true", activation_offload=True),
+    train("llama-3.2-1b", "b8-s2048-bf16true-ckpt-offload", batch=8, seq=2048,
+          precision="bf16-true", checkpointing="full", activation_offload=True),
+    train("llama-3.1-8b", "b1-s8192-bf16true-ckpt-offload", batch=1, seq=8192,
+          precision="bf16-true", checkpointing="full", activation_offload=True),
+    train("llama-3.2-1b", "b4-s2048-bf16true-oib", batch=4, seq=2048, precision="bf16-true",
+          optimizer_in_backward=True),
+    train("llama-3.2-1b", "b4-s2048-bf16true-fused-oib", batch=4, seq=2048,
+          precision="bf16-true", optimizer_impl="fused", optimizer_in_backward=True),
+    train("llama-2-7b", "b1-s4096-bf16true-fused-ckpt-oib", batch=1, seq=4096,
+          precision="bf16-true", optimizer_impl="fused", checkpointing="full",
+          optimizer_in_backward=True),
+    # torchtune-like recipes: full_finetune_single_device (bf16, AC, chunked loss, optimizer
+    # in backward, offload), lora_finetune_single_device / qlora (q,v adapters by default in
+    # peft, all-linear in torchtune's configs, 16-bit stream), torchtitan (op SAC, bf16-mixed)
+    train("llama-3.1-8b", "b2-s4096-bf16true-fused-ckpt-chunked8-oib-offload", batch=2,
+          seq=4096, precision="bf16-true", optimizer_impl="fused", checkpointing="full",
+          loss="chunked", optimizer_in_backward=True, activation_offload=True),
+    train("llama-3.1-8b", "b2-s4096-bf16true-lora16-all-ckpt-chunked8", batch=2, seq=4096,
+          precision="bf16-true", lora_rank=16, lora_targets="all-linear",
+          checkpointing="full", loss="chunked"),
+    train("llama-3.1-8b", "b2-s4096-qlora16-s16-all-ckpt-chunked8", batch=2, seq=4096,
+          precision="bf16-true", qlora=True, lora_rank=16, lora_targets="all-linear",
+          qlora_stream="16-bit", checkpointing="full", loss="chunked"),
+    train("llama-3.2-1b", "b4-s2048-bf16true-lora16-all-opsac-drop05", batch=4, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="all-linear", lora_dropout=0.05,
+          checkpointing="op-selective"),
+    train("llama-3.2-1b", "b4-s2048-bf16true-opsac-fusedlce-oib", batch=4, seq=2048,
+          precision="bf16-true", checkpointing="op-selective", loss="fused-linear",
+          optimizer_in_backward=True),
+    # FSDP1 (fsdp1full / fsdp1gradop = --fsdp-version 1 --fsdp full|grad-op): flat parameters,
+    # use_orig_params=True, one unit per decoder layer (accelerate / HF Trainer's layout)
+    train("llama-3.2-1b", "b4-s2048-bf16true-dp8-fsdp1full", batch=4, seq=2048,
+          precision="bf16-true", dp=8, fsdp="full", fsdp_version=1),
+    train("llama-3.2-1b", "b4-s2048-fp32-dp8-fsdp1gradop", batch=4, seq=2048, precision="fp32",
+          dp=8, fsdp="grad-op", fsdp_version=1),
+    train("llama-3.1-8b", "b2-s4096-bf16true-dp8-fsdp1full-ckpt", batch=2, seq=4096,
+          precision="bf16-true", dp=8, fsdp="full", fsdp_version=1, checkpointing="full"),
 ]
 
 
@@ -201,7 +305,8 @@ def run_case(case_id: str, model: str, workload: str, options: Any) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="trace only the cases whose id contains this text")
+    parser.add_argument("--only", action="append",
+                        help="trace only the cases whose id contains this text (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the case ids and exit")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -213,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import memfit
 
-    chosen = [c for c in CASES if args.only is None or args.only in c[0]]
+    chosen = [c for c in CASES if args.only is None or any(o in c[0] for o in args.only)]
     if not chosen:
         parser.error(f"no case id contains {args.only!r} (see --list)")
     kept: dict[str, Any] = {}
@@ -221,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         kept = {c["id"]: c for c in json.loads(args.out.read_text())["cases"]}
     started = time.perf_counter()
     for case in chosen:
-        record = run_case(*case)
+        try:
+            record = run_case(*case)
+        except Exception as exc:  # report and go on: one bad case must not lose the others
+            print(f"FAILED {case[0]}: {type(exc).__name__}: {exc}", flush=True)
+            continue
         if record is not None:
             kept[record["id"]] = record
     order = {case[0]: i for i, case in enumerate(CASES)}

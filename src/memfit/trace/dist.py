@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["fake_process_group", "shard_model", "local", "local_tensors", "track_resize"]
+__all__ = ["fake_process_group", "shard_model", "shard_model_v1", "local", "local_tensors",
+           "track_resize"]
 
 
 @contextlib.contextmanager
@@ -67,6 +68,31 @@ def shard_model(model: Any, mesh: Any, mode: str,
     fully_shard(model, **kwargs)
 
 
+def shard_model_v1(model: Any, mode: str, mp_dtype: torch.dtype | None) -> Any:
+    """FSDP1: ``FullyShardedDataParallel`` with every decoder layer its own unit, the root the
+    rest, as accelerate / HF Trainer configure it (``auto_wrap_policy`` on the
+    ``_no_split_modules`` layer class, ``use_orig_params=True``, FSDP1's defaults otherwise:
+    ``limit_all_gathers=True``, ``BackwardPrefetch.BACKWARD_PRE``, no forward prefetch).
+
+    Flat parameters: each unit's parameters are flattened into one ``FlatParameter`` and
+    sharded; the unsharded flat parameter is all-gathered into ``_full_param_padded`` and
+    freed with ``storage.resize_(0)``. ``mode``: ``full`` = ``FULL_SHARD``, ``grad-op`` =
+    ``SHARD_GRAD_OP``. With ``mp_dtype`` (the mixed recipes) ``MixedPrecision(param_dtype=
+    mp_dtype, reduce_dtype=float32)``, like FSDP2's policy here (buffers as they are).
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    classes = {type(layer) for layer in decoder_layers(model)}
+    strategy = (ShardingStrategy.FULL_SHARD if mode == "full"
+                else ShardingStrategy.SHARD_GRAD_OP)
+    mp = (MixedPrecision(param_dtype=mp_dtype, reduce_dtype=torch.float32)
+          if mp_dtype is not None else None)
+    return FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy(classes),
+                                    sharding_strategy=strategy, mixed_precision=mp,
+                                    device_id=torch.device("cpu"), use_orig_params=True)
+
+
 def local(t: Any) -> Any:
     """A DTensor's local shard (the memory this rank holds); any other tensor as is."""
     inner = getattr(t, "_local_tensor", None)
@@ -102,9 +128,17 @@ def track_resize(tracker: Any) -> Iterator[None]:
 def unsharded_tensors(model: Any) -> list[Any]:
     """The unsharded parameters' tensors FSDP2 all-gathers into (their storages are resized
     between 0 and full size, never replaced): counted as ``weights`` while unsharded."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
     out: list[Any] = []
+    for m in model.modules():
+        handle = getattr(m, "_handle", None) if isinstance(m, FullyShardedDataParallel) \
+            else None
+        if handle is not None:  # FSDP1: the padded unsharded flat parameter, its 16-bit shard
+            flat = handle.flat_param
+            out.extend(t for t in (getattr(flat, name, None) for name in (
+                "_full_param_padded", "_mp_shard", "_full_prec_full_param_padded"))
+                if t is not None)
     for m in model.modules():
         if not isinstance(m, FSDPModule):
             continue
