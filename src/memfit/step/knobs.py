@@ -112,13 +112,17 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
                                     "2 (the default) without --fsdp")
     for field, value, default in (
             ("dora", o.dora, False), ("lora-experts", o.lora_experts, False),
-            ("qlora-stream", o.qlora_stream, "fp32"), ("loss", o.loss, "hf"),
+            ("qlora-stream", o.qlora_stream, "fp32"),
             ("checkpoint-every", o.checkpoint_every, 1),
             ("activation-offload", o.activation_offload, False),
             ("optimizer-in-backward", o.optimizer_in_backward, False),
             ("fsdp-version", o.fsdp_version, 2)):
         if value != default:
             raise _not_yet(field, value, f"{default}")
+    if o.loss == "fused-linear" and (o.qlora or (o.precision.endswith("-mixed") and not o.zero
+                                                  and o.fsdp is None)):
+        raise _not_yet("loss", o.loss, "hf or chunked with autocast or QLoRA (fused-linear: "
+                       "bf16-true, fp32, or mixed under ZeRO / FSDP)")
     if o.checkpointing == "op-selective":
         raise _not_yet("checkpointing", o.checkpointing, "none, full or selective")
     if o.optimizer in ("paged-adamw", "paged-adamw-8bit"):

@@ -165,6 +165,12 @@ def _edges(s: Stage) -> None:
     pp = o.pp
     s.inflight = min(pp - s.stage, o.microbatches) if pp > 1 else 1
     s.logits = T * V * logit_b if s.last else 0
+    if o.loss == "chunked":
+        _chunked_loss(s)
+        return
+    if o.loss == "fused-linear":
+        _fused_linear_loss(s)
+        return
     s.upcast = T * V * 4 if (s.last and logit_b != 4) else 0
     if s.last and (s.autocast or s.lora):
         # The final norm's output is still a local of the model's forward during the loss
@@ -172,6 +178,55 @@ def _edges(s: Stage) -> None:
         # nothing).
         s.upcast += T * h * s.residual // s.sp_div
     s.loss_grads = 2 * 4 * T * V if s.last else 0
+
+
+def _liger_chunk(rows: int, hidden: int, vocab: int) -> int:
+    """Liger's rows per chunk: ``next_power_of_2(cdiv(BT, cdiv(V, H)))``, at most ``BT``."""
+    size = -(-rows // -(-vocab // hidden))
+    return min(1 << (size - 1).bit_length(), rows)
+
+
+def _fused_linear_loss(s: Stage) -> None:
+    """Liger-Kernel's fused linear cross-entropy (liger_kernel/ops/
+    fused_linear_cross_entropy.py, ``fused_linear_cross_entropy_forward``, v0.5): the forward
+    computes the gradients too, chunk by chunk of ``next_power_of_2(cdiv(BT, cdiv(V, H)))``
+    rows, so no logits outlive a chunk; it saves ``grad_input`` (T h) and ``grad_weight``
+    (V h, the head's gradient, none for a frozen head) for a backward that only scales them.
+    Neither the head's input nor ``log_softmax`` is saved. At the loss: the hidden state, one
+    chunk's logits and its ``grad_input`` slice, the fp32 per-row loss and the shifted
+    labels, beside what is saved. (Cut Cross-Entropy keeps less: not modelled.)"""
+    if not s.last:
+        s.upcast = s.loss_grads = 0
+        return
+    T, V, h, b = s.T, s.V, s.spec.hidden_size, s.setup.compute_bytes
+    head = dict(s.head)
+    head.pop("lm_head_input", None)
+    head.pop("log_softmax", None)
+    head.pop("labels", None)
+    head["liger_grad_input"] = T * h * b
+    if not s.lora:
+        head["liger_grad_weight"] = V * h * b
+    s.head = head
+    chunk = _liger_chunk(T, h, V)
+    s.logits = 0
+    s.upcast = T * h * b + chunk * (V + h) * b + 4 * T + 8 * T
+    s.loss_grads = 0
+
+
+def _chunked_loss(s: Stage) -> None:
+    """torchtune's chunked output and ``CEWithChunkedOutputLoss``
+    (torchtune/modules/loss/ce_chunked_output_loss.py, modules/transformer.py
+    ``chunked_output``, v0.6): the LM head runs on ``loss_chunks`` pieces of the last hidden
+    state (``tensor_split`` along the sequence), the list of 16-bit logits chunks (T V b in
+    all) is held until the loss is done, and the loss upcasts one chunk at a time: one
+    chunk's fp32 copy at a time, every chunk's ``log_softmax`` output saved (4 T V, as HF);
+    the model's output (the fp32 final norm) is dropped before the loss. Backward: one
+    chunk's two fp32 gradients at a time."""
+    o = s.o
+    seq = o.seq // o.cp
+    chunk = o.batch * -(-seq // o.loss_chunks)  # the first (largest) chunk's tokens
+    s.upcast = chunk * s.V * 4 if (s.last and s.logit_b != 4) else 0
+    s.loss_grads = 2 * 4 * chunk * s.V if s.last else 0
 
 
 def build(s: Stage) -> None:
