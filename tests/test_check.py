@@ -906,3 +906,65 @@ def test_mutated_artefacts_fail_in_one_line() -> None:
                 answer(complete(t, {"model": "llama-3.2-1b"} if t.model is None else {}))
             except MemfitError as exc:
                 assert "\n" not in str(exc)
+
+
+# -- launch command lines: the launcher's world size, the script's or config's fields ---------
+
+LAUNCHES = [
+    # transformers docs, "DeepSpeed": torchrun over 8 GPUs with a ZeRO-2 offload config
+    (["torchrun", "--nproc_per_node", "8", "train.py", "--model_name_or_path",
+      "meta-llama/Llama-3.2-1B", "--per_device_train_batch_size", "4",
+      "--gradient_checkpointing", "--bf16", "--deepspeed", "ds.json"],
+     ["train", "meta-llama/Llama-3.2-1B", "--precision", "bf16-master", "--batch", "4",
+      "--checkpointing", "full", "--microbatches", "2", "--zero", "2", "--offload",
+      "optimizer", "--optimizer", "adamw", "--dp", "8"],
+     {"torchrun --nproc_per_node", "deepspeed:zero_optimization.stage", "bf16"}),
+    # DeepSpeed docs, "Getting started": the deepspeed launcher
+    (["deepspeed", "--num_gpus", "4", "train.py", "--model_name_or_path",
+      "meta-llama/Llama-3.2-1B", "--per_device_train_batch_size", "4", "--deepspeed",
+      "ds.json"],
+     ["train", "meta-llama/Llama-3.2-1B", "--batch", "4", "--precision", "bf16-master",
+      "--microbatches", "2", "--zero", "2", "--offload", "optimizer", "--optimizer", "adamw",
+      "--dp", "4"],
+     {"deepspeed --num_gpus"}),
+    # trl docs, "Command line interface": trl sft
+    (["trl", "sft", "--model_name_or_path", "Qwen/Qwen2.5-0.5B", "--dataset_name",
+      "trl-lib/Capybara", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
+      "8", "--output_dir", "out", "--bf16", "True"],
+     ["train", "Qwen/Qwen2.5-0.5B", "--precision", "bf16-mixed", "--batch", "2",
+      "--microbatches", "8"],
+     {"per_device_train_batch_size", "bf16"}),
+    # LLaMA-Factory README: llamafactory-cli train examples/train_lora/llama3_lora_sft.yaml
+    (["llamafactory-cli", "train", "lf.yaml"],
+     ["train", "meta-llama/Meta-Llama-3-8B-Instruct", "--precision", "bf16-true",
+      "--lora-rank", "8", "--lora-targets", "all-linear", "--checkpointing", "full", "--seq",
+      "2048", "--batch", "1", "--microbatches", "8"],
+     {"lora_target"}),
+    # torchtune docs, "Fine-tune your first LLM": tune run with overrides, on two GPUs
+    (["tune", "run", "--nproc_per_node", "2", "full_finetune_distributed", "--config",
+      "full.yaml", "batch_size=8", "tokenizer.max_seq_len=1024"],
+     ["train", "llama-3.2-1b", "--seq", "1024", "--batch", "8", "--optimizer", "adamw",
+      "--optimizer-impl", "fused", "--loss", "chunked", "--microbatches", "1", "--precision",
+      "bf16-true", "--dp", "2", "--fsdp", "full", "--fsdp-version", "2"],
+     {"tune run --nproc_per_node", "batch_size", "tokenizer.max_seq_len"}),
+]
+
+
+@pytest.mark.parametrize("argv, expected, understood", LAUNCHES)
+def test_launch_commands(tmp_path: Path, capsys, monkeypatch, argv, expected,
+                         understood) -> None:
+    (tmp_path / "ds.json").write_text(json.dumps(DS_OFFLOAD))
+    (tmp_path / "lf.yaml").write_text(LLAMAFACTORY_LORA)
+    (tmp_path / "full.yaml").write_text(TORCHTUNE_FULL)
+    monkeypatch.chdir(tmp_path)
+    got = check_json(capsys, "--", *argv)
+    assert understood <= fields_of(got["understood"]), got["understood"]
+    assert pairs(got["artefact"]["equivalent"].split()[1:]) == pairs(expected)
+    same_as(capsys, got, expected)
+
+
+def test_launch_without_its_files_says_so(capsys) -> None:
+    code, _, err = run(capsys, "check", "--", "llamafactory-cli", "train", "missing.yaml")
+    assert code == 2 and err.startswith("memfit: error: config: got 'missing.yaml'")
+    code, _, err = run(capsys, "check", "--", "python", "train.py", "--lr", "1")
+    assert code == 2 and err.startswith("memfit: error: command")

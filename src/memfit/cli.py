@@ -17,6 +17,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -446,10 +447,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise MemfitError("artefact: missing; allowed: a config file or `-- COMMAND ...` "
                           "(see `memfit check --help`)", field="artefact", value=None,
                           allowed="FILE or -- COMMAND")
-    if len(words) == 1 and os.path.basename(words[0].split()[0]) not in _CHECK_PROGRAMS:
+    if len(words) == 1 and os.path.basename(words[0].split()[0]) not in check.PROGRAMS:
         t = check.read_file(words[0])
     else:
-        t = check.read_command(words)
+        t = check.read_command(words, Path.cwd())
     beside = {f.name: getattr(args, f.name, None)
               for cls in (InferenceOptions, TrainingOptions) for f in fields(cls)}
     beside.update(model=args.model, gpus=args.gpus)
@@ -470,8 +471,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(render_explain(est, args.units, spec=resolve_model(str(t.model))[0]))
     return 0
 
-
-_CHECK_PROGRAMS = ("vllm", "python", "python3", "llama-server", "llama-cli")
 
 
 def _render_check(t: Any, argv: list[str]) -> str:

@@ -31,7 +31,7 @@ from ..errors import MemfitError
 from ..workload import InferenceOptions, TrainingOptions
 from ._base import Translation, flag_text
 
-__all__ = ["Translation", "read_command", "read_file", "read_text", "complete",
+__all__ = ["PROGRAMS", "Translation", "read_command", "read_file", "read_text", "complete",
            "equivalent_argv", "estimate", "answer", "check_text", "KINDS"]
 
 KINDS = ("vllm", "sglang", "llama-server", "llama-cli", "ollama", "deepspeed", "hf-trainer",
@@ -39,11 +39,18 @@ KINDS = ("vllm", "sglang", "llama-server", "llama-cli", "ollama", "deepspeed", "
 _MAX_FILE_BYTES = 1 << 20  # configs and command lines are kilobytes
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _PROGRAMS = "vllm serve, python -m vllm.entrypoints.openai.api_server, python -m " \
-            "sglang.launch_server, llama-server, llama-cli"
+            "sglang.launch_server, llama-server, llama-cli, torchrun, accelerate launch, " \
+            "deepspeed, python script.py, trl sft, llamafactory-cli train, axolotl train, " \
+            "tune run"
+#: the first words of the command lines ``memfit check`` reads
+PROGRAMS = ("vllm", "python", "python3", "llama-server", "llama-cli", "torchrun", "accelerate",
+            "deepspeed", "trl", "llamafactory-cli", "axolotl", "tune")
 
 
-def read_command(argv: Sequence[str]) -> Translation:
-    """A command line (its words, or one string to split as a shell would)."""
+def read_command(argv: Sequence[str], base: Path | None = None) -> Translation:
+    """A command line (its words, or one string to split as a shell would); files it names
+    (``--deepspeed ds.json``, ``llamafactory-cli train cfg.yaml``) are read relative to
+    ``base``, or listed as ignored without one."""
     words = list(argv)
     if len(words) == 1 and " " in words[0].strip():
         try:
@@ -57,14 +64,15 @@ def read_command(argv: Sequence[str]) -> Translation:
         env[key] = value
     if not words:
         raise MemfitError.bad_value("command", None, _PROGRAMS)
-    t = _dispatch(words)
+    t = _dispatch(words, _opener(base))
     for key, value in env.items():
         t.ignored.append({"field": key, "value": value, "why": "environment: GPU selection or "
                           "settings with no memory effect memfit models"})
     return t
 
 
-def _dispatch(words: list[str]) -> Translation:
+def _dispatch(words: list[str], open_ref: Callable[[str], Any]) -> Translation:
+    from .launch import LAUNCHERS, read_launch
     from .llamacpp import read_llamacpp
     from .vllm import read_sglang, read_vllm
 
@@ -80,6 +88,8 @@ def _dispatch(words: list[str]) -> Translation:
     if prog in ("llama-server", "llama-cli", "server", "main"):
         name = {"server": "llama-server", "main": "llama-cli"}.get(prog, prog)
         return read_llamacpp(name, words[1:])
+    if prog in LAUNCHERS or (re.match(r"^python(\d(\.\d+)?)?$", prog) and len(words) > 1):
+        return read_launch(words, open_ref)
     raise MemfitError.bad_value("command", " ".join(words[:3]), _PROGRAMS
                                 + " (or a config file: memfit check FILE)")
 
@@ -126,8 +136,8 @@ def _command_text(text: str) -> list[str] | None:
     except ValueError:
         return None
     rest = [w for w in words if not _ASSIGN.match(w)]
-    if rest and os.path.basename(rest[0]) in ("vllm", "llama-server", "llama-cli") or (
-            rest and re.match(r"^python", os.path.basename(rest[0]))):
+    if rest and (os.path.basename(rest[0]) in PROGRAMS
+                 or re.match(r"^python", os.path.basename(rest[0]))):
         return words
     return None
 
@@ -163,7 +173,7 @@ def read_text(text: str, name: str = "config", base: Path | None = None) -> Tran
 
     words = _command_text(text)
     if words is not None:
-        return read_command(words)
+        return read_command(words, base)
     if name.lower().startswith("modelfile") or looks_like_ollama(text):
         return read_ollama(text)
     data = _parse_mapping(text, name)
@@ -214,11 +224,14 @@ def complete(t: Translation, beside: Mapping[str, Any]) -> Translation:
             t.model = str(value)
         elif key == "gpus":
             _world(t, int(value))
+            t.world = None
         elif key not in names:
             raise MemfitError.bad_value(key, value, f"an option of memfit {t.mode} "
                                         f"(this {t.kind} artefact is {t.mode})")
         else:
             _override(t, key, value)
+    if t.world is not None:  # the launcher's world size, when --gpus was not given beside
+        _world(t, t.world, "by the launcher's world size")
     if t.model is None:
         raise MemfitError("model: the artefact names no model; allowed: --model MODEL beside "
                           "it (a catalog name, an HF id, a config.json or a .gguf)",
@@ -231,17 +244,17 @@ def complete(t: Translation, beside: Mapping[str, Any]) -> Translation:
     return t
 
 
-def _override(t: Translation, key: str, value: Any) -> None:
+def _override(t: Translation, key: str, value: Any, by: str = "given beside") -> None:
     old = t.options.get(key)
     if old is not None and old != value:
         field = next((u["field"] for u in reversed(t.understood)
                       if u["option"].startswith(flag_text(key, old))), key)
         t.ignored.append({"field": field, "value": old,
-                          "why": f"overridden by {flag_text(key, value)} given beside"})
+                          "why": f"overridden by {flag_text(key, value)} {by}"})
     t.options[key] = value
 
 
-def _world(t: Translation, gpus: int) -> None:
+def _world(t: Translation, gpus: int, by: str = "given beside") -> None:
     """``--gpus N`` beside a training config: the data-parallel degree that fills N GPUs."""
     if t.mode != "train":
         raise MemfitError.bad_value("gpus", gpus, "--tp / --pp for an inference command "
@@ -249,7 +262,7 @@ def _world(t: Translation, gpus: int) -> None:
     model_par = t.options.get("tp", 1) * t.options.get("pp", 1) * t.options.get("cp", 1)
     if gpus < 1 or gpus % model_par:
         raise MemfitError.bad_value("gpus", gpus, f"a multiple of tp x pp x cp = {model_par}")
-    _override(t, "dp", gpus // model_par)
+    _override(t, "dp", gpus // model_par, by)
 
 
 def _from_model(t: Translation) -> None:
@@ -317,11 +330,9 @@ def check_text(text: str, name: str = "pasted", **beside: Any) -> dict[str, Any]
         raise MemfitError.bad_value("artefact", f"{len(text):,} characters",
                                     f"at most {_MAX_FILE_BYTES:,}")
     first = text.strip().split()[0]
-    if os.path.basename(first) in _COMMANDS or _ASSIGN.match(first):
+    if os.path.basename(first) in PROGRAMS or _ASSIGN.match(first):
         t = read_command(shlex.split(re.sub(r"\\\r?\n", " ", text), comments=True))
     else:
         t = read_text(text, name)
     return answer(complete(t, beside))
 
-
-_COMMANDS = ("vllm", "python", "python3", "llama-server", "llama-cli")

@@ -42,6 +42,8 @@ class Translation:
     # options whose value is a property of the model (``--cpu-moe``: every layer's experts),
     # filled once the model is resolved: option -> ModelSpec attribute
     per_model: dict[str, str] = field(default_factory=dict)
+    # the world size a launcher gives (torchrun --nproc_per_node x --nnodes ...)
+    world: int | None = None
 
 
 class Reader:

@@ -3,9 +3,10 @@ environment settings), read into ``memfit infer --engine llamacpp``.
 
 llama.cpp's names and defaults are from ``common/arg.cpp`` (``common_params_parser_init``)
 and ``common/common.h`` (``common_params``), llama.cpp b5000-b6000: ``-m/--model``,
-``-hf/--hf-repo repo[:quant]``, ``-c/--ctx-size`` (default 0 = the model's training context
-in current builds; 4096 in builds before late 2025), ``-np/--parallel`` (slots sharing the ``n_ctx`` cells: the total cache is
-``n_ctx``), ``-ngl/--gpu-layers/--n-gpu-layers``, ``-b/--batch-size`` (2048),
+``-hf/--hf-repo repo[:quant]``, ``-c/--ctx-size`` (default 0 = the model's training
+context in current builds; 4096 in builds before late 2025), ``-np/--parallel`` (slots
+sharing the ``n_ctx`` cells: the total cache is ``n_ctx``),
+``-ngl/--gpu-layers/--n-gpu-layers``, ``-b/--batch-size`` (2048),
 ``-ub/--ubatch-size`` (512), ``-ctk/--cache-type-k`` and ``-ctv/--cache-type-v`` (f16),
 ``-fa/--flash-attn``, ``-nkvo/--no-kv-offload``, ``--cpu-moe``, ``-ot/--override-tensor``,
 ``--mmproj``, ``--lora``, ``-md/--model-draft``. memfit's llama.cpp model holds ``batch x
