@@ -1,0 +1,135 @@
+"""The training step as a replay (memfit.step): the sweep, the LoRA targets, the loss parts,
+and the knobs memfit refuses. Traced peaks below come from ``memfit trace`` (fake tensors,
+torch 2.13, transformers 5, peft 0.21.2) on Llama 3.2 1B cut to 2 layers, batch 1, seq 512."""
+
+from __future__ import annotations
+
+import pytest
+
+from memfit.catalog import get_entry, resolve_model
+from memfit.errors import MemfitError
+from memfit.step.events import ACTS, GRADS, WEIGHTS, Program, sweep
+from memfit.step.knobs import lora_targets
+from memfit.training import train
+
+
+def _llama_2l() -> dict:
+    cfg = dict(get_entry("llama-3.2-1b").config)
+    cfg["num_hidden_layers"] = 2
+    return cfg
+
+
+# -- the sweep ------------------------------------------------------------------------------
+
+def test_sweep_peak_is_the_first_largest_moment_by_owner() -> None:
+    p = Program()
+    p.alloc(WEIGHTS, 100)
+    p.phase("forward", (WEIGHTS, ACTS))
+    p.alloc(ACTS, 50)
+    p.free(ACTS, 50)
+    p.alloc(ACTS, 50)  # the same total again: the first one stays the peak
+    p.phase("backward", (WEIGHTS, GRADS, ACTS))
+    p.moment((ACTS, 10), (GRADS, 30))
+    p.moment((ACTS, 0), (GRADS, 20))
+    (fwd, f), (bwd, b) = sweep(p.ops)
+    assert (fwd, f) == ("forward", {"weights": 100, "activations": 50})
+    assert bwd == "backward" and b["gradients"] == 30 and b["activations"] == 10
+
+
+@pytest.mark.parametrize("net,expect", [(-5, 0), (5, 9)])
+def test_sweep_repeat_finds_the_run_end_that_peaks(net: int, expect: int) -> None:
+    """A run of 10 identical layers: the largest moment is at its first repetition when the
+    totals shrink, at its last when they grow; the sweep equals the unrolled program."""
+    block = ((ACTS, 40), (ACTS, -40 - 10), (GRADS, 10 + net))
+    rolled, unrolled = Program(), Program()
+    for p in (rolled, unrolled):
+        p.alloc(ACTS, 1000)
+        p.phase("backward", (GRADS, ACTS))
+    rolled.repeat(block, 10)
+    for _ in range(10):
+        unrolled.repeat(block, 1)
+    assert sweep(rolled.ops) == sweep(unrolled.ops)
+    grads = sweep(rolled.ops)[0][1].get("gradients", 0)
+    assert grads == expect * (10 + net)
+
+
+# -- LoRA targets ---------------------------------------------------------------------------
+
+def test_lora_targets_resolve_as_peft_does() -> None:
+    spec = resolve_model("llama-3.1-8b")[0]
+    assert lora_targets(spec, "peft") == {"q", "v"}  # peft's mapping for llama
+    assert lora_targets(spec, "all-linear") == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert lora_targets(spec, "attention") == {"q", "k", "v", "o"}
+    assert lora_targets(spec, "q_proj,down_proj") == {"q", "down"}
+    with pytest.raises(MemfitError, match="not in the model: c_attn"):
+        lora_targets(spec, "q_proj,c_attn")
+    with pytest.raises(MemfitError, match="no default target modules"):
+        lora_targets(resolve_model("phi-3-mini-4k")[0], "peft")
+
+
+def test_report_names_the_lora_modules_used() -> None:
+    e = train("llama-3.1-8b", lora_rank=16, seq=512)
+    assert "on q_proj, v_proj (--lora-targets peft)" in e.assumptions["lora"]
+
+
+def test_fewer_lora_targets_hold_less() -> None:
+    kw = dict(lora_rank=16, seq=2048, precision="bf16-true")
+    peft = train("llama-3.2-3b", **kw).peak_bytes
+    every = train("llama-3.2-3b", lora_targets="all-linear", **kw).peak_bytes
+    assert peft < every
+
+
+# (options, traced peak bytes): memfit trace on the 2-layer Llama 3.2 1B, b1 s512
+TRACED = [
+    (dict(lora_rank=16, lora_targets="peft", precision="bf16-true"), 1653969160),
+    (dict(lora_rank=16, lora_targets="peft", precision="bf16-mixed"), 3170590984),
+    (dict(lora_rank=16, lora_targets="peft", precision="fp32"), 2542133512),
+    (dict(lora_rank=16, lora_targets="attention", precision="bf16-true"), 1673433352),
+    (dict(lora_rank=16, lora_targets="q_proj,v_proj,down_proj", precision="bf16-true"),
+     1691521288),
+    (dict(lora_rank=16, lora_targets="peft", precision="bf16-true", checkpointing="full"),
+     1567721736),
+    (dict(qlora=True, lora_targets="peft", precision="bf16-true"), 2118343872),
+    (dict(lora_rank=16, lora_targets="all-linear", lora_dropout=0.1, precision="bf16-true"),
+     1753583880),
+    (dict(lora_rank=16, lora_targets="peft", lora_dropout=0.1, precision="bf16-mixed"),
+     3172688136),
+    (dict(loss="chunked", precision="bf16-true"), 4125188360),
+    (dict(loss="chunked", precision="bf16-mixed"), 8250368264),
+    (dict(loss="fused-linear", precision="bf16-true"), 4125188360),
+]
+
+
+@pytest.mark.parametrize("opts,traced", TRACED, ids=[str(sorted(o.items())) for o, _ in TRACED])
+def test_knobs_match_the_tracer(opts: dict, traced: int) -> None:
+    e = train(_llama_2l(), batch=1, seq=512, **opts)
+    assert abs(e.peak_bytes - traced) <= 0.0005 * traced
+
+
+def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
+    kw = dict(lora_rank=16, seq=4096, batch=2, precision="bf16-true")
+    phases = {loss: {p.name: p.peak_bytes for p in train("llama-3.2-1b", loss=loss,
+                                                          **kw).phases}
+              for loss in ("hf", "chunked", "fused-linear")}
+    assert phases["fused-linear"]["forward"] < phases["chunked"]["forward"] < phases["hf"][
+        "forward"]
+    assert phases["chunked"]["backward"] < phases["hf"]["backward"]
+
+
+# -- refused knobs --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opts", [
+    dict(lora_rank=16, dora=True), dict(lora_rank=16, lora_experts=True),
+    dict(qlora=True, qlora_stream="16-bit"), dict(checkpointing="op-selective"),
+    dict(checkpointing="full", checkpoint_every=2), dict(activation_offload=True),
+    dict(optimizer="paged-adamw"), dict(dp=2, fsdp="full", fsdp_version=1),
+    dict(lora_rank=16, lora_targets="mlp"), dict(loss="fused-linear", precision="bf16-mixed"),
+])
+def test_unmodelled_knobs_are_refused_by_name(opts: dict) -> None:
+    with pytest.raises(MemfitError, match="not modelled yet"):
+        train("llama-3.1-8b", seq=512, **opts)
+
+
+def test_adapter_knobs_need_adapters() -> None:
+    with pytest.raises(MemfitError, match="lora-dropout"):
+        train("llama-3.1-8b", lora_dropout=0.1)
