@@ -654,12 +654,15 @@ _CHECK_EXAMPLES = """examples:
   memfit check ds_config.json --model llama-3.1-8b --gpus 8 --gpu h100
   memfit check axolotl.yaml --gpu a100-80gb
   memfit check llama3_8b.toml --gpus 8 --gpu h100 --json
+  memfit check -- torchrun --nproc_per_node 8 train.py --per_device_train_batch_size 4 ...
 
 Reads vllm serve / SGLang / llama-server / llama-cli command lines, Ollama Modelfiles,
 DeepSpeed JSON, TrainingArguments/TRL, axolotl, LLaMA-Factory and torchtune YAML, torchtitan
-TOML and accelerate configs. It lists every field it understood (with the memfit option it
-became) and every field it ignored (and why), then answers as `memfit infer|train` would.
-memfit's own options given beside fill what the artefact does not say, and win over it."""
+TOML and accelerate configs, and training launch lines (torchrun, accelerate launch,
+deepspeed, trl sft, llamafactory-cli train, axolotl train, tune run). It lists every field
+it understood (with the memfit option it became) and every field it ignored (and why), then
+answers as `memfit infer|train` would. memfit's own options given beside fill what the
+artefact does not say, and win over it."""
 
 
 def _add_check(sub: Any) -> None:
