@@ -20,8 +20,12 @@ Rows:
    (``AutoConfig`` from a local config.json, the model built on the meta device with
    ``init_empty_weights``, ``accelerate.utils.calculate_maximum_sizes``).
 
-Times are medians of repeats (in-process: the best of 5 rounds of many calls). Nothing here
-asserts a goal: docs/performance.md records the results with the machine and the date.
+In-process times are CPU seconds of this process (``time.process_time``: on a shared machine
+wall time also counts the other processes' turns), the best of several rounds of many calls,
+with the median round beside it; fresh-process times are wall-clock medians. The distinct
+row cycles through 64 different scenarios, so no answer is ever reused (memfit memoises only
+what does not depend on batch and context). Nothing here asserts a goal: docs/performance.md
+records the results with the machine and the date.
 """
 
 from __future__ import annotations
@@ -56,17 +60,53 @@ TRAIN_Q = dict(batch=1, seq=2048, dp=8, zero=3, precision="bf16-master", gpu="a1
 CLI_ARGV = ["infer", "llama-3.1-8b", "--batch", "4", "--prompt", "2048", "--json"]
 
 
-def per_call(fn: Callable[[], Any], calls: int, rounds: int = 5) -> float:
-    """Seconds per call: the best of ``rounds`` rounds of ``calls`` calls (after a warm-up)."""
+CLOCK = time.process_time  # CPU time of this process (see the module docstring)
+MEDIANS: dict[str, float] = {}  # row -> the median round's seconds per call
+
+
+def per_call(fn: Callable[[], Any], calls: int, rounds: int = 7) -> tuple[float, float]:
+    """Seconds per call: (the best, the median) of ``rounds`` rounds of ``calls`` calls (after
+    a warm-up)."""
     for _ in range(max(1, calls // 10)):
         fn()
-    best = float("inf")
+    times = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(calls):
             fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
+        times.append((CLOCK() - start) / calls)
+    return min(times), statistics.median(times)
+
+
+def timed(what: str, fn: Callable[[], Any], calls: int, note: str = "") -> tuple[str, float, str]:
+    """A row: ``what``, the best round's seconds per call, the median in the note."""
+    best, median = per_call(fn, calls)
+    MEDIANS[what] = median
+    return what, best, f"median {fmt_time(median)}" + (f"; {note}" if note else "")
+
+
+def cycling(fn: Callable[..., Any], scenarios: list[dict[str, Any]]) -> Callable[[], Any]:
+    """A call that asks the next of ``scenarios`` each time (round robin)."""
+    state = {"i": 0}
+    n = len(scenarios)
+
+    def call() -> Any:
+        i = state["i"]
+        state["i"] = (i + 1) % n
+        return fn(**scenarios[i])
+    return call
+
+
+def distinct_infer(count: int = 64) -> list[dict[str, Any]]:
+    rng = random.Random(1)
+    return [dict(batch=rng.choice([1, 2, 3, 4, 8, 16]), prompt=rng.randrange(128, 8192),
+                 generate=rng.choice([1, 64, 128, 512])) for _ in range(count)]
+
+
+def distinct_train(count: int = 64) -> list[dict[str, Any]]:
+    rng = random.Random(2)
+    return [dict(batch=rng.choice([1, 2, 3, 4, 8]), seq=rng.randrange(128, 8192))
+            for _ in range(count)]
 
 
 def fresh_process(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
@@ -94,26 +134,31 @@ def memfit_in_process(quick: bool) -> list[tuple[str, float, str]]:
     moe = memfit.load_model("mixtral-8x7b")
     n = 2000 if quick else 10000
     rows = [
-        ("memfit.infer(spec), llama-3.1-8b B=4 P=2048",
-         per_call(lambda: memfit.infer(spec, batch=4, prompt=2048), n), ""),
-        ("memfit.infer('llama-3.1-8b', ...) by name",
-         per_call(lambda: memfit.infer("llama-3.1-8b", batch=4, prompt=2048), n), ""),
-        ("memfit.train(spec), llama-3.1-8b B=4 S=2048",
-         per_call(lambda: memfit.train(spec, batch=4, seq=2048), n), ""),
-        ("memfit.train('llama-3.1-8b', ...) by name",
-         per_call(lambda: memfit.train("llama-3.1-8b", batch=4, seq=2048), n), ""),
-        ("memfit.train(spec), mixtral-8x7b dp=8 ZeRO-3",
-         per_call(lambda: memfit.train(moe, batch=2, seq=4096, dp=8, zero=3), n), ""),
-        ("memfit.infer(spec, engine='vllm', gpu='h100')",
-         per_call(lambda: memfit.infer(spec, batch=4, prompt=2048, engine="vllm", gpu="h100"),
-                  n), ""),
+        timed("memfit.infer(spec), llama-3.1-8b B=4 P=2048 (G=128)",
+              lambda: memfit.infer(spec, batch=4, prompt=2048), n),
+        timed("memfit.infer(spec), llama-3.1-8b, 64 distinct scenarios in turn",
+              cycling(lambda **kw: memfit.infer(spec, **kw), distinct_infer()), n),
+        timed("memfit.infer(spec), llama-3.1-8b B=4 P=2048 G=0 (prefill only)",
+              lambda: memfit.infer(spec, batch=4, prompt=2048, generate=0), n),
+        timed("memfit.infer('llama-3.1-8b', ...) by name",
+              lambda: memfit.infer("llama-3.1-8b", batch=4, prompt=2048), n),
+        timed("memfit.train(spec), llama-3.1-8b B=4 S=2048",
+              lambda: memfit.train(spec, batch=4, seq=2048), n),
+        timed("memfit.train(spec), llama-3.1-8b, 64 distinct scenarios in turn",
+              cycling(lambda **kw: memfit.train(spec, **kw), distinct_train()), n),
+        timed("memfit.train('llama-3.1-8b', ...) by name",
+              lambda: memfit.train("llama-3.1-8b", batch=4, seq=2048), n),
+        timed("memfit.train(spec), mixtral-8x7b dp=8 ZeRO-3",
+              lambda: memfit.train(moe, batch=2, seq=4096, dp=8, zero=3), n),
+        timed("memfit.infer(spec, engine='vllm', gpu='h100')",
+              lambda: memfit.infer(spec, batch=4, prompt=2048, engine="vllm", gpu="h100"), n),
+        timed("memfit.infer(spec, engine='llamacpp')",
+              lambda: memfit.infer(spec, batch=4, prompt=2048, engine="llamacpp"), n),
     ]
-    est = memfit.infer(spec, batch=4, prompt=2048)
     rows.append(("Estimate.to_dict() (the JSON, terms formatted)",
-                 per_call(lambda: memfit.infer(spec, batch=4, prompt=2048).to_dict(), n // 2)
-                 - per_call(lambda: memfit.infer(spec, batch=4, prompt=2048), n // 2),
+                 per_call(lambda: memfit.infer(spec, batch=4, prompt=2048).to_dict(), n // 2)[0]
+                 - per_call(lambda: memfit.infer(spec, batch=4, prompt=2048), n // 2)[0],
                  "on top of the estimate"))
-    del est
     return rows
 
 
@@ -186,7 +231,7 @@ def memfit_grid(n: int) -> float:
     batch x prompt grid (and, for every tenth, a training batch x seq one) on a spec."""
     spec = memfit.load_model("llama-3.1-8b")
     side = int(n ** 0.5) + 1
-    start = time.perf_counter()
+    start = CLOCK()
     done = 0
     for b in range(1, side + 1):
         for p in range(1, side + 1):
@@ -197,20 +242,20 @@ def memfit_grid(n: int) -> float:
             else:
                 memfit.train(spec, batch=b, seq=64 * p)
             done += 1
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def memfit_sweep(n: int) -> tuple[float, int, int]:
     scenarios = random_scenarios(n)
     ok = bad = 0
-    start = time.perf_counter()
+    start = CLOCK()
     for name, mode, opts in scenarios:
         try:
             _ = (memfit.infer if mode == "infer" else memfit.train)(name, **opts).peak_bytes
             ok += 1
         except MemfitError:
             bad += 1
-    return time.perf_counter() - start, ok, bad
+    return CLOCK() - start, ok, bad
 
 
 # -- peers -----------------------------------------------------------------------------------
@@ -231,18 +276,20 @@ def q_train(b=1, s=2048):
                  total_num_gpus=8, gradient_accumulation_steps=1)
 def per_call(fn, calls):
     for _ in range(calls // 10 + 1): fn()
-    best = 1e9
-    for _ in range(5):
-        t = time.perf_counter()
+    times = []
+    for _ in range(7):
+        t = time.process_time()
         for _ in range(calls): fn()
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best
+        times.append((time.process_time() - t) / calls)
+    times.sort()
+    return times[0], times[len(times) // 2]
 calls = int(sys.argv[1]); sweep = int(sys.argv[2])
 with contextlib.redirect_stdout(io.StringIO()):
     i, t = q_infer(), q_train()
-    out = {"import_s": t_import, "infer_s": per_call(q_infer, calls),
-           "train_s": per_call(q_train, calls)}
-    rng = random.Random(0); ok = bad = 0; start = time.perf_counter()
+    (ib, im), (tb, tm) = per_call(q_infer, calls), per_call(q_train, calls)
+    out = {"import_s": t_import, "infer_s": ib, "infer_median_s": im, "train_s": tb,
+           "train_median_s": tm}
+    rng = random.Random(0); ok = bad = 0; start = time.process_time()
     for k in range(sweep):
         try:
             if k % 2: q_infer(rng.choice([1, 2, 4, 8, 16, 32, 64]),
@@ -251,7 +298,7 @@ with contextlib.redirect_stdout(io.StringIO()):
             ok += 1
         except Exception:
             bad += 1
-    out["sweep_s"] = time.perf_counter() - start; out["sweep_ok"] = ok; out["sweep_bad"] = bad
+    out["sweep_s"] = time.process_time() - start; out["sweep_ok"] = ok; out["sweep_bad"] = bad
 out["infer_bytes"] = {k: i[k] for k in ("weight_memory_per_gpu", "kv_cache_memory_per_gpu",
                                         "prefill_activation_memory_per_gpu")}
 out["train_bytes"] = {k: t[k] for k in ("weight_memory_per_gpu", "gradient_memory_per_gpu",
@@ -276,12 +323,13 @@ def ask():
     with init_empty_weights():
         model = transformers.AutoModelForCausalLM.from_config(cfg)
     return calculate_maximum_sizes(model)
-t = time.perf_counter(); total, largest = ask(); first = time.perf_counter() - t
+t = time.process_time(); total, largest = ask(); first = time.process_time() - t
 times = []
 for _ in range(int(sys.argv[2])):
-    t = time.perf_counter(); ask(); times.append(time.perf_counter() - t)
+    t = time.process_time(); ask(); times.append(time.process_time() - t)
 times.sort()
-print(json.dumps({"import_s": t_import, "first_s": first, "call_s": times[len(times) // 2],
+print(json.dumps({"import_s": t_import, "first_s": first, "call_s": times[0],
+                  "call_median_s": times[len(times) // 2],
                   "total_fp32_bytes": total, "largest_layer": largest[0]}))
 """
 
@@ -309,8 +357,10 @@ def llm_analysis_rows(exe: str, quick: bool, sweep: int) -> tuple[list[Any], dic
                          "NousResearch_Llama-2-7b-hf", "--gpu_name", "a100-sxm-80gb",
                          "--seq_len", "1024", "--num_tokens_to_generate", "128",
                          "--log_level", "CRITICAL"], runs)
-    rows = [("llm-analysis infer(), Llama-2-7b (in-process)", data["infer_s"], ""),
-            ("llm-analysis train(), Llama-2-7b ZeRO-3 dp=8 (in-process)", data["train_s"], ""),
+    rows = [("llm-analysis infer(), Llama-2-7b (in-process)", data["infer_s"],
+             f"median {fmt_time(data['infer_median_s'])}"),
+            ("llm-analysis train(), Llama-2-7b ZeRO-3 dp=8 (in-process)", data["train_s"],
+             f"median {fmt_time(data['train_median_s'])}"),
             ("llm-analysis: import llm_analysis.analysis", data["import_s"], ""),
             ("python -m llm_analysis.analysis infer ... (fresh process)", cli, ""),
             (f"llm-analysis sweep of {sweep:,} scenarios", data["sweep_s"],
@@ -345,7 +395,8 @@ def accelerate_rows(quick: bool) -> tuple[list[Any], dict[str, Any]]:
     online = fresh_process(["accelerate", "estimate-memory", "NousResearch/Llama-2-7b-hf",
                             "--library_name", "transformers"], 1)
     rows = [("accelerate: one question (config -> meta model -> sizes), in-process",
-             data["call_s"], "what estimate-memory does per model after the Hub lookup"),
+             data["call_s"], f"median {fmt_time(data['call_median_s'])}; what "
+             "estimate-memory does per model after the Hub lookup"),
             ("accelerate: same, fresh process (offline equivalent of the CLI)", fresh,
              f"imports torch + transformers: {data['import_s']:.2f} s of it"),
             ("accelerate estimate-memory NousResearch/Llama-2-7b-hf", online,
@@ -415,7 +466,8 @@ def main() -> int:
             print(f"  {key}:", json.dumps({k: v for k, v in side[key].items()
                                           if "bytes" in k or k.startswith("total")}))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "heavy": heavy, "side": side},
+        Path(args.json).write_text(json.dumps({"rows": rows, "heavy": heavy, "side": side,
+                                               "medians": MEDIANS},
                                               indent=1))
     return 0
 
