@@ -97,6 +97,8 @@ TRACED = [
     (dict(loss="chunked", precision="bf16-true"), 4125188360),
     (dict(loss="chunked", precision="bf16-mixed"), 8250368264),
     (dict(loss="fused-linear", precision="bf16-true"), 4125188360),
+    (dict(optimizer_in_backward=True, precision="bf16-true"), 3881898248),
+    (dict(optimizer_in_backward=True, precision="fp32"), 7763788040),
 ]
 
 
@@ -128,6 +130,16 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
 def test_unmodelled_knobs_are_refused_by_name(opts: dict) -> None:
     with pytest.raises(MemfitError, match="not modelled yet"):
         train("llama-3.1-8b", seq=512, **opts)
+
+
+def test_optimizer_in_backward_never_holds_every_gradient() -> None:
+    kw = dict(seq=1024, precision="bf16-true")
+    plain, oib = (train("llama-3.1-8b", optimizer_in_backward=v, **kw) for v in (False, True))
+    assert oib.peak_bytes < plain.peak_bytes
+    step = {p.name: p.components for p in oib.phases}["optimizer"]
+    assert step.get("gradients", 0) == 0 and step.get("temporaries", 0) == 0
+    with pytest.raises(MemfitError, match="microbatches"):
+        train("llama-3.1-8b", optimizer_in_backward=True, microbatches=2)
 
 
 def test_adapter_knobs_need_adapters() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..memory.activations import NORM_STYLES
 from .context import Stage
-from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, WEIGHTS, Program
+from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, TEMPS, WEIGHTS, Program
 from .states import grad_part
 
 __all__ = ["backward", "layer_extras", "end_extra"]
@@ -83,22 +83,33 @@ def backward(s: Stage, p: Program) -> None:
     g_of_kind = _grads_of_kind(s, s.G - g_head - g_embed)
     tied_partial = (V * h * (4 if s.autocast else s.grad_b)
                     if (s.last and s.first and spec.tie_word_embeddings and not s.lora) else 0)
+    # the optimizer in backward (torchtune's optimizer_in_bwd: a post-accumulate-grad hook
+    # per parameter steps it and frees its gradient): one parameter's gradient and its step
+    # at a time, never the full set
+    oib = o.optimizer_in_backward
+    if oib and g_head:  # the LM head's gradient, stepped at once
+        p.alloc(TEMPS, s.oib_step["head"])
+        p.free(TEMPS, s.oib_step["head"])
     # the LM head's gradients (tied: the shared table's first partial); its tensors gone
-    p.moment((GRADS, s.G_prev if s.accumulating else g_head + tied_partial),
+    p.moment((GRADS, s.G_prev if s.accumulating else (0 if oib else g_head) + tied_partial),
              (ACTS, s.A_bwd - s.A_head + s.copies_bwd - s.copies_head))
-    extra = layer_extras(s, [0 if s.accumulating else g for g in g_of_kind])
+    extra = layer_extras(s, [0 if (s.accumulating or oib) else g for g in g_of_kind])
     dc = s.c_layer if o.checkpointing != "full" else 0
     inflight = s.inflight
     runs = s.kind_runs
+    step = s.oib_step["layer"] if oib else 0  # a parameter's gradient and step
     for i in reversed(range(len(runs))):  # the layers, last first
         k, n = runs[i]
-        dg = 0 if s.accumulating else g_of_kind[k]
-        block = ((ACTS, extra[k]),
-                 (ACTS, -(extra[k] + inflight * s.kept_of_kind[k] + dc)),
+        dg = 0 if (s.accumulating or oib) else g_of_kind[k]
+        block = ((ACTS, extra[k] + step),
+                 (ACTS, -(extra[k] + step + inflight * s.kept_of_kind[k] + dc)),
                  (GRADS, dg))
         if i == 0:  # the last layer walked (layer 0): its gradients come with the end
             p.repeat(block, n - 1)
             p.repeat(block[:2], 1)
         else:
             p.repeat(block, n)
-    p.moment((GRADS, s.G), (ACTS, s.inputs + s.tied_extra))
+    # the end: every gradient (in backward: the embedding's, stepped when it is complete)
+    p.moment((GRADS, g_embed if oib else s.G), (ACTS, s.inputs + s.tied_extra))
+    if oib and g_embed:
+        p.moment((GRADS, 0), (TEMPS, s.oib_step["embed"]), (ACTS, s.inputs))

@@ -90,4 +90,7 @@ def optimizer(s: Stage, p: Program) -> None:
         # (SGD, fused) or a large vocabulary that moment outweighs the step.
         cast = sb.step_gradients + _master_cast_extra(s, sb.gradients, s.recipe.grad_bytes)
         p.moment(*base, (GRADS, cast), (TEMPS, 0))
+    if o.optimizer_in_backward:  # stepped in backward: nothing left but the states
+        p.moment(*base, (GRADS, 0), (TEMPS, 0))
+        return
     p.moment(*base, (GRADS, sb.step_gradients), (TEMPS, sb.temporaries))

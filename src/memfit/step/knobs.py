@@ -115,7 +115,6 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
             ("qlora-stream", o.qlora_stream, "fp32"),
             ("checkpoint-every", o.checkpoint_every, 1),
             ("activation-offload", o.activation_offload, False),
-            ("optimizer-in-backward", o.optimizer_in_backward, False),
             ("fsdp-version", o.fsdp_version, 2)):
         if value != default:
             raise _not_yet(field, value, f"{default}")
@@ -123,6 +122,14 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
                                                   and o.fsdp is None)):
         raise _not_yet("loss", o.loss, "hf or chunked with autocast or QLoRA (fused-linear: "
                        "bf16-true, fp32, or mixed under ZeRO / FSDP)")
+    if o.optimizer_in_backward:
+        if o.microbatches != 1:
+            raise MemfitError.bad_value("microbatches", o.microbatches, "1 with "
+                                        "--optimizer-in-backward (no gradient accumulation: "
+                                        "torchtune refuses it too)")
+        if o.precision == "bf16-master" or o.zero or o.fsdp is not None or o.pp > 1:
+            raise _not_yet("optimizer-in-backward", True, "off with bf16-master, ZeRO, FSDP "
+                           "or pipeline parallelism")
     if o.checkpointing == "op-selective":
         raise _not_yet("checkpointing", o.checkpointing, "none, full or selective")
     if o.optimizer in ("paged-adamw", "paged-adamw-8bit"):

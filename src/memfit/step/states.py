@@ -163,6 +163,7 @@ def build(s: Stage) -> None:
             memo[pkey] = (fsdp_padded_elements(s.trainable, n_shards), fsdp_padded_elements(
                 tuple(g for g in s.trainable if g.part == "layer"), n_shards))
         padded, s.padded_layers = memo[pkey]
+    s.oib_step = _oib_step(s, skey, state_b) if o.optimizer_in_backward else {}
     s.sb = sb = shard_states(s.xin, eff, dp=o.dp, zero=o.zero, fsdp=o.fsdp, offload=o.offload,
                              fsdp_cfg=fsdp_cfg, padded=padded)
     s.N = sb.shards
@@ -172,6 +173,22 @@ def build(s: Stage) -> None:
     s.G = sb.gradients
     s.buffers = sb.grad_buffers
     s.G_prev = s.G if s.accumulating else 0  # gradients of earlier micro-batches
+
+
+def _oib_step(s: Stage, skey: tuple[Any, ...], state_b: int) -> dict[str, int]:
+    """The optimizer in backward, per part ("layer", "embed", "head"): the largest of one
+    parameter's gradient and its own optimizer's step temporaries (torchtune
+    ``register_optim_in_bwd_hooks``: one optimizer per parameter, stepped in its
+    post-accumulate-grad hook)."""
+    memo = memo_table(s.spec)
+    key = ("oib", skey)
+    v = memo.get(key)
+    if v is None:
+        v = memo[key] = {part: max((g.numel * s.grad_b + optimizer_temporary_bytes(
+            (replace(g, count=1),), s.opt, s.o.optimizer_impl, state_b)
+            for g in s.trainable if g.part == part), default=0)
+            for part in ("layer", "embed", "head")}
+    return v  # type: ignore[no-any-return]
 
 
 def grad_part(s: Stage, part: str) -> int:
