@@ -571,6 +571,26 @@ def _dtype(cfg: Mapping[str, Any]) -> str:
     return value.replace("torch.", "")
 
 
+#: JSON nesting a config may have: real ones nest 3 deep (rope_scaling, quantization_config
+#: groups); a deeper value is refused before any message tries to print it (``repr`` of a
+#: 5,000-deep list recurses past Python's limit).
+MAX_DEPTH = 32
+
+
+def _check_depth(config: Mapping[str, Any]) -> None:
+    """Refuse a config with a value nested deeper than :data:`MAX_DEPTH` (iteratively)."""
+    stack: list[tuple[Any, int, str]] = [(v, 1, str(k)) for k, v in config.items()]
+    while stack:
+        value, depth, key = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MemfitError.bad_value(key[:100], f"a value nested over {MAX_DEPTH} deep",
+                                        f"JSON values nested at most {MAX_DEPTH} deep")
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1, key) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1, key) for v in value)
+
+
 def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
     """Build a :class:`ModelSpec` from a Hugging Face ``config.json`` dict.
 
@@ -578,6 +598,7 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
     """
     if not isinstance(config, Mapping):
         raise MemfitError.bad_value("config", type(config).__name__, "a JSON object")
+    _check_depth(config)
     model_type = config.get("model_type")
     if model_type is None and isinstance(config.get("text_config"), Mapping):
         config = config["text_config"]
