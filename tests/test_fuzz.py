@@ -303,6 +303,76 @@ def test_http_raw_bodies(client: Any, body: bytes) -> None:
     assert response.status_code in (200, 422), (body, response.text[:300])
 
 
+# -- hostile shapes (issue 19): huge and float counts, wrong metadata types, nested arrays,
+# giant headers, deep JSON; each answer a refusal or a result within 2 s ------------------------
+
+def _load_hostile() -> Any:
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "hostile.py"
+    spec = importlib.util.spec_from_file_location("memfit_hostile", script)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+HOSTILE = _load_hostile()
+
+
+def _bounded(case: Any) -> None:
+    stats = HOSTILE.DoorStats()
+    HOSTILE.run_case(case, stats, HOSTILE.MAX_SECONDS)
+    assert not stats.failures, stats.failures
+
+
+@FUZZ
+@given(st.randoms(use_true_random=False), st.sampled_from(["gguf", "safetensors", "config"]))
+def test_hostile_files(tmp_path_factory: Any, rng: Any, door: str) -> None:
+    """GGUF (wrong types, nested arrays, huge counts and shapes), safetensors (giant declared
+    headers, overlapping offsets, 1,000-dimension shapes, 5,000-digit numbers, bad indexes),
+    config.json (float and huge counts, deep JSON): refused or answered within 2 s."""
+    HOSTILE.MODEL_TYPES[:] = [t for t in HOSTILE.MODEL_TYPES if t != "no_such_type"]
+    _bounded(HOSTILE.file_case(rng, Path(tmp_path_factory.mktemp(door)), door, 0))
+
+
+COUNT_KEYS = ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+              "vocab_size", "num_local_experts", "num_experts_per_tok", "head_dim",
+              "max_position_embeddings", "sliding_window", "moe_intermediate_size"]
+
+
+@FUZZ
+@given(st.sampled_from(["llama", "mixtral", "qwen2_moe", "deepseek_v3", "gpt2"]),
+       st.dictionaries(st.sampled_from(COUNT_KEYS),
+                       st.integers(-2, 2**70) | st.integers(1, 10**6).map(float)
+                       | st.floats(1e3, 1e300) | st.sampled_from([100000.0, 1e5, 10001.0]),
+                       min_size=1, max_size=3))
+def test_float_and_huge_counts_in_configs(model_type: str, counts: dict[str, Any]) -> None:
+    """A count spelled as a float (``100000.0``) is read as its integer and held to the same
+    bounds; nothing huge gets past them into the per-layer work."""
+    cfg = {**HOSTILE.TINY, "model_type": model_type, **counts}
+    _bounded(HOSTILE.Case("config", repr(counts), lambda: HOSTILE._python_api(
+        lambda: _estimate_all(from_hf_config(cfg)))))
+
+
+@FUZZ
+@given(st.randoms(use_true_random=False))
+def test_hostile_command_lines(rng: Any) -> None:
+    """``--gpus 1e30``, ``--tp 720720``, 5,000-digit values...: exit 0 or 2, within 2 s."""
+    _bounded(HOSTILE.cli_case(rng, Path("."), 0))
+
+
+@FUZZ
+@given(st.randoms(use_true_random=False))
+def test_hostile_http_bodies(client: Any, rng: Any) -> None:
+    """Inline configs with hostile counts, float GPU counts, deep JSON: 200/413/422 in 2 s."""
+    HOSTILE.MODEL_TYPES[:] = [t for t in HOSTILE.MODEL_TYPES if t != "no_such_type"]
+    _bounded(HOSTILE.http_case(rng, client, 0))
+
+
 # -- atheris ---------------------------------------------------------------------------------
 
 def test_atheris_harness_runs_briefly(tmp_path: Path) -> None:

@@ -124,8 +124,10 @@ def _jsonable(value: Any) -> Any:
     strict JSON has no words for) as ``'nan'``, ``'inf'``, ``'-inf'``."""
     try:
         return _finite(jsonable_encoder(value))
-    except Exception:  # noqa: BLE001 - an odd value is shown as its repr
-        return repr(value)
+    except Exception:  # noqa: BLE001 - an odd (or deeply nested) value is shown as its repr
+        import reprlib
+
+        return reprlib.repr(value)  # bounded depth and length
 
 
 def _finite(value: Any) -> Any:
