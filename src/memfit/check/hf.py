@@ -225,7 +225,7 @@ def apply_hf_field(r: Reader, key: str, value: Any,
         r.use(key, value, "batch", to_int(key, value, 1))
     elif key == "gradient_accumulation_steps":
         r.use(key, value, "microbatches", to_int(key, value, 1))
-    elif key == "gradient_checkpointing":
+    elif key in ("gradient_checkpointing", "activation_checkpointing"):  # 5.x: the new name
         r.use(key, value, "checkpointing", "full" if to_bool(key, value) else "none")
     elif key == "optim":
         apply_optim(r, key, value)
@@ -280,4 +280,17 @@ def read_hf(data: Mapping[str, Any], open_ref: Callable[[str], Any] | None = Non
         if not apply_hf_field(r, key, value, open_ref):
             r.ignore(key, value, "not a field memfit reads; if it changes memory, the "
                      "estimate does not include it")
+    trainer_defaults(r, data)
     return r.done()
+
+
+def trainer_defaults(r: Reader, data: Mapping[str, Any]) -> None:
+    """What ``TrainingArguments`` uses when a field is absent (transformers 5.25,
+    ``training_args.py``): ``per_device_train_batch_size = 8``; ``optim`` =
+    ``adamw_torch_fused`` with torch >= 2.8 (``adamw_torch`` before), unless DeepSpeed's
+    config brings its own optimizer."""
+    if "batch" not in r.t.options:
+        r.use("per_device_train_batch_size", "(default 8)", "batch", 8)
+    if "optim" not in data and "optimizer" not in r.t.options and "zero" not in r.t.options:
+        apply_optim(r, "optim", "adamw_torch_fused")
+        r.t.understood[-1]["value"] = "(default adamw_torch_fused)"

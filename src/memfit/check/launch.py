@@ -150,6 +150,10 @@ def read_launch(words: list[str], open_ref: Opener | None) -> Translation:
         return _accelerate(args[1:], open_ref)
     if prog == "trl" and args[:1] in (["sft"], ["dpo"], ["grpo"], ["kto"]):
         t = _script(["trl", *args[1:]], open_ref, "trl")
+        if args[0] == "sft" and "seq" not in t.options:  # trl/trainer/sft_config.py
+            t.options["seq"] = 1024
+            t.understood.append({"field": "max_length", "value": "(SFTConfig default 1024)",
+                                 "option": "--seq 1024"})
         if args[0] != "sft":
             t.ignored.append({"field": f"trl {args[0]}", "value": None,
                               "why": "this trainer also holds a reference or reward model and "

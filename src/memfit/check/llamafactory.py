@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import MemfitError
 from ._base import Reader, Translation, to_bool, to_float, to_int
-from .hf import apply_hf_field
+from .hf import apply_hf_field, trainer_defaults
 
 __all__ = ["read_llamafactory", "looks_like_llamafactory"]
 
@@ -125,4 +125,5 @@ def read_llamafactory(data: Mapping[str, Any], open_ref: Callable[[str], Any] | 
     for key, value in data.items():
         if key not in _DONE:
             _field(r, key, value, open_ref)
+    trainer_defaults(r, data)  # the rest are the HF Trainer's arguments
     return r.done()
