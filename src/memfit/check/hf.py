@@ -206,9 +206,9 @@ def _peft(r: Reader, data: Mapping[str, Any]) -> None:
     if "lora_target_modules" in data and data["lora_target_modules"] is not None:
         r.use("lora_target_modules", data["lora_target_modules"], "lora_targets",
               lora_targets(data["lora_target_modules"]))
-    if "lora_dropout" in data:
-        r.use("lora_dropout", data["lora_dropout"], "lora_dropout",
-              to_float("lora_dropout", data["lora_dropout"], 0.0, 0.99))
+    dropout = data.get("lora_dropout", 0.05)  # ModelConfig.lora_dropout's default
+    r.use("lora_dropout", data.get("lora_dropout", "(default 0.05)"), "lora_dropout",
+          to_float("lora_dropout", dropout, 0.0, 0.99))
     if to_bool("use_dora", data.get("use_dora", False)):
         r.use("use_dora", True, "dora", True)
 
