@@ -141,6 +141,14 @@ def test_issue_example_answers_vllms_verdict(capsys) -> None:
     assert "vLLM starts" in out and "FITS on l4" in out
 
 
+def test_tensor_split_over_two_gpus(capsys) -> None:
+    got = check_json(capsys, "--model", "llama-3.1-8b", "--", "llama-server", "-m", "x.gguf",
+                     "-ts", "3,1", "-sm", "layer", "-c", "4096", "--main-gpu", "0")
+    assert "--main-gpu" in fields_of(got["ignored"])
+    same_as(capsys, got, ["infer", "llama-3.1-8b", "--engine", "llamacpp", "--tensor-split",
+                          "3,1", "--prompt", "4096", "--batch", "1", "--generate", "0"])
+
+
 def test_cpu_moe_is_every_layer(capsys) -> None:
     got = check_json(capsys, "--model", "qwen3-30b-a3b", "--weights", "Q4_K_M", "--",
                      "llama-server", "-m", "q.gguf", "--cpu-moe", "-c", "8192")

@@ -256,7 +256,7 @@ class InferenceOptions:
                           "RAM (--n-cpu-moe)", min=0, max=1 << 20)
     tensor_split: str | None = _opt(None, "llamacpp: split the offloaded layers over GPUs in "
                                     "these shares (--tensor-split 3,1; split-mode layer); "
-                                    "default one GPU", nullable=True)
+                                    "default one GPU", nullable=True, aliases=("-ts",))
 
     def __post_init__(self) -> None:
         _check(self)

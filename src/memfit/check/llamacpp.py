@@ -56,9 +56,8 @@ _IGNORED = {
     "mmproj": "a vision projector's weights and buffers, not counted",
     "lora": "adapter weights on the GPU, not counted",
     "model-draft": "a draft model's weights and cache, not counted",
-    "split-mode": "memfit models llama.cpp on one GPU",
-    "tensor-split": "memfit models llama.cpp on one GPU",
-    "main-gpu": "memfit models llama.cpp on one GPU",
+    "main-gpu": "which GPU holds the output and scratch buffers; memfit reports the most "
+                "loaded GPU",
     "batch-size": "the logical batch; the compute buffer follows --ubatch-size",
     "embedding": "embedding mode: no generation, a smaller compute buffer",
 }
@@ -116,6 +115,14 @@ def read_llamacpp(program: str, argv: list[str]) -> Translation:
                 r.use(flag, value, "n_gpu_layers", to_int(name, value, 0))
         elif name in ("cache-type-k", "cache-type-v"):
             _kv(r, flag, value, name.replace("-", "_"))
+        elif name == "tensor-split":
+            r.use(flag, value, "tensor_split", str(value))
+        elif name == "split-mode":
+            if str(value).lower() != "layer":
+                r.ignore(flag, value, "memfit models llama.cpp's layer split (the default); "
+                         "row split and none are not modelled")
+            else:
+                r.note(flag, value, "layer split, as memfit models it")
         elif name == "n-cpu-moe":
             r.use(flag, value, "n_cpu_moe", to_int(name, value, 0))
         elif name == "cpu-moe" and value is True:
