@@ -340,6 +340,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
            bias_default=True, norm="layernorm", norm_bias=True, gated=False,
            activation_default="gelu"),
     Family("olmo2", qk_norm="full", notes="two post-norms per layer, q/k norms over a*d"),
+    Family("granite", mlp_bias="mlp_bias",
+           notes="Llama's layers; embedding/residual/attention/logits multipliers scale "
+                 "activations, not sizes"),
+    Family("granitemoe", moe="mixtral",
+           notes="experts fused in input_linear (2*I_e x h) and output_linear per layer"),
     Family("gpt_oss", qkv_bias="attention_bias", o_bias="attention_bias", bias_default=True,
            sliding="alternate", moe="gpt_oss", attention_sinks=True, head_dim_default=64),
 ]}
