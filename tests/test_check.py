@@ -149,6 +149,14 @@ def test_tensor_split_over_two_gpus(capsys) -> None:
                           "3,1", "--prompt", "4096", "--batch", "1", "--generate", "0"])
 
 
+def test_standard_input(capsys, monkeypatch) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(TORCHTITAN_70B))
+    got = check_json(capsys, "-", "--gpus", "64")  # TOML told by its [tables], not a name
+    assert got["artefact"]["kind"] == "torchtitan" and got["options"]["tp"] == 8
+
+
 def test_cpu_moe_is_every_layer(capsys) -> None:
     got = check_json(capsys, "--model", "qwen3-30b-a3b", "--weights", "Q4_K_M", "--",
                      "llama-server", "-m", "q.gguf", "--cpu-moe", "-c", "8192")
@@ -765,12 +773,13 @@ BAD = [
      "micro_batch_size"),
     ("a.yml", "base_model: meta-llama/Llama-3.1-8B\nload_in_8bit: true\nadapter: lora\n", [],
      "load_in_8bit"),
-    ("t.yaml", "model:\n  _component_: torchtune.models.foo.lora_foo_9b\n", [],
-     "model._component_"),
+    ("t.yaml", "model:\n  _component_: torchtune.models.foo.lora_foo_9b\n  lora_attn_modules: "
+               "[q_proj]\n", [], "model"),
+    ("t.yaml", "model:\n  _component_: torchtune.models.foo\n", [], "model._component_"),
     ("x.toml", "[model\nname = 1", [], "toml"),
-    ("x.toml", '[model]\nname = "llama3"\nflavor = "debugmodel"\n', [], "model.flavor"),
+    ("x.toml", '[model]\nname = "llama3"\nflavor = "debugmodel"\n', [], "model"),
     ("x.yaml", "foo: 1\nbar: 2\n", [], "file"),
-    ("Modelfile", "FROM somebody/else:latest\n", [], "FROM"),
+    ("Modelfile", "FROM somebody/else:latest\n", [], "model"),
     ("sft.yaml", "model_name_or_path: gpt2\nper_device_train_batch_size: 2\noptim: adamw_weird"
                  "\n", [], "optim"),
 ]

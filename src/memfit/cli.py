@@ -447,7 +447,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise MemfitError("artefact: missing; allowed: a config file or `-- COMMAND ...` "
                           "(see `memfit check --help`)", field="artefact", value=None,
                           allowed="FILE or -- COMMAND")
-    if len(words) == 1 and os.path.basename(words[0].split()[0]) not in check.PROGRAMS:
+    if words == ["-"]:  # pasted on standard input
+        text = sys.stdin.read((1 << 20) + 1)
+        if len(text) > 1 << 20:
+            raise MemfitError.bad_value("artefact", "standard input", "at most 1 MiB")
+        t = check.read_text(text, "stdin", Path.cwd())
+    elif len(words) == 1 and os.path.basename(words[0].split()[0]) not in check.PROGRAMS:
         t = check.read_file(words[0])
     else:
         t = check.read_command(words, Path.cwd())
@@ -669,8 +674,9 @@ def _add_check(sub: Any) -> None:
     helptext = "read a vllm/llama.cpp command line or a training config and answer for it"
     p = sub.add_parser("check", help=helptext, description=helptext, epilog=_CHECK_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("artefact", nargs="*", metavar="FILE | -- COMMAND ...",
-                   help="a config file, or the command line after --")
+    p.add_argument("artefact", nargs="*", metavar="FILE | - | -- COMMAND ...",
+                   help="a config file, - for one pasted on standard input, or the command "
+                   "line after --")
     p.add_argument("--model", help="MODEL when the artefact names none (or to override it): "
                    + _MODEL_HELP)
     seen: set[str] = set()

@@ -142,8 +142,12 @@ def _command_text(text: str) -> list[str] | None:
     return None
 
 
+_TOML_TABLE = re.compile(r"^\s*\[[A-Za-z0-9_.\-]+\]\s*(#.*)?$", re.M)
+
+
 def _parse_mapping(text: str, name: str) -> Mapping[str, Any]:
-    if name.lower().endswith(".toml"):
+    if name.lower().endswith(".toml") or (not name.lower().endswith((".yaml", ".yml", ".json"))
+                                          and _TOML_TABLE.search(text)):
         from .torchtitan import loads_toml
 
         return loads_toml(text)

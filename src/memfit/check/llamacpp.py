@@ -183,10 +183,10 @@ def _from(r: Reader, value: str) -> None:
     if tag.endswith(".gguf") or tag.startswith(("/", "./", "../", "~")):
         r.model("FROM", tag)
         return
-    if base not in OLLAMA_TAGS:
-        raise MemfitError.bad_value("FROM", tag, "a .gguf file or an Ollama library tag memfit "
-                                    "knows (" + ", ".join(sorted(OLLAMA_TAGS)) + "); or give "
-                                    "--model and --weights beside")
+    if base not in OLLAMA_TAGS:  # --model beside names it (complete() says so when missing)
+        r.ignore("FROM", tag, "a tag memfit maps to no catalog model (" +
+                 ", ".join(sorted(OLLAMA_TAGS)) + "); give --model and --weights beside")
+        return
     r.model("FROM", tag)
     r.t.model = OLLAMA_TAGS[base]
     r.t.understood[-1]["option"] = f"MODEL {r.t.model}"

@@ -59,13 +59,14 @@ def looks_like_torchtitan(data: Mapping[str, Any]) -> bool:
 
 def _model(r: Reader, model: Mapping[str, Any]) -> None:
     key = (str(model.get("name", "")), str(model.get("flavor", "")))
-    if key not in FLAVORS:
-        raise MemfitError.bad_value("model.flavor", f"{key[0]} {key[1]}",
-                                    ", ".join(f"{a} {b}" for a, b in FLAVORS)
-                                    + "; or give --model beside")
-    r.model("model.name + flavor", f"{key[0]} {key[1]}")
-    r.t.model = FLAVORS[key]
-    r.t.understood[-1]["option"] = f"MODEL {r.t.model}"
+    if key in FLAVORS:
+        r.model("model.name + flavor", f"{key[0]} {key[1]}")
+        r.t.model = FLAVORS[key]
+        r.t.understood[-1]["option"] = f"MODEL {r.t.model}"
+    else:  # --model beside names it (complete() says so when it is missing)
+        r.ignore("model.name + flavor", f"{key[0]} {key[1]}", "a flavor memfit maps to no "
+                 "catalog model (" + ", ".join(f"{a} {b}" for a, b in FLAVORS)
+                 + "); give --model beside")
     for k, v in model.items():
         if k not in ("name", "flavor"):
             assets = ("tokenizer_path", "hf_assets_path", "converters", "print_after_conversion")

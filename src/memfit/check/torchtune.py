@@ -71,13 +71,16 @@ def looks_like_torchtune(data: Mapping[str, Any]) -> bool:
 def _model(r: Reader, model: Mapping[str, Any]) -> None:
     comp = str(model.get("_component_", ""))
     m = _BUILDER.match(comp)
-    if not m or m["name"] not in BUILDERS:
-        raise MemfitError.bad_value("model._component_", comp, "a torchtune builder of a "
-                                    "catalog model (" + ", ".join(sorted(BUILDERS)) + "); "
-                                    "or give --model beside")
-    r.model("model._component_", comp)
-    r.t.model = BUILDERS[m["name"]]
-    r.t.understood[-1]["option"] = f"MODEL {r.t.model}"
+    if not m:
+        raise MemfitError.bad_value("model._component_", comp, "a torchtune model builder "
+                                    "(torchtune.models.FAMILY.[lora_|qlora_]NAME)")
+    if m["name"] in BUILDERS:
+        r.model("model._component_", comp)
+        r.t.model = BUILDERS[m["name"]]
+        r.t.understood[-1]["option"] = f"MODEL {r.t.model}"
+    else:  # --model beside names it (complete() says so when it is missing)
+        r.ignore("model._component_", comp, "a builder memfit maps to no catalog model ("
+                 + ", ".join(sorted(BUILDERS)) + "); give --model beside")
     if not m["kind"]:
         return
     rank = to_int("model.lora_rank", model.get("lora_rank", 8), 1)
