@@ -380,5 +380,5 @@ def get_gpu(name: str | GPU) -> GPU:
     suggestions = list(dict.fromkeys(spellings[c] for c in close))[:3]
     hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
     allowed = ", ".join(GPU_NAMES)
-    raise MemfitError(f"gpu: got {name!r}; {hint}name a GPU by {HOW_TO_NAME}; catalog: "
+    raise MemfitError(f"gpu: got {name!r}; {hint}allowed: {HOW_TO_NAME}; the catalog: "
                       f"{allowed}", field="gpu", value=name, allowed=allowed)
