@@ -116,16 +116,14 @@ MIN_OFFLOAD_BYTES = 1024  # torchtune OffloadActivations(min_offload_size=1024)
 def offload_activations(tracker: Any, model: Any) -> Iterator[None]:
     """torchtune's ``OffloadActivations(use_streams=False)`` over one forward (and loss)."""
     state = {"on": True}
-    packed: list[Any] = []
 
     def pack(t: torch.Tensor) -> Any:
-        nbytes = t.untyped_storage().nbytes() if t.layout == torch.strided else 0
+        nbytes = t.element_size() * t.nelement()  # torchtune's get_num_bytes_tensor
         if not state["on"] or isinstance(t, torch.nn.Parameter) or nbytes < MIN_OFFLOAD_BYTES:
             return (t, False)
         with tracker.host():
             host = torch.empty_like(t)
             host.copy_(t)
-        packed.append(None)
         return (host, True)
 
     def unpack(item: Any) -> torch.Tensor:
