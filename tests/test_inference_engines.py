@@ -471,3 +471,29 @@ def test_llamacpp_tensor_split_over_gpus() -> None:
         with pytest.raises(MemfitError) as err:
             infer("llama-3.1-8b", tensor_split=bad, **base)
         assert err.value.field == "tensor-split"
+
+
+def test_one_verdict_in_python_json_and_the_web_api() -> None:
+    # the cases agree everywhere: infer, fit, the JSON contract and the web API
+    import importlib.util
+
+    pytest.importorskip("fastapi")
+    if not any(importlib.util.find_spec(m) for m in ("httpx2", "httpx")):
+        pytest.skip("FastAPI's TestClient needs httpx2 (or httpx)")
+    from fastapi.testclient import TestClient
+
+    from memfit.web import create_app
+
+    client = TestClient(create_app())
+    cases = [("llama-3.1-8b", {"engine": "vllm"}, "l4"),
+             ("llama-3.1-70b", {"engine": "vllm", "tp": 2, "prompt": 32768}, "a100"),
+             ("llama-3.1-8b", {"prompt": 200_000}, "b200"),
+             ("gpt-oss-120b", {}, "h100"), ("llama-3.1-8b", {}, "24GiB")]
+    for model, opts, gpu in cases:
+        e = infer(model, gpu=gpu, **opts)
+        web = client.post("/api/infer", json={"model": model,
+                                               "options": {**opts, "gpu": gpu}}).json()
+        assert web["fits"] == e.to_dict()["fits"] == e.fits, (model, opts, gpu)
+        rows = client.post("/api/verdicts", json={"mode": "infer", "model": model,
+                                                  "gpus": [gpu], "options": opts}).json()
+        assert rows["verdicts"][0]["fits"] == e.fits, (model, opts, gpu)
