@@ -124,7 +124,7 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
     dict(lora_rank=16, dora=True), dict(lora_rank=16, lora_experts=True),
     dict(qlora=True, qlora_stream="16-bit"), dict(checkpointing="op-selective"),
     dict(checkpointing="full", checkpoint_every=2), dict(activation_offload=True),
-    dict(optimizer="paged-adamw"), dict(dp=2, fsdp="full", fsdp_version=1),
+    dict(optimizer="paged-adamw", dp=2, zero=1), dict(dp=2, fsdp="full", fsdp_version=1),
     dict(lora_rank=16, lora_targets="mlp"), dict(loss="fused-linear", precision="bf16-mixed"),
 ])
 def test_unmodelled_knobs_are_refused_by_name(opts: dict) -> None:
@@ -140,6 +140,21 @@ def test_optimizer_in_backward_never_holds_every_gradient() -> None:
     assert step.get("gradients", 0) == 0 and step.get("temporaries", 0) == 0
     with pytest.raises(MemfitError, match="microbatches"):
         train("llama-3.1-8b", optimizer_in_backward=True, microbatches=2)
+
+
+def test_paged_optimizers_keep_large_states_out_of_the_peak() -> None:
+    """bitsandbytes paged AdamW: fp32 m and v (8 bytes per parameter) whatever the recipe,
+    no step temporaries; tensors of 1e5 elements or more are paged (unified memory)."""
+    kw = dict(lora_rank=64, qlora=True, seq=512, precision="bf16-true", lora_targets="all-linear")
+    plain = train("llama-3.1-8b", optimizer_impl="fused", **kw)
+    paged = train("llama-3.1-8b", optimizer="paged-adamw", **kw)
+    P = plain.assumptions["trainable_params_on_rank"]
+    assert plain.components["optimizer_states"] == 8 * P  # peft's fp32 adapters: fp32 m, v
+    # every A/B of rank 64 is paged but k_proj's and v_proj's B (1024 x 64 = 65,536 < 1e5
+    # elements): 2 per layer x 32 layers keep fp32 m, v on the GPU
+    assert paged.components["optimizer_states"] == 8 * (1024 * 64) * 2 * 32
+    assert any("unified memory" in n for n in paged.assumptions["notes"])
+    assert train("llama-3.1-8b", optimizer="paged-adamw-8bit", **kw).peak_bytes < plain.peak_bytes
 
 
 def test_adapter_knobs_need_adapters() -> None:

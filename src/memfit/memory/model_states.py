@@ -146,6 +146,8 @@ class OptimizerSpec:
     eight_bit: bool = False  # bitsandbytes block-wise 8-bit states
     impls: tuple[str, ...] = ("foreach", "fused", "forloop")
     source: str = ""
+    paged: bool = False  # bitsandbytes paged: large states in CUDA unified memory
+    state_bytes: int | None = None  # fixed state dtype bytes (bitsandbytes 32-bit: fp32)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {o.name: o for o in [
@@ -154,6 +156,13 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {o.name: o for o in [
     OptimizerSpec("adamw-8bit", 2, eight_bit=True, impls=("foreach", "fused", "forloop"),
                   source="bitsandbytes/optim/optimizer.py Optimizer2State (one fused CUDA "
                          "kernel per tensor: the impl option does not apply)"),
+    OptimizerSpec("paged-adamw", 2, paged=True, state_bytes=4,
+                  source="bitsandbytes/optim/adamw.py PagedAdamW (Optimizer2State, "
+                         "optim_bits=32, is_paged=True: fp32 m and v, one fused CUDA kernel "
+                         "per tensor; the impl option does not apply)"),
+    OptimizerSpec("paged-adamw-8bit", 2, eight_bit=True, paged=True,
+                  source="bitsandbytes/optim/adamw.py PagedAdamW8bit (Optimizer2State, "
+                         "optim_bits=8, is_paged=True; one fused kernel per tensor)"),
     OptimizerSpec("sgd", 0, source="torch/optim/sgd.py (momentum=0: no state)"),
     OptimizerSpec("sgd-momentum", 1, source="torch/optim/sgd.py (momentum_buffer)"),
     OptimizerSpec("adafactor", 0, factored=True, impls=("foreach", "forloop"),
@@ -393,6 +402,25 @@ def _adafactor_state_elements(shape: tuple[int, ...]) -> int:
     return lead * (shape[-2] + shape[-1])
 
 
+#: bitsandbytes pages a state only for tensors of at least 1e5 elements
+#: (bitsandbytes/optim/optimizer.py ``Optimizer8bit.get_state_buffer``: ``if not
+#: self.is_paged or p.numel() < 1e5: return torch.zeros_like(p, ...)``, else
+#: ``F.get_paged``: cudaMallocManaged, outside PyTorch's caching allocator).
+BNB_PAGED_MIN = 100_000
+
+
+def paged_state_bytes(groups: tuple[TensorGroup, ...], opt: OptimizerSpec) -> int:
+    """The part of a paged optimizer's state that lives in CUDA unified memory: the state
+    buffers of tensors of at least 1e5 elements (8-bit: their uint8 states; their fp32
+    block absmax stays in ordinary device memory)."""
+    if not opt.paged:
+        return 0
+    big = tuple(g for g in groups if g.numel >= BNB_PAGED_MIN)
+    if opt.eight_bit:
+        return sum(opt.states * g.numel * g.count for g in big)
+    return opt.states * tensor_elements(big) * (opt.state_bytes or 4)
+
+
 def optimizer_state_bytes(groups: tuple[TensorGroup, ...], opt: OptimizerSpec,
                           state_bytes: int) -> int:
     """Bytes of the optimizer state kept between steps for ``groups``.
@@ -403,6 +431,8 @@ def optimizer_state_bytes(groups: tuple[TensorGroup, ...], opt: OptimizerSpec,
     """
     if opt.eight_bit:
         return sum(_bnb_state_bytes(g.numel) * g.count for g in groups) + _BNB_QMAPS_BYTES
+    if opt.state_bytes:
+        state_bytes = opt.state_bytes
     if opt.factored:
         return sum(_adafactor_state_elements(g.shape) * g.count for g in groups) * state_bytes
     return opt.states * tensor_elements(groups) * state_bytes
@@ -425,7 +455,7 @@ def optimizer_temporary_bytes(groups: tuple[TensorGroup, ...], opt: OptimizerSpe
     """
     if not groups:
         return 0
-    if opt.eight_bit or opt.name in ("sgd", "sgd-momentum") or impl == "fused":
+    if opt.eight_bit or opt.paged or opt.name in ("sgd", "sgd-momentum") or impl == "fused":
         return 0
     largest = max(g.numel for g in groups)
     if opt.factored:

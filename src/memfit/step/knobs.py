@@ -132,9 +132,9 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
                            "or pipeline parallelism")
     if o.checkpointing == "op-selective":
         raise _not_yet("checkpointing", o.checkpointing, "none, full or selective")
-    if o.optimizer in ("paged-adamw", "paged-adamw-8bit"):
+    if o.optimizer in ("paged-adamw", "paged-adamw-8bit") and (o.zero or o.fsdp is not None):
         raise _not_yet("optimizer", o.optimizer, "adamw, adamw-8bit, sgd, sgd-momentum, "
-                       "adafactor or lion")
+                       "adafactor or lion with ZeRO or FSDP")
     if not lora:
         return LORA_ALL
     targets = lora_targets(spec, o.lora_targets)

@@ -19,6 +19,7 @@ from ..memory.model_states import (
     optimizer_host_step_bytes,
     optimizer_state_bytes,
     optimizer_temporary_bytes,
+    paged_state_bytes,
     rank_tensors,
     shard_states,
     tensor_elements,
@@ -166,6 +167,8 @@ def build(s: Stage) -> None:
     s.oib_step = _oib_step(s, skey, state_b) if o.optimizer_in_backward else {}
     s.sb = sb = shard_states(s.xin, eff, dp=o.dp, zero=o.zero, fsdp=o.fsdp, offload=o.offload,
                              fsdp_cfg=fsdp_cfg, padded=padded)
+    if opt.paged:
+        s.sb = sb = _paged(s, sb, skey)
     s.N = sb.shards
     # the bases every phase starts from
     s.Wres = sb.weights + sb.gathered + sb.gathered_grad_op  # resident and gathered weights
@@ -173,6 +176,22 @@ def build(s: Stage) -> None:
     s.G = sb.gradients
     s.buffers = sb.grad_buffers
     s.G_prev = s.G if s.accumulating else 0  # gradients of earlier micro-batches
+
+
+def _paged(s: Stage, sb: Any, skey: tuple[Any, ...]) -> Any:
+    """bitsandbytes' paged optimizers: the state of tensors of 1e5 elements or more is in
+    CUDA unified memory (``cudaMallocManaged``), which PyTorch's allocator does not count:
+    not in the GPU peak (``max_memory_allocated``); it stays on the GPU while memory allows
+    and pages to host memory under pressure."""
+    memo = memo_table(s.spec)
+    key = ("paged", skey)
+    paged = memo.get(key)
+    if paged is None:
+        paged = memo[key] = paged_state_bytes(s.trainable, s.opt)
+    note = (f"{s.o.optimizer}: {paged} bytes of optimizer state in CUDA unified memory "
+            "(bitsandbytes get_paged), outside PyTorch's allocator: not in the peak; resident "
+            "on the GPU while memory allows, paged to host memory under pressure")
+    return replace(sb, optimizer=sb.optimizer - paged, notes=(*sb.notes, note))
 
 
 def _oib_step(s: Stage, skey: tuple[Any, ...], state_b: int) -> dict[str, int]:
