@@ -53,8 +53,8 @@ def _fsdp(r: Reader, cfg: Mapping[str, Any]) -> None:
     if mode is None:
         r.note("fsdp_config.fsdp_sharding_strategy", strategy, "no sharding (DDP's memory)")
     else:
-        r.use("fsdp_config.fsdp_sharding_strategy", cfg.get("fsdp_sharding_strategy",
-                                                            "(default FULL_SHARD)"), "fsdp", mode)
+        key = "fsdp_reshard_after_forward" if version == 2 else "fsdp_sharding_strategy"
+        r.use(f"fsdp_config.{key}", cfg.get(key, "(default: full sharding)"), "fsdp", mode)
         r.use("fsdp_config.fsdp_version", cfg.get("fsdp_version", "(default 1)"), "fsdp_version",
               version)
     rest = {k: v for k, v in cfg.items() if k not in ("fsdp_sharding_strategy", "fsdp_version",
