@@ -734,7 +734,9 @@ def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any
                            "notes": [], "needed": o.batch * seq(T), "starts": None,
                            "largest_len": None}
     B = out["blockers"]
+    refused = False  # a start check failed (the others refuse a request, not the engine)
     if o.max_model_len and o.max_model_len > derived:
+        refused = True
         B.append(f"--max-model-len {o.max_model_len} is above the model's limit {derived}: "
                  "vLLM refuses it (VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 overrides)")
     if T > max_len:
@@ -743,6 +745,7 @@ def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any
     if budget is None:
         return out
     if budget["free_at_start"] < budget["requested"]:
+        refused = True
         B.append(f"free memory at start ({budget['free_at_start'] / 2**30:.2f} GiB) is below "
                  f"gpu_memory_utilization x total ({budget['requested'] / 2**30:.2f} GiB): "
                  "vLLM refuses to start; lower --gpu-memory-utilization")
@@ -753,16 +756,18 @@ def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any
                largest_true(lambda x: seq(x) <= avail, 1, max_len) if avail > 0 else None)
     out["largest_len"] = largest
     if r["blocks"] <= 0:
+        refused = True
         B.append("no memory left for KV cache blocks after the weights and the profile run: "
                  "vLLM does not start (more GPUs with --tp, a smaller --weights format, or a "
                  "larger GPU)")
     elif one > avail:
+        refused = True
         fix = f"--max-model-len {largest} starts" if largest else "no --max-model-len starts"
         B.append(f"max_model_len {max_len} needs {one / 2**30:.2f} GiB of KV cache, more than "
                  f"the {avail / 2**30:.2f} GiB left ({r['blocks'] * o.block_size:,} tokens): "
                  f"vLLM does not start; {fix}, or give it more memory "
                  "(--gpu-memory-utilization, --tp, a larger GPU)")
-    out["starts"] = not any("vLLM" in x and ("start" in x or "refuses" in x) for x in B)
+    out["starts"] = not refused
     per_seq = seq(T)
     out["scenario_concurrency"] = pool // per_seq if per_seq else 0
     out["max_concurrency"] = round(pool / one, 2) if one else 0.0
