@@ -745,8 +745,8 @@ def test_options_beside_win_and_say_so(tmp_path: Path, capsys) -> None:
 
 
 def test_human_output_lists_understood_and_ignored(tmp_path: Path, capsys) -> None:
-    path = tmp_path / "qlora.yml"
-    path.write_text(AXOLOTL_QLORA)
+    path = tmp_path / "lora-8b.yml"
+    path.write_text(AXOLOTL_LORA)
     code, out, err = run(capsys, "check", str(path), "--gpu", "rtx-4090")
     assert code == 0, err
     assert out.startswith("axolotl: read as `memfit train NousResearch/Meta-Llama-3-8B ")
