@@ -621,7 +621,9 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
         raise MemfitError.bad_value(
             "model_type", model_type,
             ", ".join(sorted(FAMILIES)) + " (or 'custom' with ModelSpec fields; see "
-            "docs/custom-models.md)")
+            "docs/custom-models.md; any other type transformers knows through "
+            "memfit.generic, which `memfit params/infer/train` fall back to: "
+            "pip install -e \".[trace]\", see docs/architectures.md)")
     fam = FAMILIES[model_type]
     r = _Reader(config)
     gpt2 = model_type == "gpt2"
