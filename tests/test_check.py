@@ -619,7 +619,7 @@ FILES = [
       "adamw", "--optimizer-impl", "fused", "--loss", "chunked", "--microbatches", "8",
       "--precision", "bf16-true", "--checkpointing", "full", "--gpu", "rtx-4090"],
      {"model._component_", "optimizer.fused", "loss._component_", "dtype"},
-     {"tokenizer.max_seq_len", "model.lora_alpha", "compile"}),
+     {"tokenizer.max_seq_len", "model.lora_alpha", "device"}),
     ("8B_qlora_single_device.yaml", TORCHTUNE_QLORA, [],
      ["train", "llama-3.1-8b", "--lora-rank", "8", "--lora-dtype", "bf16", "--qlora",
       "--qlora-stream", "16-bit", "--lora-targets",

@@ -244,9 +244,11 @@ def apply_hf_field(r: Reader, key: str, value: Any,
     elif key in _EVAL:
         r.ignore(key, value, "evaluation keeps no gradients or optimizer temporaries: below "
                  "the training peak at the same batch")
-    elif key == "torch_compile":
+    elif key == "torch_compile" and to_bool(key, value):
         r.ignore(key, value, "a compiled step may free activations earlier or fuse "
                  "temporaries; not modelled")
+    elif key == "torch_compile":
+        r.note(key, value, "eager mode, as memfit models it")
     elif key in NO_MEMORY or key.startswith(("hub_", "logging_", "save_", "push_")):
         r.ignore(key, value, "no effect on GPU memory")
     else:

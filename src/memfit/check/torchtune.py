@@ -157,7 +157,10 @@ def _field(r: Reader, key: str, value: Any) -> None:
         r.t.when_distributed["fsdp"] = "grad-op"
         r.note(key, value, "--fsdp grad-op when distributed")
     elif key in ("compile",):
-        r.ignore(key, value, "a compiled model may free activations earlier; not modelled")
+        if to_bool(key, value):
+            r.ignore(key, value, "a compiled model may free activations earlier; not modelled")
+        else:
+            r.note(key, value, "eager mode, as memfit models it")
     elif key in _NO_MEMORY:
         r.ignore(key, value, "no effect on GPU memory")
     else:
