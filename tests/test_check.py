@@ -170,8 +170,9 @@ def test_one_string_command_and_script_file(tmp_path: Path) -> None:
     line = "vllm serve meta-llama/Llama-3.1-8B-Instruct --max-model-len 8192 -tp 2"
     a = read_command([line])
     script = tmp_path / "serve.sh"
-    script.write_text("#!/bin/bash\nCUDA_VISIBLE_DEVICES=0,1 vllm serve \\\n"
-                      "  meta-llama/Llama-3.1-8B-Instruct \\\n  --max-model-len 8192 -tp 2\n")
+    script.write_text("#!/bin/bash\nset -euo pipefail\nexport MODEL=meta-llama/Llama-3.1-8B-"
+                      "Instruct\nTP=2\ncd /srv\nCUDA_VISIBLE_DEVICES=0,1 vllm serve \\\n"
+                      "  $MODEL \\\n  --max-model-len 8192 -tp ${TP}\n")
     b = read_text(script.read_text(), script.name)
     assert a.options == b.options == {"engine": "vllm", "max_model_len": 8192, "tp": 2}
     assert "CUDA_VISIBLE_DEVICES" in fields_of(b.ignored)

@@ -127,12 +127,15 @@ def _opener(base: Path | None) -> Callable[[str], Any]:
 def _command_text(text: str) -> list[str] | None:
     """The words of a shell script's one command (``\\`` continuations joined), or None."""
     body = re.sub(r"\\\r?\n", " ", text)
-    lines = [x.strip() for x in body.splitlines()
-             if x.strip() and not x.strip().startswith("#") and not x.strip().startswith("set ")]
+    lines = [x.strip() for x in body.splitlines() if x.strip() and not x.strip().startswith("#")
+             and not _SETUP.match(x.strip())]
     if len(lines) != 1:
         return None
+    # the script's own VAR=value settings, expanded in its command ($MODEL, ${TP})
+    names = dict(m.groups() for m in _VAR.finditer(body))
+    line = re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: names.get(m[1], m[0]), lines[0])
     try:
-        words = shlex.split(lines[0], comments=True)
+        words = shlex.split(line, comments=True)
     except ValueError:
         return None
     rest = [w for w in words if not _ASSIGN.match(w)]
@@ -142,6 +145,11 @@ def _command_text(text: str) -> list[str] | None:
     return None
 
 
+# a script's setup lines around its one command: set -e, cd, source, echo, module load,
+# conda/venv activation, a bare VAR=value or export VAR=value
+_SETUP = re.compile(r"^(set|cd|source|\.|echo|module|conda|mkdir|export\s+[A-Za-z_]\w*=\S*$|"
+                    r"[A-Za-z_]\w*=\S*$)")
+_VAR = re.compile(r"^\s*(?:export\s+)?([A-Za-z_]\w*)=[\"']?([^\s\"']*)[\"']?\s*$", re.M)
 _TOML_TABLE = re.compile(r"^\s*\[[A-Za-z0-9_.\-]+\]\s*(#.*)?$", re.M)
 
 
