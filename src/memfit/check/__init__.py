@@ -132,7 +132,7 @@ def _command_text(text: str) -> list[str] | None:
     if len(lines) != 1:
         return None
     # the script's own VAR=value settings, expanded in its command ($MODEL, ${TP})
-    names = dict(m.groups() for m in _VAR.finditer(body))
+    names: dict[str, str] = {m[1]: m[2] for m in _VAR.finditer(body)}
     line = re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: names.get(m[1], m[0]), lines[0])
     try:
         words = shlex.split(line, comments=True)
