@@ -33,7 +33,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
@@ -542,7 +543,16 @@ def create_app(settings: WebSettings | None = None, *,
     settings = settings or WebSettings()
     pool = WorkerPool(settings.max_concurrent, max_bytes=settings.worker_memory_bytes)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio
+
+        await anyio.to_thread.run_sync(pool.warm)  # the workers start with the server
+        yield
+        pool.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="memfit",
         version=__version__,
         summary="How much GPU memory a transformer needs, for inference and training, exactly.",

@@ -169,6 +169,18 @@ class WorkerPool:
                     raise JobFailed("busy", "server busy") from None
                 await anyio.sleep(0.01)
 
+    def warm(self) -> None:
+        """Start every worker now (a server's first requests then wait for none)."""
+        slots = []
+        while True:
+            try:
+                slots.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        for worker in slots:
+            self._idle.put(worker if worker is not None and worker.process.is_alive()
+                           else self._start())
+
     def close(self) -> None:
         """Stop every idle worker (the busy ones stop when their job ends)."""
         while True:
