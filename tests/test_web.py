@@ -469,3 +469,27 @@ def test_crafted_files_are_422_with_allow_paths(tmp_path: Path) -> None:
         r = allowed.post("/api/infer", json={"model": str(model)})
         assert r.status_code == 422, (model, r.text)
         assert "\n" not in r.json()["detail"][0]["msg"]
+
+
+def test_workers_are_recycled_so_their_caches_stay_bounded() -> None:
+    """A worker is replaced after ``max_jobs`` jobs (its per-model memo tables go with it)."""
+    import asyncio
+    import os
+
+    from memfit.web.workers import WorkerPool
+
+    pool = WorkerPool(1, max_jobs=2)
+
+    async def no() -> bool:
+        return False
+
+    async def pids() -> list[int]:
+        return [await pool.run(os.getpid, (), timeout_s=30, busy_timeout_s=30, gone=no)
+                for _ in range(5)]
+
+    try:
+        seen = asyncio.run(pids())
+    finally:
+        pool.close()
+    assert os.getpid() not in seen
+    assert seen[0] == seen[1] != seen[2] == seen[3] != seen[4]
