@@ -160,3 +160,25 @@ def test_paged_optimizers_keep_large_states_out_of_the_peak() -> None:
 def test_adapter_knobs_need_adapters() -> None:
     with pytest.raises(MemfitError, match="lora-dropout"):
         train("llama-3.1-8b", lora_dropout=0.1)
+
+
+# -- fit train --------------------------------------------------------------------------------
+
+def test_fit_train_names_the_fewest_gpus_and_takes_the_count_from_the_layout() -> None:
+    from memfit.training import fit_train
+
+    r = fit_train("llama-3.1-70b", "h100", seq=4096, fsdp="full")
+    assert r.layouts and any("fewest GPUs" in n for n in r.notes)
+    fewer = fit_train("llama-3.1-70b", "h100", gpus=r.gpus - 8, seq=4096, fsdp="full")
+    assert all(x.offload != "none" for x in fewer.layouts)  # only with offloading
+    assert fit_train("llama-3.1-8b", "h100", dp=4, seq=2048).gpus == 4
+
+
+def test_fit_train_says_which_change_makes_it_fit() -> None:
+    from memfit.training import fit_train
+
+    # full fine-tune of an 8B model in bf16-true with foreach AdamW on one 80 GB card: the
+    # foreach copy of the state does not fit; the fused implementation or 8-bit state does
+    r = fit_train("llama-3.1-8b", "h100", gpus=1, seq=8192, batch=1, precision="bf16-true")
+    if not r.layouts:
+        assert any(n.startswith("fits with --") for n in r.notes)

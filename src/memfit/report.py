@@ -759,10 +759,11 @@ def _render_fit_train(r: Any, unit: str) -> str:
                      f"{_phase_label(est.peak_phase.name)})"])
     out.append(table(["question", "answer"], rows))
     out.append("")
+    notes = [_wrap(n, indent="    ", first="  - ") for n in getattr(r, "notes", ())]
     if not r.layouts:
         out.append(f"No layout of {r.gpus} GPUs fits at the given batch and sequence; try more "
                    "GPUs (--gpus), a shorter --seq or --lora-rank.")
-        return "\n".join(out)
+        return "\n".join(out + notes)
     gpus = f"{r.gpus} GPU{'s' if r.gpus > 1 else ''}"
     out.append(_wrap(f"Layouts of {gpus} that fit at the given batch and sequence, best first "
                      f"(no offload, no recomputation, no model parallelism, then most headroom), "
@@ -774,7 +775,7 @@ def _render_fit_train(r: Any, unit: str) -> str:
                      fmt_bytes(x.headroom_bytes, unit)])
     out.append(table(["#", "layout", "sharding", "checkpointing", "offload", "peak", "total",
                       "headroom"], rows, right=(0, 5, 6, 7)))
-    return "\n".join(out)
+    return "\n".join(out + ([""] + notes if notes else []))
 
 
 # ---------------------------------------------------------------------------------------

@@ -285,45 +285,10 @@ def _likely_layouts(n: int) -> tuple[list[tuple[int, ...]], int]:
     return every[:MAX_FACTORIZATIONS], len(every)
 
 
-def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 20,
-              **options: Any) -> FitResult:
-    """The largest micro-batch and longest sequence that fit the given layout on ``gpu``
-    (exact: the answer fits, one more does not), and a ranked list of layouts of ``gpus``
-    GPUs (DP x TP x PP x CP x EP, ZeRO stage or FSDP, checkpointing, offload) that fit at the
-    given batch and sequence, ranked by fewest compromises (no offload, no recomputation),
-    then most headroom."""
-    from .hardware import get_gpu
-
-    from .inference import MAX_GPUS
-
-    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_GPUS:
-        raise MemfitError.bad_value("gpus", gpus, f"an integer in [1, {MAX_GPUS}]")
-    spec, config = resolve_model(model)
-    g = get_gpu(gpu)
-    opts, extra = _split_options(dict(options))
-    opts["gpu"] = g.name
-    if "dp" not in opts and gpus > 1 and all(k not in opts for k in ("tp", "pp", "cp")):
-        opts["dp"] = gpus
-    base = make_options(TrainingOptions, **opts)
-    if base.world_size != gpus:
-        raise MemfitError.bad_value("gpus", gpus, f"dp*tp*pp*cp = {base.world_size} for the "
-                                    "given layout (or leave the layout out)")
-
-    def fits(o: TrainingOptions) -> bool:
-        try:
-            return bool(_estimate(spec, config, o, extra).fits)
-        except MemfitError:
-            return False
-
-    def with_(o: TrainingOptions, **kw: Any) -> TrainingOptions:
-        return replace(o, **kw)
-
-    max_batch = largest_true(lambda n: fits(with_(base, batch=n)), 1, MAX_COUNT)
-    step = base.cp
-    max_seq_units = largest_true(lambda n: fits(with_(base, seq=n * step)), 1, MAX_COUNT // step)
-    max_seq = max_seq_units * step if max_seq_units else None
-    est = _estimate(spec, config, with_(base, batch=max_batch), extra) if max_batch else None
-
+def _layouts(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+             extra: Mapping[str, Any], gpus: int) -> tuple[list[LayoutFit], list[str]]:
+    """The layouts of ``gpus`` GPUs that fit at ``base``'s batch and sequence, best first,
+    and what the sweep left out."""
     layouts: list[LayoutFit] = []
     moe = spec.moe is not None
     tried, total = _likely_layouts(gpus)
@@ -345,9 +310,9 @@ def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 2
                 continue
             budget -= 1
             try:
-                o = with_(base, dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero=zero, fsdp=fsdp,
-                          checkpointing=ckpt, offload=off, sp=base.sp and tp > 1,
-                          microbatches=max(base.microbatches, pp))
+                o = replace(base, dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero=zero, fsdp=fsdp,
+                            checkpointing=ckpt, offload=off, sp=base.sp and tp > 1,
+                            microbatches=max(base.microbatches, pp))
                 e = _estimate(spec, config, o, extra)
             except MemfitError:
                 continue
@@ -363,6 +328,156 @@ def fit_train(model: ModelLike, gpu: str, gpus: int = 1, *, max_layouts: int = 2
         notes.append(f"layouts: {gpus} GPUs have {total:,} DP x TP x PP x CP splits; the sweep "
                      f"tried the {started:,} likeliest (small TP, PP, CP first), within "
                      f"{MAX_LAYOUT_ESTIMATES:,} estimates and {MAX_FACTORIZATIONS} splits")
+    return layouts, notes
+
+
+def _lean_fits(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+               extra: Mapping[str, Any], n: int, given: frozenset[str]) -> bool:
+    """Whether some memory-lean layout of ``n`` GPUs fits: FSDP full over all of them, or TP
+    within a node of 8 with FSDP across nodes, each with full checkpointing; options the
+    user gave (``given``) are kept."""
+    sharding = {} if "zero" in given else dict(zero=0)
+    if "fsdp" not in given and "zero" not in given:
+        sharding["fsdp"] = "full"
+    lean = dict(pp=1, cp=1, ep=1, **sharding)
+    if "checkpointing" not in given:
+        lean["checkpointing"] = "full"
+    tries = [dict(dp=n, tp=1)]
+    for tp in (2, 4, 8):
+        if n % tp == 0:
+            tries.append(dict(dp=n // tp, tp=tp, sp=True))
+    for kw in tries:
+        kw.update(lean)
+        if kw["dp"] == 1:
+            kw.update(fsdp=None, zero=0)
+        try:
+            o = replace(base, **kw)
+            if _estimate(spec, config, o, extra).fits:
+                return True
+        except MemfitError:
+            continue
+    return False
+
+
+def _fewest_gpus(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+                 extra: Mapping[str, Any], given: frozenset[str]) -> int | None:
+    """The fewest GPUs with a lean layout that fits (powers of two, then the smallest
+    multiple of 8 below the first power of two that fits); None past 65,536."""
+    from .inference import MAX_GPUS
+
+    n = 1
+    while n <= MAX_GPUS and not _lean_fits(spec, config, base, extra, n, given):
+        n *= 2
+    if n > MAX_GPUS:
+        return None
+    if n > 16:  # between n/2 and n, in steps of 8: the smallest that fits
+        lo = next((m for m in range(n // 2 + 8, n, 8)
+                   if _lean_fits(spec, config, base, extra, m, given)), n)
+        n = min(n, lo)
+    return n
+
+
+#: What ``fit_train`` tries, the user's other options kept, when nothing fits as given.
+_RESCUES = (("optimizer_impl", "fused"), ("optimizer", "adamw-8bit"),
+            ("checkpointing", "full"), ("loss", "chunked"))
+
+
+def _rescues(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+             extra: Mapping[str, Any], gpus: int) -> list[str]:
+    """Hints when no layout of ``gpus`` GPUs fits: each change (one at a time, then all
+    together) that makes one fit, with the flags the user gave kept."""
+    out = []
+    changes = [(k, v) for k, v in _RESCUES if getattr(base, k) != v
+               and not (k == "optimizer_impl" and base.optimizer in ("lion", "adafactor"))]
+    for kw in [dict([c]) for c in changes] + ([dict(changes)] if len(changes) > 1 else []):
+        try:
+            o = replace(base, **kw)
+        except MemfitError:
+            continue
+        found, _ = _layouts(spec, config, o, extra, gpus)
+        if found:
+            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kw.items())
+            x = found[0]
+            out.append(f"fits with {flags} ({_layout_text(x)})")
+            break
+    return out
+
+
+def _layout_text(x: LayoutFit) -> str:
+    parts = [f"dp={x.dp}"] + [f"{k}={getattr(x, k)}" for k in ("tp", "pp", "cp", "ep")
+                              if getattr(x, k) > 1]
+    shard = f"fsdp {x.fsdp}" if x.fsdp else f"zero {x.zero}" if x.zero else ""
+    return " ".join(parts + ([shard] if shard else []) + [f"checkpointing {x.checkpointing}"]
+                    + ([f"offload {x.offload}"] if x.offload != "none" else []))
+
+
+def _gpu_count(spec: ModelSpec, config: Mapping[str, Any] | None, opts: dict[str, Any],
+               extra: Mapping[str, Any], gpus: int | None) -> tuple[int, list[str]]:
+    """The GPU count of a fit: ``gpus`` as given, else the layout's (``dp*tp*pp*cp``) when
+    one is given, else the fewest that fit."""
+    from .inference import MAX_GPUS
+
+    if gpus is not None:
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_GPUS:
+            raise MemfitError.bad_value("gpus", gpus, f"an integer in [1, {MAX_GPUS}]")
+        return gpus, []
+    if any(k in opts for k in ("dp", "tp", "pp", "cp")):
+        return make_options(TrainingOptions, **opts).world_size, []
+    base, given = make_options(TrainingOptions, **opts), frozenset(opts)
+    fewest = _fewest_gpus(spec, config, base, extra, given)
+    if fewest is None:
+        return 1, ["no layout fits on up to 65,536 GPUs"]
+    notes = [f"fewest GPUs: {fewest} (the smallest count with a layout that fits without "
+             "offloading; powers of two, then multiples of 8)"]
+    if "offload" not in given and fewest > 1:
+        off = _fewest_gpus(spec, config, replace(base, offload="optimizer"), extra,
+                           given | {"offload"})
+        if off is not None and off < fewest:
+            notes.append(f"with --offload optimizer (CPU offload of the optimizer state, "
+                         f"FSDP's CPUOffloadPolicy or ZeRO-Offload): {off} GPUs")
+    return fewest, notes
+
+
+def fit_train(model: ModelLike, gpu: str, gpus: int | None = None, *, max_layouts: int = 20,
+              **options: Any) -> FitResult:
+    """The largest micro-batch and longest sequence that fit the given layout on ``gpu``
+    (exact: the answer fits, one more does not), and a ranked list of layouts of ``gpus``
+    GPUs (DP x TP x PP x CP x EP, ZeRO stage or FSDP, checkpointing, offload) that fit at the
+    given batch and sequence, ranked by fewest compromises (no offload, no recomputation),
+    then most headroom. Without ``gpus``: the layout's GPU count when ``dp``/``tp``/``pp``/
+    ``cp`` are given, else the fewest GPUs that fit. When nothing fits, the notes name the
+    changes (optimizer implementation, 8-bit state, checkpointing, chunked loss) that make a
+    layout fit, the other options kept."""
+    from .hardware import get_gpu
+
+    spec, config = resolve_model(model)
+    g = get_gpu(gpu)
+    opts, extra = _split_options(dict(options))
+    opts["gpu"] = g.name
+    gpus, notes = _gpu_count(spec, config, opts, extra, gpus)
+    if "dp" not in opts and gpus > 1 and all(k not in opts for k in ("tp", "pp", "cp")):
+        opts["dp"] = gpus
+    base = make_options(TrainingOptions, **opts)
+    if base.world_size != gpus:
+        raise MemfitError.bad_value("gpus", gpus, f"dp*tp*pp*cp = {base.world_size} for the "
+                                    "given layout (or leave the layout out)")
+
+    def fits(o: TrainingOptions) -> bool:
+        try:
+            return bool(_estimate(spec, config, o, extra).fits)
+        except MemfitError:
+            return False
+
+    max_batch = largest_true(lambda n: fits(replace(base, batch=n)), 1, MAX_COUNT)
+    step = base.cp
+    max_seq_units = largest_true(lambda n: fits(replace(base, seq=n * step)), 1,
+                                 MAX_COUNT // step)
+    max_seq = max_seq_units * step if max_seq_units else None
+    est = _estimate(spec, config, replace(base, batch=max_batch), extra) if max_batch else None
+    layouts, more = _layouts(spec, config, base, extra, gpus)
+    notes += more
+    if not layouts:
+        notes += _rescues(spec, config, base, extra, gpus)
     return FitResult(model=spec.name, gpu=g.name, gpus=gpus, gpu_memory_bytes=g.usable_bytes,
                      max_batch=max_batch, max_seq=max_seq, estimate=est,
                      layouts=tuple(layouts[:max_layouts]), notes=tuple(notes))
