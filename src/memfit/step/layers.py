@@ -130,7 +130,10 @@ def _copies(s: Stage) -> None:
                       and g.name.split(".")[0] in ("q_proj", "k_proj", "v_proj", "qkv_proj"))
             s.copy_first_less = 2 * qkv // n
         if s.last:
-            s.copies_head = 2 * s.V * s.spec.hidden_size
+            # chunked loss: a frozen head's cast is not cached (autocast caches only the casts
+            # of leaves that require grad), so each chunk's matmul casts and saves its own
+            n = o.loss_chunks if (o.loss == "chunked" and s.lora) else 1
+            s.copies_head = 2 * s.V * s.spec.hidden_size * n
     copies_layers = s.copy_layer * L - s.copy_first_less
     # the last layer's copies (the first's when it is the only one)
     s.c_layer = (s.copy_layer - (s.copy_first_less if L == 1 else 0)) if L else 0
