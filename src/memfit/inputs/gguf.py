@@ -89,8 +89,9 @@ MAX_TENSORS = 100_000
 #: Metadata keys in one file: real files hold 20-60.
 MAX_KEYS = 10_000
 #: Metadata items read or skipped in one file (array elements included): the largest real
-#: tokenizers hold ~260,000 tokens plus ~500,000 merges.
-MAX_ITEMS = 4_000_000
+#: tokenizers hold ~260,000 tokens plus ~500,000 merges (read in ~0.3 s).
+MAX_ITEMS = 2_000_000
+_U64 = struct.Struct("<Q")
 #: Bytes of one metadata string (a chat template is the longest real one, ~10-100 KB).
 MAX_STRING_BYTES = 16 << 20
 #: Dimensions of one tensor: ``GGML_MAX_DIMS`` is 4 (ggml/include/ggml.h).
@@ -190,8 +191,9 @@ class _Cursor:
             count = self.take("<Q", what)
             if item not in _TYPE_NAMES:
                 raise _bad(self.where, f"{what} is an array of unknown type {item}")
-            if item not in _SCALAR_FORMATS:
-                self.count(count, what)  # strings and arrays are read one by one
+            if item not in _SCALAR_FORMATS:  # strings and arrays are read one by one;
+                # an inner array costs as much as 16 strings (no real file nests arrays)
+                self.count(count * (16 if item == _ARRAY else 1), what)
             if count > _KEEP_ARRAY_VALUES:
                 self.skip(item, count, what, depth)
                 return GGUFArray(_TYPE_NAMES[item], count)
@@ -210,9 +212,18 @@ class _Cursor:
             n = struct.calcsize(_SCALAR_FORMATS[item]) * count
             self.need(n, what)
             self.pos += n
-        elif item == _STRING:
+        elif item == _STRING:  # a tokenizer's tokens and merges: a tight loop
+            buf, pos, size = self.buf, self.pos, self.size
+            length = _U64.unpack_from
             for _ in range(count):
-                self.skip_string(what)
+                if pos + 8 > size:
+                    break
+                pos += 8 + length(buf, pos)[0]
+            else:
+                if pos <= size:
+                    self.pos = pos
+                    return
+            raise _bad(self.where, f"it ends inside {what} (offset {self.pos})")
         else:
             for _ in range(count):
                 self.value(item, what, depth + 1)
