@@ -105,6 +105,10 @@ TRACED = [
           precision="fp32"), 2339992348),
     (dict(lora_rank=16, lora_targets="peft", loss="fused-linear", precision="bf16-true"),
      889030920),
+    (dict(qlora=True, qlora_stream="16-bit", lora_targets="peft", precision="bf16-true"),
+     1473449152),
+    (dict(qlora=True, qlora_stream="16-bit", lora_targets="all-linear",
+          precision="bf16-mixed"), 1515687104),
     (dict(optimizer_in_backward=True, precision="bf16-true"), 3881898248),
     (dict(optimizer_in_backward=True, precision="fp32"), 7763788040),
 ]
@@ -130,10 +134,10 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
 
 @pytest.mark.parametrize("opts", [
     dict(lora_rank=16, dora=True), dict(lora_rank=16, lora_experts=True),
-    dict(qlora=True, qlora_stream="16-bit"), dict(checkpointing="op-selective"),
+    dict(checkpointing="op-selective"),
     dict(checkpointing="full", checkpoint_every=2), dict(activation_offload=True),
     dict(optimizer="paged-adamw", dp=2, zero=1), dict(dp=2, fsdp="full", fsdp_version=1),
-    dict(lora_rank=16, lora_targets="mlp"), dict(loss="fused-linear", precision="bf16-mixed"),
+    dict(lora_rank=16, lora_targets="mlp"), dict(qlora=True, loss="fused-linear"),
 ])
 def test_unmodelled_knobs_are_refused_by_name(opts: dict) -> None:
     with pytest.raises(MemfitError, match="not modelled yet"):

@@ -112,16 +112,13 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
                                     "2 (the default) without --fsdp")
     for field, value, default in (
             ("dora", o.dora, False), ("lora-experts", o.lora_experts, False),
-            ("qlora-stream", o.qlora_stream, "fp32"),
             ("checkpoint-every", o.checkpoint_every, 1),
             ("activation-offload", o.activation_offload, False),
             ("fsdp-version", o.fsdp_version, 2)):
         if value != default:
             raise _not_yet(field, value, f"{default}")
-    if o.loss == "fused-linear" and (o.qlora or (o.precision.endswith("-mixed") and not o.zero
-                                                  and o.fsdp is None)):
-        raise _not_yet("loss", o.loss, "hf or chunked with autocast or QLoRA (fused-linear: "
-                       "bf16-true, fp32, or mixed under ZeRO / FSDP)")
+    if o.loss == "fused-linear" and o.qlora:
+        raise _not_yet("loss", o.loss, "hf or chunked with QLoRA")
     if o.optimizer_in_backward:
         if o.microbatches != 1:
             raise MemfitError.bad_value("microbatches", o.microbatches, "1 with "

@@ -50,8 +50,10 @@ def _setup(s: Stage) -> ActivationSetup:
     # QLoRA: bitsandbytes casts each NF4 matmul's output back to its input's dtype, and
     # peft's fp32 embedding makes that fp32: every activation outside the matmuls is fp32
     # (under FSDP2 the policy casts the embedding to 16 bits).
-    s.fp32_stream = fp32_stream = o.qlora and o.fsdp is None
-    s.residual = 4 if (s.autocast or b == 4 or fp32_stream) else 2
+    s.fp32_stream = fp32_stream = (o.qlora and o.fsdp is None and o.qlora_stream == "fp32")
+    # a 16-bit QLoRA base (no kbit prepare) keeps a 16-bit stream even under autocast
+    bf16_base = o.qlora and not fp32_stream
+    s.residual = 4 if ((s.autocast and not bf16_base) or b == 4 or fp32_stream) else 2
     attn_softcap, logit_softcap = softcap_config(s.spec, c.config)
     return ActivationSetup(batch=o.batch, seq=o.seq // o.cp,
                            compute_bytes=4 if fp32_stream else b,
@@ -133,6 +135,8 @@ def _copies(s: Stage) -> None:
             # chunked loss: a frozen head's cast is not cached (autocast caches only the casts
             # of leaves that require grad), so each chunk's matmul casts and saves its own
             n = o.loss_chunks if (o.loss == "chunked" and s.lora) else 1
+            # a 16-bit QLoRA head needs no cast
+            n = 0 if (o.qlora and not s.fp32_stream) else n
             s.copies_head = 2 * s.V * s.spec.hidden_size * n
     copies_layers = s.copy_layer * L - s.copy_first_less
     # the last layer's copies (the first's when it is the only one)
@@ -202,17 +206,21 @@ def _fused_linear_loss(s: Stage) -> None:
         s.upcast = s.loss_grads = 0
         return
     T, V, h, b = s.T, s.V, s.spec.hidden_size, s.setup.compute_bytes
+    # grad_input / grad_weight are zeros_like the hidden state and the head's weight: under
+    # autocast the fp32 final norm output and the fp32 weight
+    xb = s.residual if s.autocast else b
+    wb = s.recipe.weight_bytes if s.autocast else b
     head = dict(s.head)
     head.pop("lm_head_input", None)
     head.pop("log_softmax", None)
     head.pop("labels", None)
-    head["liger_grad_input"] = T * h * b
+    head["liger_grad_input"] = T * h * xb
     if not s.lora:
-        head["liger_grad_weight"] = V * h * b
+        head["liger_grad_weight"] = V * h * wb
     s.head = head
     chunk = _liger_chunk(T, h, V)
     s.logits = 0
-    s.upcast = T * h * b + chunk * (V + h) * b + 4 * T + 8 * T
+    s.upcast = T * h * xb + chunk * (V + h) * b + 4 * T + 8 * T
     s.loss_grads = 0
 
 

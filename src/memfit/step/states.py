@@ -36,11 +36,13 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 _QLORA_FORMAT = "nf4-dq"
 
 
-def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool) -> int:
+def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool,
+                 upcast: bool = True) -> int:
     """Bytes of the weights on the rank: the recipe's b_w per element (fp32 for tensors the
     model keeps in fp32); QLoRA: base linears in NF4 with double quantization
     (:func:`memfit.dtypes.tensor_bytes`), everything else upcast to fp32 by peft's
-    ``prepare_model_for_kbit_training``."""
+    ``prepare_model_for_kbit_training`` (``upcast``), or left in the recipe's dtype without
+    that step (``--qlora-stream 16-bit``: torchtune, Unsloth, axolotl)."""
     if not qlora:
         return sum(g.elements * (4 if g.fp32 else recipe.weight_bytes) for g in groups)
     from ..dtypes import tensor_bytes
@@ -50,7 +52,8 @@ def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool) -
         if g.linear and len(g.shape) == 2 and g.part == "layer":
             total += tensor_bytes(g.shape, _QLORA_FORMAT) * g.count
         else:
-            total += 4 * g.elements
+            # (QLoRA loads the model in 16 bits, whatever the recipe's master dtype)
+            total += (4 if (upcast or g.fp32) else recipe.compute_bytes) * g.elements
     return total
 
 
@@ -105,7 +108,8 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
     """The sums over one rank's tensors that the model states need (memoised per layout)."""
     trainable = _adapters(groups, o.lora_rank or 0, targets) if lora else groups
     P = tensor_elements(trainable)
-    W = weight_bytes(groups, recipe, o.qlora) + (adapter_bytes * P if lora else 0)
+    W = (weight_bytes(groups, recipe, o.qlora, o.qlora_stream == "fp32")
+         + (adapter_bytes * P if lora else 0))
     if first:
         # rotary inv_freq etc.: fp32 buffers; Gemma's embed_scale in the weights' dtype
         W += (4 * (buffer_elements(spec) - spec.extra_buffers)
@@ -146,7 +150,8 @@ def build(s: Stage) -> None:
     eff = recipe if not lora else replace(recipe, grad_bytes=ab, step_grad_bytes=ab,
                                           master_bytes=0, state_bytes=4, extra_grad_bytes=0)
     s.opt = opt = get_optimizer(o.optimizer, o.optimizer_impl)
-    skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.optimizer, o.optimizer_impl,
+    skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.qlora_stream, o.optimizer,
+            o.optimizer_impl,
             len(s.layers), ab, c.lora_targets if lora else None)
     cached = memo.get(skey)
     if cached is None:
