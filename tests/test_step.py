@@ -137,7 +137,7 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
     dict(checkpointing="op-selective"),
     dict(checkpointing="full", checkpoint_every=2), dict(activation_offload=True),
     dict(optimizer="paged-adamw", dp=2, zero=1), dict(dp=2, fsdp="full", fsdp_version=1),
-    dict(lora_rank=16, lora_targets="mlp"), dict(qlora=True, loss="fused-linear"),
+    dict(lora_rank=16, lora_targets="o_proj,down_proj"), dict(qlora=True, loss="fused-linear"),
 ])
 def test_unmodelled_knobs_are_refused_by_name(opts: dict) -> None:
     with pytest.raises(MemfitError, match="not modelled yet"):

@@ -42,7 +42,8 @@ from .model_states import fused_projections
 __all__ = [
     "ActivationSetup", "LayerActivations", "layer_activations", "head_activations",
     "embedding_activations", "rotary_bytes", "mask_bytes", "korthikanti_per_layer",
-    "dropout_config", "softcap_config", "lora_unsaved_prefix", "NORM_STYLES", "NO_SDPA",
+    "dropout_config", "softcap_config", "lora_unsaved_prefix", "norm_saved", "NORM_STYLES",
+    "NO_SDPA",
 ]
 
 # How each family's RMSNorm computes (transformers 5.x):
@@ -175,6 +176,11 @@ def _norm_saved(style: str, width: int, b_in: int, frozen: bool = False) -> int:
         return b_in * width + 8
     keep = 0 if frozen else (b_in * width if style == "llama" else 4 * width)
     return 4 * width + 4 + keep
+
+
+def norm_saved(style: str, width: int, b_in: int, frozen: bool = False) -> int:
+    """Bytes per token a norm saves (see :func:`_norm_saved`)."""
+    return _norm_saved(style, width, b_in, frozen)
 
 
 def lora_unsaved_prefix(spec: ModelSpec, s: ActivationSetup) -> int:

@@ -135,9 +135,9 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
     if not lora:
         return LORA_ALL
     targets = lora_targets(spec, o.lora_targets)
-    if not targets & {"q", "k", "v"}:
-        raise _not_yet("lora-targets", o.lora_targets, "targets that include a q/k/v "
-                       "projection (adapters that start after the first layer's attention)")
+    if not targets & {"q", "k", "v"} and (spec.model_type == "olmo2" or "o" in targets):
+        raise _not_yet("lora-targets", o.lora_targets, "targets with a q/k/v projection, or "
+                       "MLP projections only (outside OLMo 2)")
     if spec.mla is not None and targets != lora_targets(spec, "all-linear"):
         raise _not_yet("lora-targets", o.lora_targets, "all-linear for multi-head latent "
                        "attention")

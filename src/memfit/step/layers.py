@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..memory.activations import (
+    NORM_STYLES,
     ActivationSetup,
     dropout_config,
     embedding_activations,
@@ -16,9 +17,11 @@ from ..memory.activations import (
     layer_activations,
     lora_unsaved_prefix,
     mask_bytes,
+    norm_saved,
     rotary_bytes,
     softcap_config,
 )
+from ..memory.model_states import fused_projections
 from ..memory.weights import memo_table
 from ..workload import TrainingOptions
 from .context import Stage
@@ -100,6 +103,23 @@ def _checkpoint(s: Stage) -> None:
     # nothing before the first adapter needs a gradient: the first layer keeps less
     s.first_unsaved = (lora_unsaved_prefix(s.spec, s.setup)
                        if s.first and s.layers and ckpt != "full" else 0)
+    if s.first_unsaved and not s.c.lora_targets & {"q", "k", "v"}:
+        s.first_unsaved += _mlp_only_prefix(s, acts[s.layer_kind[0]])
+
+
+def _mlp_only_prefix(s: Stage, act: Any) -> int:
+    """Adapters on the MLP only: the first layer's whole attention block needs no gradient
+    (its saved tensors are not kept), nor does the second norm's input (it saves nothing);
+    with dropout the gate/up adapters' masks are not kept either."""
+    spec, h = s.spec, s.spec.hidden_size
+    style = NORM_STYLES.get(spec.model_type, "llama")
+    out = act.saved.get("attention", 0) + s.T * norm_saved(style, h, s.residual, True
+                                                         ) // s.sp_div
+    if s.o.lora_dropout:
+        _, fused_gate_up = fused_projections(spec)
+        names = ("gate",) if fused_gate_up else ("gate", "up")
+        out += s.T * h * sum(1 for n in names if n in s.c.lora_targets)
+    return out
 
 
 def kept_list(s: Stage) -> list[int]:
@@ -128,8 +148,10 @@ def _copies(s: Stage) -> None:
         if s.lora and s.first and s.layers and not o.qlora:
             # nothing before the first adapter needs a gradient: the first layer's frozen
             # q/k/v matmuls keep no copy of their weights
+            frozen = ("q_proj", "k_proj", "v_proj", "qkv_proj") + (
+                () if s.c.lora_targets & {"q", "k", "v"} else ("o_proj",))
             qkv = sum(g.elements for g in s.groups if g.part == "layer"
-                      and g.name.split(".")[0] in ("q_proj", "k_proj", "v_proj", "qkv_proj"))
+                      and g.name.split(".")[0] in frozen)
             s.copy_first_less = 2 * qkv // n
         if s.last:
             # chunked loss: a frozen head's cast is not cached (autocast caches only the casts
