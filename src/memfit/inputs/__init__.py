@@ -33,6 +33,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,16 @@ _COMPONENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     ))
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 def _component(name: str) -> str:
+    # the rules never tell one number from another: one lookup per tensor kind, not per layer
+    return _component_of_kind(_DIGITS.sub("0", name))
+
+
+@lru_cache(maxsize=4096)
+def _component_of_kind(name: str) -> str:
     for comp, pattern in _COMPONENT_RULES:
         if pattern.search(name):
             return comp

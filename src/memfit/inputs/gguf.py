@@ -84,8 +84,8 @@ _MAX_ARRAY_DEPTH = 16
 # Bounds on what a header may declare, checked before the work they would cost (a hostile
 # header otherwise asks for 10^15 files, strings of gigabytes or millions of tensors).
 #: Tensors in one file: real GGUF files hold ~300-2,000 (experts are fused into one tensor
-#: per layer); even unfused 256-expert models stay under 50,000.
-MAX_TENSORS = 100_000
+#: per layer); even an unfused 256-expert, 61-layer model would hold ~47,000.
+MAX_TENSORS = 50_000
 #: Metadata keys in one file: real files hold 20-60.
 MAX_KEYS = 10_000
 #: Metadata items read or skipped in one file (array elements included): the largest real
@@ -237,11 +237,15 @@ def _bad(where: str, why: str) -> MemfitError:
 def _tensor_nbytes(name: str, ne: tuple[int, ...], type_name: str, where: str) -> int:
     """Exact bytes of a tensor: whole blocks along ``ne[0]``, times the other dimensions."""
     if type_name in GGML_TYPES:
-        block = GGML_TYPES[type_name].block_size
+        fmt = GGML_TYPES[type_name]
+        block = fmt.block_size
         if ne[0] % block:
             raise _bad(where, f"tensor {name!r} has rows of {ne[0]} elements, not a multiple "
                               f"of {type_name}'s block of {block}")
-        return tensor_bytes(tuple(reversed(ne)) or (1,), GGML_TYPES[type_name])
+        if fmt.block_rows == 1 and not fmt.super_block_size and fmt.block_bits % 8 == 0:
+            # ggml_nbytes (ggml/src/ggml.c): whole blocks along ne[0], rows never padded
+            return ne[0] // block * (fmt.block_bits // 8) * math.prod(ne[1:])
+        return tensor_bytes(tuple(reversed(ne)) or (1,), fmt)
     block, size = _OTHER_BLOCKS[type_name]
     if ne[0] % block:
         raise _bad(where, f"tensor {name!r} has rows of {ne[0]} elements, not a multiple of "
