@@ -65,11 +65,15 @@ class Plan:
                    runs={k: None if v is None else tuple(v) for k, v in d["runs"].items()})
 
 
-def _text_location(config: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
-    """Where the decoder's fields live: the top level, or ``text_config`` (composite models)."""
+def _text_location(config: Mapping[str, Any],
+                   text_cfg: Any) -> tuple[str | None, Mapping[str, Any]]:
+    """Where the decoder's fields live: the top level, or ``text_config`` (composite models;
+    started from the text config's own type when the config.json leaves it to defaults)."""
     inner = config.get("text_config")
     if isinstance(inner, Mapping):
         return "text_config", inner
+    if config.get("model_type") != text_cfg.model_type:
+        return "text_config", {"model_type": text_cfg.model_type}
     return None, config
 
 
@@ -88,7 +92,7 @@ def reduced_config(config: Mapping[str, Any], text_cfg: Any,
                    indices: tuple[int, ...]) -> dict[str, Any]:
     """``config`` with only the blocks ``indices`` (per-layer entries and index lists kept)."""
     n = text_cfg.num_hidden_layers
-    where, text = _text_location(config)
+    where, text = _text_location(config, text_cfg)
     new_text = copy.deepcopy(dict(text))
     new_text[_depth_key(text_cfg)] = len(indices)
     for key, values in _per_layer_lists(text_cfg, n).items():  # as _signatures reads them
