@@ -27,11 +27,11 @@ def layer_extras(s: Stage, grads_of_kind: list[int]) -> list[int]:
     weight copies are gone) and RMSNorm's backward (the second norm's, right after the MLP's:
     four fp32 T x h temporaries beside the MLP's gradients, its saved tensors gone); plus
     what it recomputes under checkpointing."""
-    spec, o = s.spec, s.o
+    spec = s.spec
     share, mlp_share = s.layout.late, s.layout.mlp
     norm_bwd = 0 if NORM_STYLES.get(spec.model_type, "llama") == "layernorm" else (
         16 * s.T * spec.hidden_size // s.sp_div)
-    c_layer, ac, ckpt = s.c_layer, s.autocast, o.checkpointing
+    c_layer, ac, ckpt = s.c_layer, s.autocast, s.ckpt
     out = []
     for k, act in enumerate(s.acts):
         attn_g = grads_of_kind[k] * share[k] - (c_layer * share[k] if ac else 0)
@@ -94,7 +94,7 @@ def backward(s: Stage, p: Program) -> None:
     p.moment((GRADS, s.G_prev if s.accumulating else (0 if oib else g_head) + tied_partial),
              (ACTS, s.A_bwd - s.A_head + s.copies_bwd - s.copies_head))
     extra = layer_extras(s, [0 if (s.accumulating or oib) else g for g in g_of_kind])
-    dc = s.c_layer if o.checkpointing != "full" else 0
+    dc = s.c_layer if s.ckpt != "full" else 0
     inflight = s.inflight
     runs = s.kind_runs
     step = s.oib_step["layer"] if oib else 0  # a parameter's gradient and step

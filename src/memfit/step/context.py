@@ -103,6 +103,9 @@ class Stage:
         self.lora = c.o.lora_rank is not None
         self.autocast = c.runtime == "autocast"
         self.accumulating = c.o.microbatches > 1
+        # torchtitan's op-level selective checkpointing recomputes as full checkpointing does;
+        # it only keeps more (see memfit.step.layers._op_sac_saved)
+        self.ckpt = "full" if c.o.checkpointing == "op-selective" else c.o.checkpointing
 
     def __getattr__(self, name: str) -> Any:  # pragma: no cover - a part read too early
         raise AttributeError(f"Stage.{name} is not built yet")

@@ -45,7 +45,7 @@ def forward(s: Stage, p: Program) -> None:
     p.alloc(ACTS, s.fwd_layer_t)  # the largest layer's working set
     p.free(ACTS, s.fwd_layer_t)
     # the loss
-    p.free(ACTS, 0 if s.o.checkpointing == "full" else inflight * s.masks)
+    p.free(ACTS, 0 if s.ckpt == "full" else inflight * s.masks)
     p.free(ACTS, s.copies_fwd_mid - s.copies_head)
     p.alloc(ACTS, s.A_head + s.copies_fwd_loss + s.upcast)
     p.alloc(LOGITS, s.logits)

@@ -127,8 +127,9 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
         if o.precision == "bf16-master" or o.zero or o.fsdp is not None or o.pp > 1:
             raise _not_yet("optimizer-in-backward", True, "off with bf16-master, ZeRO, FSDP "
                            "or pipeline parallelism")
-    if o.checkpointing == "op-selective":
-        raise _not_yet("checkpointing", o.checkpointing, "none, full or selective")
+    if o.checkpointing == "op-selective" and spec.mla is not None:
+        raise _not_yet("checkpointing", o.checkpointing, "none, full or selective for "
+                       "multi-head latent attention")
     if o.optimizer in ("paged-adamw", "paged-adamw-8bit") and (o.zero or o.fsdp is not None):
         raise _not_yet("optimizer", o.optimizer, "adamw, adamw-8bit, sgd, sgd-momentum, "
                        "adafactor or lion with ZeRO or FSDP")

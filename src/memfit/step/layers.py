@@ -90,11 +90,13 @@ def _checkpoint(s: Stage) -> None:
     ``kept_of_kind``). none: every saved tensor; full (``torch.utils.checkpoint`` around each
     layer, transformers' gradient checkpointing): the layer's input; selective (Megatron,
     Korthikanti et al. 2022): everything but the S x S scores."""
-    ckpt = s.o.checkpointing
+    ckpt = s.ckpt
     s.sp_div = s.o.tp if s.o.sp else 1
     s.ckpt_input = s.T * s.residual * s.spec.hidden_size // s.sp_div
     acts, kt = s.acts, s.kind_total
-    if ckpt == "full":
+    if s.o.checkpointing == "op-selective":
+        s.kept_of_kind = [s.ckpt_input + _op_sac_saved(s, x) for x in s.kind_list]
+    elif ckpt == "full":
         s.kept_of_kind = [s.ckpt_input] * len(acts)
     elif ckpt == "selective":
         s.kept_of_kind = [kt[i] - act.s2 for i, act in enumerate(acts)]
@@ -105,6 +107,57 @@ def _checkpoint(s: Stage) -> None:
                        if s.first and s.layers and ckpt != "full" else 0)
     if s.first_unsaved and not s.c.lora_targets & {"q", "k", "v"}:
         s.first_unsaved += _mlp_only_prefix(s, acts[s.layer_kind[0]])
+
+
+def _op_sac_saved(s: Stage, layer: Any) -> int:
+    """torchtitan's op-level selective checkpointing (torchtitan/distributed/
+    activation_checkpoint.py ``_apply_ac_to_transformer_block``, ``selective_ac_option="op"``):
+    a checkpointed layer keeps the outputs of every other ``aten.mm`` (the 1st, 3rd, ...; a
+    biased projection runs ``addmm``, not counted; a MoE router's ``mm`` is recomputed and not
+    counted, ``grouped_mm`` is not in the list) and of the fused SDPA kernel (its output and
+    fp32 log-sum-exp). peft's adapters add their own ``mm``s: lora_A's and lora_B's."""
+    spec, o, T = s.spec, s.o, s.T
+    tp, h = o.tp, spec.hidden_size
+    a, a_kv, d = spec.num_heads // tp, max(1, spec.num_kv_heads // tp), spec.head_dim
+    q, kv = a * d, a_kv * d
+    b = 2 if s.autocast else s.setup.compute_bytes
+    ab = b if s.autocast else s.setup.lora_bytes
+    fused_qkv, fused_gate_up = fused_projections(spec)
+    mms: list[int] = []  # bytes per token of each mm's output, in order
+
+    def linear(name: str, width: int, bias: bool) -> None:
+        if not bias:
+            mms.append(width * b)
+        if s.lora and name in s.c.lora_targets:
+            mms.extend((o.lora_rank * ab, width * ab))  # lora_A, lora_B
+
+    if fused_qkv:
+        linear("q", q + 2 * kv, spec.qkv_bias)
+    else:
+        for name, width in (("q", q), ("k", kv), ("v", kv)):
+            linear(name, width, spec.qkv_bias)
+    linear("o", h, spec.o_bias)
+    width = (spec.moe.shared_intermediate_size if layer.moe and spec.moe else
+             spec.intermediate_size) // tp
+    if width and (not layer.moe or (spec.moe and spec.moe.shared_intermediate_size)):
+        if spec.mlp_gated and fused_gate_up:
+            linear("gate", 2 * width, spec.mlp_bias)
+        elif spec.mlp_gated:
+            linear("gate", width, spec.mlp_bias)
+            linear("up", width, spec.mlp_bias)
+        else:
+            linear("up", width, spec.mlp_bias)
+        linear("down", h, spec.mlp_bias)
+        if layer.moe and spec.moe and spec.moe.shared_expert_gate:
+            mms.append(1 * b)
+    saved = sum(mms[0::2])
+    n_rep = a // a_kv
+    sliding = layer.attention == "sliding"
+    math_sdpa = (s.c.attn == "sdpa" and b == 4 and not s.autocast and n_rep > 1
+                 and not (sliding or d > 256))
+    if s.c.attn == "sdpa" and not math_sdpa:
+        saved += q * b + 4 * a  # the kernel's output and log-sum-exp
+    return T * saved
 
 
 def _mlp_only_prefix(s: Stage, act: Any) -> int:
@@ -166,7 +219,7 @@ def _copies(s: Stage) -> None:
     s.copies_all = copies_layers + s.copies_head
     s.copies_fwd_loss = s.copies_fwd_mid = s.copies_all
     s.copies_per_layer = True  # the copies arrive with each layer's forward
-    if s.autocast and s.lora and o.checkpointing == "full" and s.layers:
+    if s.autocast and s.lora and s.ckpt == "full" and s.layers:
         # autocast caches only the casts of tensors that require grad (the adapters'); a
         # checkpointed layer saves nothing, so the frozen base's casts go with each matmul
         adapters = 2 * sum(g.elements for g in s.trainable if g.part == "layer")
@@ -175,7 +228,7 @@ def _copies(s: Stage) -> None:
         s.copies_per_layer = False
     # Full checkpointing discards the forward's saved casts: in backward only the head's copy
     # (saved by the un-checkpointed LM head) and the recomputed layer's live.
-    s.copies_bwd = s.copies_head + (0 if o.checkpointing == "full" else copies_layers)
+    s.copies_bwd = s.copies_head + (0 if s.ckpt == "full" else copies_layers)
 
 
 def _edges(s: Stage) -> None:
@@ -280,14 +333,14 @@ def build(s: Stage) -> None:
     s.A_all = inflight * (s.A_layers + s.A_emb + s.shared) + s.A_head + s.inputs
     # what backward starts with: the masks go with the forward, unless checkpointing keeps
     # them as inputs of the layers it recomputes
-    s.A_bwd = s.A_all - (0 if o.checkpointing == "full" else inflight * s.masks)
+    s.A_bwd = s.A_all - (0 if s.ckpt == "full" else inflight * s.masks)
     # QLoRA: bitsandbytes dequantizes each NF4 weight to 16 bits for its matmul (forward, and
     # again in backward for the input gradient): one layer's largest weight at a time.
     s.dequant = 2 * max((g.numel for g in s.groups if g.linear and g.part == "layer"
                          and len(g.shape) == 2), default=0) if o.qlora else 0
     # A checkpointed layer's forward saves nothing: at most its attention's or its MLP's
     # tensors are alive at once, beside the transient.
-    full = o.checkpointing == "full"
+    full = s.ckpt == "full"
     s.fwd_layer_t = max((act.forward_transient + (ckpt_working_set(act) if full else 0)
                          for act in s.acts), default=0) + s.dequant
     # the DynamicCache's copies that backward does not save live until the output is dropped

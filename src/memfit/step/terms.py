@@ -88,9 +88,11 @@ def _layer_terms(s: Stage) -> list[Term]:
                       "transformers modeling_*.py saved tensors; memory/activations.py"))
     t.append(Term("activations/layers_kept", s.A_layers * inflight,
                   {"none": "sum of saved", "full": "L * T * b_r * h (layer inputs)",
-                   "selective": "sum of saved minus the S x S part"}[o.checkpointing],
+                   "selective": "sum of saved minus the S x S part",
+                   "op-selective": "L * (T * b_r * h + every other matmul's and SDPA's output)"
+                   }[o.checkpointing],
                   f"{s.A_layers} * {inflight}", "Korthikanti et al. 2022 (recompute)"))
-    k = korthikanti_per_layer(spec, o.seq // o.cp, o.batch, o.tp, o.sp, o.checkpointing)
+    k = korthikanti_per_layer(spec, o.seq // o.cp, o.batch, o.tp, o.sp, s.ckpt)
     t.append(Term("activations/korthikanti_check", k, "s*b*h*(34 + 5*a*s/h) per layer",
                   f"{o.seq // o.cp}*{o.batch}*{spec.hidden_size}*(34 + 5*{spec.num_heads}"
                   f"*{o.seq // o.cp}/{spec.hidden_size})",
