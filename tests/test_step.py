@@ -135,7 +135,7 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
 @pytest.mark.parametrize("opts", [
     dict(lora_rank=16, dora=True), dict(lora_rank=16, lora_experts=True),
     dict(checkpointing="op-selective", model="deepseek-v2-lite"),
-    dict(checkpointing="full", checkpoint_every=2), dict(activation_offload=True),
+    dict(checkpointing="full", checkpoint_every=2, lora_rank=8), dict(activation_offload=True),
     dict(optimizer="paged-adamw", dp=2, zero=1), dict(dp=2, fsdp="full", fsdp_version=1),
     dict(lora_rank=16, lora_targets="o_proj,down_proj"), dict(qlora=True, loss="fused-linear"),
 ])

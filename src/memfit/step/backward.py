@@ -40,7 +40,7 @@ def layer_extras(s: Stage, grads_of_kind: list[int]) -> list[int]:
         own = max(act.backward_transient + s.dequant,
                   act.attn_backward + int(attn_g) if act.attn_backward else 0,
                   norm_bwd + int(norm_g) - act.saved.get("mlp", 0) - act.saved.get("moe", 0))
-        out.append(own + (s.kind_total[k] + (c_layer if ac else 0) if ckpt == "full"
+        out.append(own + (s.kind_total[k] + (c_layer if ac else 0) if s.recomputed[k]
                           else act.s2 if ckpt == "selective" else 0))
     return out
 
@@ -94,15 +94,15 @@ def backward(s: Stage, p: Program) -> None:
     p.moment((GRADS, s.G_prev if s.accumulating else (0 if oib else g_head) + tied_partial),
              (ACTS, s.A_bwd - s.A_head + s.copies_bwd - s.copies_head))
     extra = layer_extras(s, [0 if (s.accumulating or oib) else g for g in g_of_kind])
-    dc = s.c_layer if s.ckpt != "full" else 0
     inflight = s.inflight
     runs = s.kind_runs
     step = s.oib_step["layer"] if oib else 0  # a parameter's gradient and step
     for i in reversed(range(len(runs))):  # the layers, last first
         k, n = runs[i]
         dg = 0 if (s.accumulating or oib) else g_of_kind[k]
+        dck = 0 if s.recomputed[k] else s.c_layer  # its casts, kept unless recomputed
         block = ((ACTS, extra[k] + step),
-                 (ACTS, -(extra[k] + step + inflight * s.kept_of_kind[k] + dc)),
+                 (ACTS, -(extra[k] + step + inflight * s.kept_of_kind[k] + dck)),
                  (GRADS, dg))
         if i == 0:  # the last layer walked (layer 0): its gradients come with the end
             p.repeat(block, n - 1)

@@ -43,13 +43,19 @@ class Layout:
     shares of its parameters whose gradients its backward has made when it reaches the
     attention scores (``late``) and the second norm (``mlp``)."""
 
-    def __init__(self, spec: ModelSpec, start: int, n: int, tp: int, ep: int) -> None:
+    def __init__(self, spec: ModelSpec, start: int, n: int, tp: int, ep: int,
+                 every: int = 1) -> None:
         self.layers = layers = spec.layers[start:start + n]
         self.n_moe = sum(1 for x in layers if x.moe)
         self.n_dense = len(layers) - self.n_moe
-        self.kind_list = kinds = list(dict.fromkeys(layers))
-        index = {x: i for i, x in enumerate(kinds)}
-        self.layer_kind = [index[x] for x in layers]
+        # with checkpointing every N-th layer (transformers' every_n_layers: layer indices
+        # 0, N, 2N... are checkpointed), a kind is a layer kind and whether it is checkpointed
+        keys = [(x, (start + i) % every == 0) for i, x in enumerate(layers)]
+        pairs = list(dict.fromkeys(keys))
+        self.kind_list = kinds = [x for x, _ in pairs]
+        self.checkpointed = [flag for _, flag in pairs]
+        index = {key: i for i, key in enumerate(pairs)}
+        self.layer_kind = [index[key] for key in keys]
         self.kind_count = [self.layer_kind.count(i) for i in range(len(kinds))]
         runs: list[tuple[int, int]] = []
         for k in self.layer_kind:
@@ -75,12 +81,12 @@ class Layout:
             self.mlp.append(sum(by_module.get(m, 0) for m in _MLP) / total)
 
     @staticmethod
-    def of(spec: ModelSpec, start: int, n: int, tp: int, ep: int) -> Layout:
+    def of(spec: ModelSpec, start: int, n: int, tp: int, ep: int, every: int = 1) -> Layout:
         memo = memo_table(spec)
-        key = ("step-layout", start, n, tp, ep)
+        key = ("step-layout", start, n, tp, ep, every)
         v = memo.get(key)
         if v is None:
-            v = memo[key] = Layout(spec, start, n, tp, ep)
+            v = memo[key] = Layout(spec, start, n, tp, ep, every)
         return v  # type: ignore[no-any-return]
 
 
@@ -95,7 +101,8 @@ class Stage:
         self.stage = stage
         self.first, self.last = stage == 0, stage == c.o.pp - 1
         self.start = sum(counts[:stage])
-        self.layout = lay = Layout.of(c.spec, self.start, counts[stage], c.o.tp, c.o.ep)
+        every = c.o.checkpoint_every if c.o.checkpointing in ("full", "op-selective") else 1
+        self.layout = lay = Layout.of(c.spec, self.start, counts[stage], c.o.tp, c.o.ep, every)
         self.layers, self.n_moe, self.n_dense = lay.layers, lay.n_moe, lay.n_dense
         self.kind_list, self.layer_kind, self.kind_count = (lay.kind_list, lay.layer_kind,
                                                             lay.kind_count)
@@ -106,6 +113,8 @@ class Stage:
         # torchtitan's op-level selective checkpointing recomputes as full checkpointing does;
         # it only keeps more (see memfit.step.layers._op_sac_saved)
         self.ckpt = "full" if c.o.checkpointing == "op-selective" else c.o.checkpointing
+        # each kind: checkpointed (recomputed in backward) or not
+        self.recomputed = [self.ckpt == "full" and f for f in lay.checkpointed]
 
     def __getattr__(self, name: str) -> Any:  # pragma: no cover - a part read too early
         raise AttributeError(f"Stage.{name} is not built yet")

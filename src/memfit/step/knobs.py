@@ -112,7 +112,6 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
                                     "2 (the default) without --fsdp")
     for field, value, default in (
             ("dora", o.dora, False), ("lora-experts", o.lora_experts, False),
-            ("checkpoint-every", o.checkpoint_every, 1),
             ("activation-offload", o.activation_offload, False),
             ("fsdp-version", o.fsdp_version, 2)):
         if value != default:
@@ -127,6 +126,8 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
         if o.precision == "bf16-master" or o.zero or o.fsdp is not None or o.pp > 1:
             raise _not_yet("optimizer-in-backward", True, "off with bf16-master, ZeRO, FSDP "
                            "or pipeline parallelism")
+    if o.checkpoint_every > 1 and lora and o.precision.endswith("-mixed"):
+        raise _not_yet("checkpoint-every", o.checkpoint_every, "1 with LoRA under autocast")
     if o.checkpointing == "op-selective" and spec.mla is not None:
         raise _not_yet("checkpointing", o.checkpointing, "none, full or selective for "
                        "multi-head latent attention")

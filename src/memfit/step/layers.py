@@ -95,9 +95,11 @@ def _checkpoint(s: Stage) -> None:
     s.ckpt_input = s.T * s.residual * s.spec.hidden_size // s.sp_div
     acts, kt = s.acts, s.kind_total
     if s.o.checkpointing == "op-selective":
-        s.kept_of_kind = [s.ckpt_input + _op_sac_saved(s, x) for x in s.kind_list]
+        s.kept_of_kind = [s.ckpt_input + _op_sac_saved(s, x) if r else kt[k]
+                          for k, (x, r) in enumerate(zip(s.kind_list, s.recomputed,
+                                                         strict=True))]
     elif ckpt == "full":
-        s.kept_of_kind = [s.ckpt_input] * len(acts)
+        s.kept_of_kind = [s.ckpt_input if r else kt[k] for k, r in enumerate(s.recomputed)]
     elif ckpt == "selective":
         s.kept_of_kind = [kt[i] - act.s2 for i, act in enumerate(acts)]
     else:
@@ -228,7 +230,9 @@ def _copies(s: Stage) -> None:
         s.copies_per_layer = False
     # Full checkpointing discards the forward's saved casts: in backward only the head's copy
     # (saved by the un-checkpointed LM head) and the recomputed layer's live.
-    s.copies_bwd = s.copies_head + (0 if s.ckpt == "full" else copies_layers)
+    kept_casts = (copies_layers if s.ckpt != "full" else s.copy_layer * sum(
+        n for n, r in zip(s.kind_count, s.recomputed, strict=True) if not r))
+    s.copies_bwd = s.copies_head + kept_casts
 
 
 def _edges(s: Stage) -> None:
@@ -341,8 +345,9 @@ def build(s: Stage) -> None:
     # A checkpointed layer's forward saves nothing: at most its attention's or its MLP's
     # tensors are alive at once, beside the transient.
     full = s.ckpt == "full"
-    s.fwd_layer_t = max((act.forward_transient + (ckpt_working_set(act) if full else 0)
-                         for act in s.acts), default=0) + s.dequant
+    s.fwd_layer_t = max((act.forward_transient + (ckpt_working_set(act) if full and r else 0)
+                         for act, r in zip(s.acts, s.recomputed, strict=True)),
+                        default=0) + s.dequant
     # the DynamicCache's copies that backward does not save live until the output is dropped
     s.cache_of_kind = [inflight * act.cache_forward for act in s.acts]
     s.cache_fwd = sum(c * n for c, n in zip(s.cache_of_kind, s.kind_count, strict=True))
