@@ -164,11 +164,10 @@ def _check_step_knobs(options: TrainingOptions) -> None:
         raise _not_yet("precision", options.precision,
                        "fp32, bf16-true or fp16-true with --fsdp-version 1 (FSDP1's "
                        "MixedPrecision does not take effect on the CPU trace)")
-    if options.fsdp_version == 1 and options.fsdp == "grad-op" and \
-            options.checkpointing != "none":
-        raise _not_yet("checkpointing", options.checkpointing,
-                       "none with --fsdp-version 1 --fsdp grad-op (FSDP1's SHARD_GRAD_OP "
-                       "fails on the recomputation in the trace)")
+    if options.fsdp_version == 1 and options.fsdp == "grad-op":
+        raise _not_yet("fsdp", options.fsdp, "full with --fsdp-version 1 (FSDP1's "
+                       "SHARD_GRAD_OP with use_orig_params trips its own "
+                       "_writeback_orig_params assertion on the trace)")
     if options.fsdp_version == 1 and (options.lora_rank is not None or options.qlora):
         raise _not_yet("fsdp-version", 1, "2 with --lora-rank or --qlora (FSDP1 with "
                        "adapters is not traced)")
