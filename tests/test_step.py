@@ -135,7 +135,7 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
 @pytest.mark.parametrize("opts", [
     dict(lora_rank=16, dora=True), dict(lora_rank=16, lora_experts=True),
     dict(checkpointing="op-selective", model="deepseek-v2-lite"),
-    dict(checkpointing="full", checkpoint_every=2, lora_rank=8), dict(activation_offload=True),
+    dict(checkpointing="full", checkpoint_every=2, lora_rank=8),
     dict(optimizer="paged-adamw", dp=2, zero=1), dict(dp=2, fsdp="full", fsdp_version=1),
     dict(lora_rank=16, lora_targets="o_proj,down_proj"), dict(qlora=True, loss="fused-linear"),
 ])
@@ -168,6 +168,13 @@ def test_paged_optimizers_keep_large_states_out_of_the_peak() -> None:
     assert paged.components["optimizer_states"] == 8 * (1024 * 64) * 2 * 32
     assert any("unified memory" in n for n in paged.assumptions["notes"])
     assert train("llama-3.1-8b", optimizer="paged-adamw-8bit", **kw).peak_bytes < plain.peak_bytes
+
+
+def test_activation_offload_keeps_the_layers_saved_tensors_on_the_host() -> None:
+    kw = dict(seq=4096, precision="bf16-true", lora_rank=16)
+    plain, off = (train("llama-3.1-8b", activation_offload=v, **kw) for v in (False, True))
+    assert off.peak_bytes < plain.peak_bytes
+    assert any("activation offload" in n for n in off.assumptions["notes"])
 
 
 def test_adapter_knobs_need_adapters() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..memory.activations import NORM_STYLES
 from .context import Stage
 from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, TEMPS, WEIGHTS, Program
+from .layers import ckpt_working_set
 from .states import grad_part
 
 __all__ = ["backward", "layer_extras", "end_extra"]
@@ -40,8 +41,10 @@ def layer_extras(s: Stage, grads_of_kind: list[int]) -> list[int]:
         own = max(act.backward_transient + s.dequant,
                   act.attn_backward + int(attn_g) if act.attn_backward else 0,
                   norm_bwd + int(norm_g) - act.saved.get("mlp", 0) - act.saved.get("moe", 0))
-        out.append(own + (s.kind_total[k] + (c_layer if ac else 0) if s.recomputed[k]
-                          else act.s2 if ckpt == "selective" else 0))
+        back = (s.ckpt_input if s.recomputed[k] else ckpt_working_set(act)
+                ) if s.o.activation_offload else 0  # unpacked from the host
+        out.append(own + back + (s.kind_total[k] + (c_layer if ac else 0) if s.recomputed[k]
+                                 else act.s2 if ckpt == "selective" else 0))
     return out
 
 

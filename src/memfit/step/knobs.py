@@ -112,7 +112,6 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
                                     "2 (the default) without --fsdp")
     for field, value, default in (
             ("dora", o.dora, False), ("lora-experts", o.lora_experts, False),
-            ("activation-offload", o.activation_offload, False),
             ("fsdp-version", o.fsdp_version, 2)):
         if value != default:
             raise _not_yet(field, value, f"{default}")

@@ -177,6 +177,25 @@ def _mlp_only_prefix(s: Stage, act: Any) -> int:
     return out
 
 
+def _offload(s: Stage) -> None:
+    """torchtune's ``OffloadActivations`` (torchtune/training/_activation_offloading.py,
+    v0.6, ``use_streams=False``): every tensor saved for backward in the model's forward that
+    is not a parameter and holds at least 1024 bytes is copied to host memory (the GPU copy
+    freed once nothing else holds it) and copied back when backward unpacks it; nothing from
+    the LM head on is offloaded. The layers keep nothing on the GPU, nor the embedding or the
+    final norm; rotary tables and masks go when the forward returns. In backward a layer's
+    tensors come back as its nodes unpack them (its largest block at a time), a checkpointed
+    layer's input before its recomputation."""
+    T = s.T
+    s.offloaded = (sum(k * n for k, n in zip(s.kept_of_kind, s.kind_count, strict=True))
+                   - s.first_unsaved + s.A_emb_raw + s.head.get("final_norm", 0))
+    s.kept_of_kind = [0] * len(s.kept_of_kind)
+    s.first_unsaved = 0
+    s.emb = {k: v for k, v in s.emb.items() if v < 1024}
+    s.head = {k: v for k, v in s.head.items() if k != "final_norm"}
+    del T
+
+
 def kept_list(s: Stage) -> list[int]:
     """Each layer's kept activations, in order (the FSDP2 timeline walks them)."""
     kept = [s.kept_of_kind[i] for i in s.layer_kind]
@@ -330,6 +349,9 @@ def build(s: Stage) -> None:
     _edges(s)
     _copies(s)
     inflight = s.inflight
+    s.A_emb_raw = sum(s.emb.values())
+    if o.activation_offload:
+        _offload(s)
     s.A_layers = sum(k * n for k, n in zip(s.kept_of_kind, s.kind_count, strict=True)
                      ) - s.first_unsaved
     s.A_emb = sum(s.emb.values())
@@ -337,7 +359,8 @@ def build(s: Stage) -> None:
     s.A_all = inflight * (s.A_layers + s.A_emb + s.shared) + s.A_head + s.inputs
     # what backward starts with: the masks go with the forward, unless checkpointing keeps
     # them as inputs of the layers it recomputes
-    s.A_bwd = s.A_all - (0 if s.ckpt == "full" else inflight * s.masks)
+    s.A_bwd = s.A_all - (inflight * s.shared if o.activation_offload else
+                         0 if s.ckpt == "full" else inflight * s.masks)
     # QLoRA: bitsandbytes dequantizes each NF4 weight to 16 bits for its matmul (forward, and
     # again in backward for the input gradient): one layer's largest weight at a time.
     s.dequant = 2 * max((g.numel for g in s.groups if g.linear and g.part == "layer"

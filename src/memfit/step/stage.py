@@ -39,5 +39,9 @@ def stage_estimate(c: Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
     layers.build(s)
     s.tied_extra = end_extra(s)
     phases = tuple(Phase(name, comp) for name, comp in sweep(program(s).ops))
+    notes = s.sb.notes
+    if c.o.activation_offload:
+        notes = (*notes, f"activation offload: {s.offloaded * s.inflight} bytes of saved "
+                 "activations in host memory (torchtune OffloadActivations)")
     return {"phases": phases, "terms": partial(terms, s), "host": s.sb.host, "shards": s.N,
-            "notes": s.sb.notes, "trainable": s.P, "stage": stage, "layers": len(s.layers)}
+            "notes": notes, "trainable": s.P, "stage": stage, "layers": len(s.layers)}
