@@ -8,7 +8,9 @@ NaN and deeply nested values; command lines with huge ``--gpus``, ``--batch``, `
 HTTP bodies with all of the above inline. Every answer must be a result or memfit's refusal
 (``MemfitError`` in Python, exit 2 with one line on the CLI, 413/422 over HTTP), within
 ``--max-seconds`` (2 s) each, the process (and the web server's workers) under ``--max-rss``
-(500 MB).
+(500 MB). The time is this process's CPU time (HTTP: the wall clock, the work being in the
+server's workers), so that other work on a shared machine does not count; an answer still
+running after 4x the budget of wall clock is a hang.
 
     python benchmarks/hostile.py [--count 2400] [--seed 0] [--doors gguf,http]
 
@@ -194,9 +196,12 @@ def gguf_bytes(rng: random.Random) -> tuple[bytes, str]:
             ne = rng.choice([[], [0], [2**63] * 2, [1] * rng.choice([5, 100, 1000]),
                              [huge_int(rng) % 2**64, 64], [63, 32]])
             tensors[i] = (tensors[i][0], ne, rng.choice([0, 1, 2, 12, 99, 2**31]))
-        elif what == 6:  # nested or giant metadata arrays, long strings
+        elif what == 6:  # nested or giant metadata arrays, long strings, many tensors
             kv.append(("x.nested", *_typed(rng, [[1]])))
             kv.append(("x.long", _STR, "y" * rng.choice([10, 10**5])))
+            if rng.random() < 0.3:  # up to the bound (50,000) and past it
+                tensors += [(f"blk.{i % 2}.t{i}.weight", [32], 0)
+                            for i in range(rng.choice([5_000, 49_000, 50_001]))]
         else:
             kv.append(("general.alignment", *_typed(rng, rng.choice([0, 3, 2**40, 64, 1]))))
     return _gguf_assemble(kv, tensors, n_tensors, n_kv, rng), name
@@ -213,7 +218,7 @@ def _gguf_assemble(kv: list[tuple[str, int, Any]], tensors: list[tuple[str, list
         out += [_gs(tname), struct.pack("<I", len(ne)),
                 b"".join(struct.pack("<Q", d % 2**64) for d in ne), struct.pack("<IQ", ggml,
                                                                                offset)]
-        offset += 4 * 64 * 128
+        offset += 4 * 64 * 128 if len(tensors) < 100 else 128
     head = b"".join(out)
     head += bytes(-len(head) % 32)
     raw = head + bytes(min(offset, 1 << 20))
@@ -286,7 +291,7 @@ def safetensors_bytes(rng: random.Random) -> bytes:
         data += rng.choice([1, -1, 1000])  # bytes after the data, or missing
     else:
         header = {f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]}
-                  for i in range(rng.choice([10, 10000]))}
+                  for i in range(rng.choice([10, 10_000, 50_000]))}
         data = len(header)
     raw = dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + bytes(max(0, data))
@@ -436,6 +441,9 @@ class DoorStats:
     results: int = 0
     refused: int = 0
     max_s: float = 0.0
+    """The slowest answer, in seconds of this process's CPU (HTTP: wall clock, the work being
+    in the server's worker processes)."""
+    max_wall_s: float = 0.0
     slowest: str = ""
     failures: list[str] = field(default_factory=list)
 
@@ -478,7 +486,7 @@ def run_case(case: Case, stats: DoorStats, max_seconds: float) -> None:
 
     old = signal.signal(signal.SIGALRM, overtime)
     signal.setitimer(signal.ITIMER_REAL, max(4 * max_seconds, 5.0))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         outcome = case.run()
     except _Overtime:
@@ -491,7 +499,11 @@ def run_case(case: Case, stats: DoorStats, max_seconds: float) -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    elapsed = time.perf_counter() - start
+    wall = time.perf_counter() - start
+    # A machine shared with other work stretches the wall clock; the budget is this
+    # process's own CPU time (a hang is caught by the wall-clock alarm above).
+    elapsed = wall if case.door == "http" else time.process_time() - cpu_start
+    stats.max_wall_s = max(stats.max_wall_s, wall)
     stats.cases += 1
     if outcome == "result":
         stats.results += 1
@@ -571,15 +583,18 @@ def _run(count: int, seed: int, doors: tuple[str, ...], max_seconds: float, keep
 
 
 def table(stats: dict[str, DoorStats], rss: int) -> str:
-    rows = [f"{'door':<12}{'cases':>7}{'results':>9}{'refused':>9}{'max s':>8}  failures",
-            "-" * 60]
+    rows = [f"{'door':<12}{'cases':>7}{'results':>9}{'refused':>9}{'max s':>8}{'wall s':>8}"
+            "  failures", "-" * 68]
     for door, s in stats.items():
-        rows.append(f"{door:<12}{s.cases:>7}{s.results:>9}{s.refused:>9}{s.max_s:>8.3f}  "
-                    f"{len(s.failures)}")
+        rows.append(f"{door:<12}{s.cases:>7}{s.results:>9}{s.refused:>9}{s.max_s:>8.3f}"
+                    f"{s.max_wall_s:>8.3f}  {len(s.failures)}")
     total = sum(s.cases for s in stats.values())
     worst = max(stats.values(), key=lambda s: s.max_s)
-    rows += ["-" * 60, f"{'all':<12}{total:>7}{'':>9}{'':>9}{worst.max_s:>8.3f}  "
+    wall = max(s.max_wall_s for s in stats.values())
+    rows += ["-" * 68, f"{'all':<12}{total:>7}{'':>9}{'':>9}{worst.max_s:>8.3f}{wall:>8.3f}  "
              f"{sum(len(s.failures) for s in stats.values())}",
+             "max s: the slowest answer in CPU seconds of this process (HTTP: wall clock); "
+             "wall s: wall clock",
              f"peak RSS (this process and the web workers): {rss / 2**20:.0f} MiB",
              *[f"untimed warm-up: {k}: {v:.2f} s" for k, v in WARM_UP.items()],
              f"slowest: {worst.slowest[:120]}"]
