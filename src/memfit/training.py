@@ -163,6 +163,11 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
         "trainable_params_on_rank": best["trainable"],
         "notes": list(best["notes"]) + ([seq_note] if seq_note else []),
     }
+    if o.fsdp is not None and o.fsdp_version == 1:
+        assumptions["fsdp_version"] = (
+            "FSDP1 (FullyShardedDataParallel, use_orig_params, FULL_SHARD) estimated with "
+            "FSDP2's timeline: traced FSDP1 peaks agree within 0.001% (its forward, which "
+            "all-gathers straight into the unsharded flat parameter, is 0.5-2% lower)")
     if o.pp > 1:
         assumptions["pipeline"] = ("1F1B: the first stage holds min(pp, micro-batches) "
                                    "micro-batches of activations; the last the LM head and loss")

@@ -110,9 +110,8 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
     if o.fsdp_version != 2 and o.fsdp is None:
         raise MemfitError.bad_value("fsdp-version", o.fsdp_version,
                                     "2 (the default) without --fsdp")
-    for field, value, default in (
-            ("dora", o.dora, False), ("lora-experts", o.lora_experts, False),
-            ("fsdp-version", o.fsdp_version, 2)):
+    for field, value, default in (("dora", o.dora, False),
+                                  ("lora-experts", o.lora_experts, False)):
         if value != default:
             raise _not_yet(field, value, f"{default}")
     if o.loss == "fused-linear" and o.qlora:
@@ -125,6 +124,10 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
         if o.precision == "bf16-master" or o.zero or o.fsdp is not None or o.pp > 1:
             raise _not_yet("optimizer-in-backward", True, "off with bf16-master, ZeRO, FSDP "
                            "or pipeline parallelism")
+    if o.fsdp_version == 1 and (o.precision.endswith("-mixed") or o.precision == "bf16-master"
+                                or o.fsdp != "full" or lora or o.offload != "none"):
+        raise _not_yet("fsdp-version", 1, "2, or 1 with --fsdp full and fp32, bf16-true or "
+                       "fp16-true, no adapters, no offload")
     if o.checkpoint_every > 1 and lora and o.precision.endswith("-mixed"):
         raise _not_yet("checkpoint-every", o.checkpoint_every, "1 with LoRA under autocast")
     if o.checkpointing == "op-selective" and spec.mla is not None:
