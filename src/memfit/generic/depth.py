@@ -27,6 +27,9 @@ from typing import Any
 
 __all__ = ["Plan", "make_plan", "reduced_config"]
 
+#: Config lists of block indices: Qwen-MoE's dense blocks, Llama 4's MoE blocks, Mllama's
+#: cross-attention blocks.
+_INDEX_LISTS = ("mlp_only_layers", "moe_layers", "cross_attention_layers")
 #: A model with at most this many blocks beyond the reduced traces is traced whole.
 _MIN_SAVING = 2
 
@@ -85,7 +88,8 @@ def _depth_key(text_cfg: Any) -> str:
 def _per_layer_lists(text_cfg: Any, n: int) -> dict[str, list[Any]]:
     """Config attributes that hold one entry per block (``layer_types``, ``block_types``...)."""
     return {k: v for k, v in vars(text_cfg).items()
-            if isinstance(v, list) and len(v) == n and not k.startswith("_")}
+            if isinstance(v, list) and len(v) == n and not k.startswith("_")
+            and k not in _INDEX_LISTS}
 
 
 def reduced_config(config: Mapping[str, Any], text_cfg: Any,
@@ -97,9 +101,10 @@ def reduced_config(config: Mapping[str, Any], text_cfg: Any,
     new_text[_depth_key(text_cfg)] = len(indices)
     for key, values in _per_layer_lists(text_cfg, n).items():  # as _signatures reads them
         new_text[key] = [values[i] for i in indices]
-    only = getattr(text_cfg, "mlp_only_layers", None)  # Qwen-MoE: dense blocks by index
-    if isinstance(only, list):
-        new_text["mlp_only_layers"] = [j for j, i in enumerate(indices) if i in set(only)]
+    for key in _INDEX_LISTS:  # blocks named by index: renumbered among the kept ones
+        named = getattr(text_cfg, key, None)
+        if isinstance(named, list) and all(isinstance(i, int) for i in named):
+            new_text[key] = [j for j, i in enumerate(indices) if i in set(named)]
     first = getattr(text_cfg, "first_k_dense_replace", None)  # DeepSeek: a dense prefix
     if isinstance(first, int):
         new_text["first_k_dense_replace"] = sum(i < first for i in indices)
