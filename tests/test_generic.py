@@ -220,3 +220,23 @@ def test_import_memfit_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("model_type", "kinds"), [
+    ("gemma3", 2), ("llama4", 2), ("mllama", 2), ("qwen3_next", 2), ("mamba", 1)])
+def test_plans_reduce_mixed_block_patterns(model_type, kinds):
+    """Interleaved block kinds (sliding/full, MoE/dense, cross-attention, linear attention)
+    are reproduced by reduced configs (each checked on the meta device by make_plan)."""
+    from memfit.generic.depth import make_plan
+
+    plan = make_plan({"model_type": model_type})
+    assert plan.reduced and len(plan.counts) == kinds
+    assert sum(plan.counts.values()) == plan.num_layers
+    assert all(len(idx) < plan.num_layers // 2 for idx in plan.runs.values())
+
+
+def test_unreproducible_pattern_traces_full_depth():
+    from memfit.generic.depth import make_plan
+
+    plan = make_plan({"model_type": "jamba"})  # attn_layer_period / expert_layer_period
+    assert not plan.reduced and plan.runs == {"full": None}
