@@ -239,11 +239,16 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     s = _shapes(spec, B, P, b, tp, stop - start, caps)
     kv0 = st.cache.bytes(B, P, 0)
     prefill = _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start, first, last)
-    kv_p, m_p, peak_p = max(prefill, key=lambda x: x[2])
+    kv_p, m_p, peak_p = prefill[0]
+    moments: dict[str, int] = {}
+    for cand in prefill:  # the first largest wins, as max() picks it
+        m = cand[1]
+        moments[m.name] = m.activations + m.logits
+        if cand[2] > peak_p:
+            kv_p, m_p, peak_p = cand
     phases = [Phase("load", {"weights": W, "activations": 0}),
               Phase("prefill", {"weights": W, "kv_cache": kv_p, "activations": m_p.activations,
                                 "logits": m_p.logits})]
-    moments = {m.name: m.activations + m.logits for _, m, _ in prefill}
     peak_m = m_p
     kvG = 0
     if G > 0:
@@ -252,14 +257,18 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
         cands: list[tuple[int, Moment, int, Any]] = [
             (kvG, m, 0, None) for m in decode_moments(spec, prof, s, T=P + G, last_stage=last)]
         cands += _hf_decode(spec, o, st, kvdt, attn, b, s, s1, first, last)
-        kv_d, m_d, shift, ctx = max(cands, key=lambda x: x[0] + x[1].activations + x[2]
-                                    + x[1].logits)
+        best, top = cands[0], -1
+        for cand in cands:  # the first largest wins, as max() picks it
+            kv_c, m, sh, _ = cand
+            v = kv_c + m.activations + sh + m.logits
+            moments[m.name] = v - kvG
+            if v > top:
+                best, top = cand, v
+        kv_d, m_d, shift, ctx = best
         phases.append(Phase("decode", {"weights": W, "kv_cache": kv_d,
                                        "activations": m_d.activations + shift,
                                        "logits": m_d.logits}))
-        for kv_c, m, sh, _ in cands:
-            moments[m.name] = kv_c - kvG + m.activations + sh + m.logits
-        peak_d = W + kv_d + m_d.activations + shift + m_d.logits  # the decode phase's sum
+        peak_d = W + top  # the decode phase's sum
         if peak_d > peak_p:
             peak_m = m_d if ctx is None else _shifted(m_d, shift, spec, prof, s1, attn, first,
                                                       *ctx)
