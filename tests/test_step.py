@@ -133,7 +133,7 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
 # -- refused knobs --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("opts", [
-    dict(lora_rank=16, dora=True), dict(lora_rank=16, lora_experts=True),
+    dict(qlora=True, dora=True), dict(lora_rank=16, lora_experts=True),
     dict(checkpointing="op-selective", model="deepseek-v2-lite"),
     dict(checkpointing="full", checkpoint_every=2, lora_rank=8),
     dict(optimizer="paged-adamw", dp=2, zero=1),
@@ -176,6 +176,21 @@ def test_activation_offload_keeps_the_layers_saved_tensors_on_the_host() -> None
     plain, off = (train("llama-3.1-8b", activation_offload=v, **kw) for v in (False, True))
     assert off.peak_bytes < plain.peak_bytes
     assert any("activation offload" in n for n in off.assumptions["notes"])
+
+
+def test_dora_saves_each_adapted_output_twice_and_trains_magnitudes() -> None:
+    """DoRA (peft use_dora): the base output and the adapter output of every adapted
+    projection saved for the magnitude's gradient; one magnitude per output trained."""
+    kw = dict(lora_rank=16, seq=2048, precision="bf16-true", lora_targets="q_proj,v_proj")
+    lora, dora = (train("llama-3.2-1b", dora=v, **kw) for v in (False, True))
+    spec = resolve_model("llama-3.2-1b")[0]
+    outs = spec.num_heads * spec.head_dim + spec.num_kv_heads * spec.head_dim  # q, v outputs
+    P = dora.assumptions["trainable_params_on_rank"] - lora.assumptions[
+        "trainable_params_on_rank"]
+    assert P == outs * spec.num_layers
+    fwd = {p.name: p.peak_bytes for p in dora.phases}["forward"] - {
+        p.name: p.peak_bytes for p in lora.phases}["forward"]
+    assert fwd >= 2048 * outs * (2 + 4) * spec.num_layers
 
 
 def test_adapter_knobs_need_adapters() -> None:

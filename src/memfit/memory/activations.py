@@ -119,6 +119,7 @@ class ActivationSetup:
     # the projections with adapters, in memfit's names (TensorGroup.lora); see LORA_ALL
     lora_targets: frozenset[str] = frozenset(("q", "k", "v", "o", "gate", "up", "down"))
     lora_dropout: bool = False  # peft lora_dropout > 0: an nn.Dropout on each adapter's input
+    dora: bool = False  # peft use_dora: weight-decomposed adapters
     lora_bytes: int = 4  # the adapters' dtype: fp32 (peft's default) or 16-bit
     qlora: bool = False
     dropout: tuple[bool, bool, bool] = (False, False, False)
@@ -242,6 +243,29 @@ def _adapter_inputs(s: ActivationSetup, width: int, n_proj: int, in_bytes: int) 
         return (ad + 1) * width * n_proj + ad * s.lora_rank * n_proj
     shared = in_bytes == ad and not s.autocast
     return ad * width * (1 if shared else n_proj) + ad * s.lora_rank * n_proj
+
+
+def _dora_saved(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> int:
+    """DoRA per token (peft tuners/lora/dora.py ``DoraLinearLayer.forward``):
+    ``(mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling`` saves the
+    base projection's output (compute dtype) and the adapter's output (the adapters' dtype, 16
+    bits under autocast) for the magnitude's gradient, for every adapted projection; the
+    weight norm is detached (no graph)."""
+    tp, h = s.tp, spec.hidden_size
+    a, a_kv, d = spec.num_heads // tp, max(1, spec.num_kv_heads // tp), spec.head_dim
+    q, kv = a * d, a_kv * d
+    fused_qkv, fused_gate_up = fused_projections(spec)
+    width = (spec.moe.shared_intermediate_size if layer.moe and spec.moe else
+             spec.intermediate_size) // tp
+    outs = {"q": q + 2 * kv if fused_qkv else q, "k": 0 if fused_qkv else kv,
+            "v": 0 if fused_qkv else kv, "o": h,
+            "gate": 2 * width if fused_gate_up else width, "up": 0 if fused_gate_up else width,
+            "down": h}
+    if layer.moe and spec.moe is not None and not spec.moe.shared_intermediate_size:
+        outs.update(gate=0, up=0, down=0)
+    ad = 2 if s.autocast else s.lora_bytes
+    b = 2 if s.autocast else s.compute_bytes
+    return sum(w for name, w in outs.items() if name in s.lora_targets) * (b + ad)
 
 
 def _adapted(s: ActivationSetup, names: tuple[str, ...]) -> int:
@@ -489,6 +513,8 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
             attn_bwd = scores_bwd - freed + T * (br * h + b * q)
         else:
             bwd_t = max(bwd_t, scores_bwd)
+    if lora and s.dora:
+        saved["dora"] = T * _dora_saved(spec, layer, s)
     return LayerActivations(saved=saved, forward_transient=fwd_t, backward_transient=bwd_t,
                             s2=T * s2 if spec.mla is None else 0,
                             cache_forward=_cache_forward(spec, layer, s, sliding),

@@ -32,7 +32,17 @@ _MODULE_NAMES = {
 
 
 def _model_targets(spec: ModelSpec) -> dict[str, str]:
-    """The model's adaptable projections: module name -> memfit name."""
+    """The model's adaptable projections: module name -> memfit name (memoised per spec)."""
+    from ..memory.weights import memo_table
+
+    memo = memo_table(spec)
+    out = memo.get("lora-modules")
+    if out is None:
+        out = memo["lora-modules"] = _find_targets(spec)
+    return out  # type: ignore[no-any-return]
+
+
+def _find_targets(spec: ModelSpec) -> dict[str, str]:
     from ..memory.model_states import layer_tensors
 
     out: dict[str, str] = {}
@@ -44,6 +54,18 @@ def _model_targets(spec: ModelSpec) -> dict[str, str]:
 
 
 def lora_targets(spec: ModelSpec, value: str) -> frozenset[str]:
+    """``--lora-targets`` as memfit's names (memoised per spec; see :func:`_lora_targets`)."""
+    from ..memory.weights import memo_table
+
+    memo = memo_table(spec)
+    key = ("lora-targets", value)
+    out = memo.get(key)
+    if out is None:
+        out = memo[key] = _lora_targets(spec, value)
+    return out  # type: ignore[no-any-return]
+
+
+def _lora_targets(spec: ModelSpec, value: str) -> frozenset[str]:
     """``--lora-targets`` as the set of memfit names (see :data:`LORA_ALL`).
 
     ``all-linear``: peft's shorthand, every linear layer but the output embedding (here the
@@ -110,10 +132,11 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
     if o.fsdp_version != 2 and o.fsdp is None:
         raise MemfitError.bad_value("fsdp-version", o.fsdp_version,
                                     "2 (the default) without --fsdp")
-    for field, value, default in (("dora", o.dora, False),
-                                  ("lora-experts", o.lora_experts, False)):
-        if value != default:
-            raise _not_yet(field, value, f"{default}")
+    if o.lora_experts:
+        raise _not_yet("lora-experts", True, "off (adapters on transformers 5's fused 3-D "
+                       "expert tensors)")
+    if o.dora and (o.qlora or o.fsdp is not None or spec.mla is not None):
+        raise _not_yet("dora", True, "off with QLoRA, FSDP or multi-head latent attention")
     if o.loss == "fused-linear" and o.qlora:
         raise _not_yet("loss", o.loss, "hf or chunked with QLoRA")
     if o.optimizer_in_backward:

@@ -58,7 +58,7 @@ def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool,
 
 
 def _adapters(groups: tuple[TensorGroup, ...], r: int,
-              targets: frozenset[str]) -> tuple[TensorGroup, ...]:
+              targets: frozenset[str], dora: bool = False) -> tuple[TensorGroup, ...]:
     """LoRA's A (r x in) and B (out x r) for every targeted linear (peft
     tuners/lora/layer.py ``LoraLayer.update_layer``: ``nn.Linear(in, r)``, ``nn.Linear(r,
     out)``, no bias)."""
@@ -68,6 +68,8 @@ def _adapters(groups: tuple[TensorGroup, ...], r: int,
             n_out, n_in = g.shape
             out.append(TensorGroup(f"{g.name}.lora_A", (r, n_in), g.count, g.part))
             out.append(TensorGroup(f"{g.name}.lora_B", (n_out, r), g.count, g.part))
+            if dora:  # DoRA's magnitude vector (lora_magnitude_vector: one per output)
+                out.append(TensorGroup(f"{g.name}.lora_magnitude", (n_out,), g.count, g.part))
     return tuple(out)
 
 
@@ -106,7 +108,7 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
                   adapter_bytes: int, targets: frozenset[str]
                   ) -> tuple[StateInputs, tuple[TensorGroup, ...], int, dict[str, int]]:
     """The sums over one rank's tensors that the model states need (memoised per layout)."""
-    trainable = _adapters(groups, o.lora_rank or 0, targets) if lora else groups
+    trainable = _adapters(groups, o.lora_rank or 0, targets, o.dora) if lora else groups
     P = tensor_elements(trainable)
     W = (weight_bytes(groups, recipe, o.qlora, o.qlora_stream == "fp32")
          + (adapter_bytes * P if lora else 0))
@@ -152,7 +154,7 @@ def build(s: Stage) -> None:
     s.opt = opt = get_optimizer(o.optimizer, o.optimizer_impl)
     skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.qlora_stream, o.optimizer,
             o.optimizer_impl,
-            len(s.layers), ab, c.lora_targets if lora else None)
+            len(s.layers), ab, c.lora_targets if lora else None, o.dora)
     cached = memo.get(skey)
     if cached is None:
         cached = memo[skey] = _state_inputs(spec, groups, recipe, opt, o, lora, state_b,
