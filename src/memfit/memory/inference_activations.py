@@ -310,9 +310,8 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
     passes its own ``resident`` bytes. ``layer_input=False``: the layer is the stage's first.
     ``attention_only``: the attention's moments alone (what a decode step asks).
     """
-    B, P, b, N, h = s.B, s.P, s.b, s.N, s.h
+    B, P, b = s.B, s.P, s.b
     kv = P if kv_len is None else kv_len
-    Nk = B * kv  # key/value rows
     if resident is None:
         res = resident_bytes(spec, prof, s, attn, first_stage, kv_len=kv)
         if not layer_input:  # the stage's first layer reads the embeddings themselves
@@ -321,10 +320,8 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
     else:
         R, masks = resident, _mask_bytes(_consts(spec, prof), prof, s, attn, kv)
     rms = 0 if attention_only else _rms(s, prof)
-    q_w = s.heads * s.d
-    kv_w = s.kv_heads * s.d
     S = B * s.heads * P * kv
-    X = N * h * b
+    X = B * P * s.h * b
     moments: list[Moment] = []
 
     # 1. the input norm (before the cache update of this layer)
@@ -333,125 +330,13 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                               formula="R + 2*4*N*h", substituted=lambda: f"R {R} + {rms}"))
 
     # 2. attention (its input is the norm's output; OLMo 2 feeds the residual itself)
-    Xn = 0 if prof.post_norm else X
-    mla = spec.mla
     S1 = B * s.heads * P * (kv + 1) if prof.sinks else S  # gpt-oss: one sink column more
     probs = S1 * b if (attn == "eager" and prof.keeps_probs) else 0
-    if mla is not None:
-        d_qk, d_v = mla.qk_head_dim, mla.v_head_dim
-        a = s.heads
-        live = (X + N * a * d_qk * b  # norm out, q projection (its q_nope view stays)
-                + N * (mla.kv_lora_rank + mla.qk_rope_head_dim) * b  # kv_a output (kv_nope view)
-                + N * a * mla.qk_rope_head_dim * b  # rotated q_pe
-                + N * a * d_qk * b  # query_states = cat(q_nope, q_pe)
-                + Nk * a * (mla.qk_nope_head_dim + d_v) * b  # kv_b_proj output (k_nope, v)
-                + Nk * a * d_qk * b)  # key_states (new_empty, filled)
-        if attn == "eager":
-            work = S * _eager_score_bytes(prof, s)
-            f = ("R + N*h*b + N*(r_kv + d_rope)*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b "
-                 "+ S*(b+4+4)")
-        else:
-            # d_qk != d_v: CUDA runs a fused kernel (memory-efficient / cuDNN; the tracer's
-            # memfit::fused_attention): no scores, the output (B, a', P, d_v) and an fp32
-            # log-sum-exp; transpose(1, 2).contiguous() then copies the output for o_proj
-            # while it is still referenced (the copy outweighs the log-sum-exp).
-            work = max(2 * N * a * d_v * b, N * a * d_v * b + 4 * B * a * P)
-            f = ("R + N*h*b + N*(r_kv + d_rope)*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b "
-                 "+ 2*N*a'*d_v*b (fused kernel output and its contiguous copy)")
-        moments.append(Moment("prefill/attention", R + live + work, formula=f,
-                              substituted=lambda: f"R {R} + {live} + {work}"))
+    if spec.mla is not None:
+        moments.append(_mla_attention(spec, prof, s, attn, R, X, kv, S))
     else:
-        qkv = N * (q_w + 2 * kv_w) * b if prof.fused_qkv else 0
-        # projections and rotary: q_proj out, q*cos, rotate_half(q)*sin, q_embed; k and v outs
-        rot = (4 * N * q_w + 2 * N * kv_w) * b if s.rope_dim else (N * q_w * b)
-        if prof.fused_qkv:
-            rot = qkv + (3 * N * q_w * b if s.rope_dim else 0)
-        if not attention_only:
-            moments.append(Moment("prefill/qkv", R + Xn + rot, kv_full=False,
-                                  formula="R + N*h*b + (4*q + 2*kv)*N*b",
-                                  substituted=lambda: f"R {R} + {Xn} + {rot}"))
-        if spec.qk_norm in ("head", "full") and not attention_only:
-            # q_norm(q_proj(x)): the projection beside the norm's fp32 working set (per head
-            # for Qwen 3 / Gemma 3, over the whole q width for OLMo 2)
-            groups = s.heads if spec.qk_norm == "head" else 1
-            qn = N * q_w * b + _rms_width(N, q_w, groups, b, prof.norm_out_fp32)
-            moments.append(Moment("prefill/q_norm", R + Xn + qn, kv_full=False,
-                                  formula="R + N*h*b + N*q*b + RMSNorm(q) working set",
-                                  substituted=lambda: f"R {R} + {Xn} + {qn}"))
-        q_live = N * q_w * b
-        repeat = 0
-        if attn == "eager":
-            if 1 < s.kv_heads < s.heads:
-                # repeat_kv: K and V expanded to a' heads (a view for a single KV head)
-                repeat = 2 * Nk * q_w * b
-            if prof.sinks:
-                # masked scores, cat(scores, sinks), its row max and the max-subtracted copy
-                # (softmax in b)
-                work = S * b + 2 * S1 * b + B * s.heads * P * b
-                f = ("R + N*h*b + q + 2*N*q*b (repeat_kv) + S*b + 2*B*a'*P*(P+1)*b + B*a'*P*b "
-                     "(sinks)")
-            else:
-                work = S * _eager_score_bytes(prof, s)
-                f = "R + N*h*b + q + 2*N*q*b (repeat_kv) + S*(b + 4 + 4)"
-        else:
-            mask_present = masks > 0 and layer is not None and layer.attention == "sliding"
-            if sdpa_math and not mask_present and s.kv_heads < s.heads:
-                # fp32 with grouped KV heads (enable_gqa, no mask): CUDA has no fused kernel
-                # and runs the math one: K and V repeated to a' heads, q * sqrt(scale), the
-                # causal mask as a float P x P, then the scores and the masked scores
-                # (``attn.add(mask)``, out of place under the tracer's dispatch mode); a
-                # decode step (one query, not causal) has no mask: its peak is the scores
-                # beside the scaled K^T they are computed from
-                repeat = 2 * Nk * q_w * b
-                # at q @ K^T: the scaled K^T, and (B > 1, P > 1) q's copy that folds the batch
-                # and head dims of its (B, P, a', d)-major layout for bmm
-                fold = B > 1 and P > 1 and not prof.rotary_cat
-                at_bmm = S * b + Nk * q_w * b + (N * q_w * b if fold else 0)
-                scores = max(2 * S * b, at_bmm) if P > 1 else at_bmm
-                work = N * q_w * b + (P * kv * b if P > 1 else 0) + scores
-                f = ("R + N*h*b + q + 2*N*q*b (K, V repeated) + N*q*b (scaled q) + P*P*b "
-                     "(float causal mask) + 2*S*b (scores, masked scores): SDPA math kernel")
-            else:
-                if 1 < s.kv_heads < s.heads and mask_present and P > 1:
-                    # a mask disables SDPA's enable_gqa: repeat_kv (one query: pack_gqa
-                    # folds the query heads instead)
-                    repeat = 2 * Nk * q_w * b
-                lse = 4 * B * s.heads * P
-                work = N * q_w * b + lse  # output + log-sum-exp
-                if prof.parallel_residual:
-                    # GPT-NeoX: transpose(1, 2).contiguous() copies the output (the
-                    # log-sum-exp is gone by then)
-                    work = 2 * N * q_w * b + max(0, lse - N * q_w * b)
-                f = "R + N*h*b + q + N*q*b + 4*B*a'*P (SDPA output, log-sum-exp)"
-                if mask_present:
-                    # SDPA turns the boolean window mask into an additive one in q's dtype
-                    # (convert_boolean_attn_mask), full size over the batch
-                    work += B * P * kv * b
-                    f += " + B*P*P*b (the window mask made additive)"
-        attn_live = Xn + q_live + qkv + repeat + work
-        moments.append(Moment("prefill/attention", R + attn_live, formula=f,
-                              substituted=lambda: (f"R {R} + {Xn} + {q_live + qkv} + {repeat} "
-                                                   f"+ {work}")))
-        if attn == "eager":
-            # probs @ v's output, then its transpose(1, 2).contiguous() copy for o_proj, while
-            # the probabilities and the (repeated) K, V are still referenced (the larger
-            # moment for short prompts: P < 2*d)
-            # (one query: the transpose keeps the output contiguous, no copy)
-            out_live = Xn + q_live + qkv + repeat + S1 * b + (2 if P > 1 else 1) * N * q_w * b
-            moments.append(Moment("prefill/attention_out", R + out_live,
-                                  formula="R + N*h*b + q + KV repeats + S*b + 2*N*q*b (the "
-                                          "output and its transposed copy)",
-                                  substituted=lambda: f"R {R} + {out_live}"))
-        if attn == "eager" and s.kv_heads == 1 < s.heads and not prof.sinks:
-            # one KV head: repeat_kv is an expanded view, which ``probs @ v`` copies to a'
-            # heads (matmul folds the batch dims): the probabilities, the copy and the output
-            # (the larger moment for few queries: a decode step)
-            v_live = Xn + q_live + qkv + S * b + Nk * q_w * b + N * q_w * b
-            moments.append(Moment("prefill/attention_v", R + v_live,
-                                  formula="R + N*h*b + q + S*b + B*kv*a'*d*b + N*q*b (probs @ "
-                                          "the single KV head expanded)",
-                                  substituted=lambda: f"R {R} + {v_live}"))
-
+        moments += _attention(spec, prof, s, attn, layer, R, X, kv, S, S1, masks, sdpa_math,
+                              attention_only)
     if attention_only:
         return moments
 
@@ -468,49 +353,12 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                               substituted=lambda: f"R {R} + {2 * X} + {rms} + {probs}"))
 
     # 4. the MLP (dense or MoE) of the last layer
-    is_moe = layer is not None and layer.moe and spec.moe is not None and moe_k > 0
     hidden = prof.mlp_hidden * X
-    if is_moe:
-        assert spec.moe is not None
-        E = spec.moe.num_experts
-        sN = N * moe_k  # token-expert pairs
-        ie = moe_width
-        w = 4 if prof.moe in ("mixtral", "deepseek") else b  # routing weights' dtype
-        rb = 4 if prof.moe == "deepseek" else b  # router logits (DeepSeek: fp32 router)
-        # router logits (kept by ``_, weights, index = self.gate(x)``), top-k weights and
-        # indices; grouped_mm's sort of the expert ids (sorted ids and permutation, int64),
-        # histc's 4-byte copy of the ids, the permuted routing weights, the per-expert counts
-        # and offsets; the inverse permutation joins them at the down projection
-        routing = (N * E * rb + N * moe_k * (w + 8) + 2 * 8 * sN + 4 * sN + sN * w + 8 * E)
-        shared_first = X if prof.moe == "qwen" and shared_width else 0
-        if prof.moe == "gpt_oss":
-            # gathered tokens, gate_up output and its gathered bias, then the clamped GLU's
-            # five s x I_e temporaries (clamp, clamp, gate*alpha, up + 1, product)
-            up = sN * h * b + 2 * sN * 2 * ie * b + 5 * sN * ie * b
-            down = sN * h * b + 2 * sN * h * b + sN * 2 * ie * b + sN * ie * b
-            f_up = "R + 2*N*h*b + s*h*b + 2*s*2*I_e*b + 5*s*I_e*b, s = N*k"
-        else:
-            up = sN * h * b + sN * 2 * ie * b + 2 * sN * ie * b
-            down = sN * h * b + sN * h * b + 2 * sN * h * w
-            f_up = "R + 2*N*h*b + s*h*b + s*2*I_e*b + 2*s*I_e*b, s = N*k"
-        base = R + hidden + shared_first + routing + probs
-        moments.append(Moment("prefill/moe_up", base + up + dequant_bytes,
-                              formula=f_up + " (+ routing tensors)",
-                              substituted=lambda: f"R {R} + {hidden + shared_first} + {routing} "
-                                          f"+ {up}"))
-        down += 8 * sN  # inv_perm
-        moments.append(Moment("prefill/moe_down", base + down,
-                              formula="R + 2*N*h*b + 2*s*h*b + 2*s*h*w (weighted, unpermuted)",
-                              substituted=lambda: f"R {R} + {hidden + shared_first} + {routing} "
-                                          f"+ {down}"))
-        if shared_width:
-            sh = 3 * N * shared_width * b
-            extra = X if prof.moe == "deepseek" else 0  # routed output kept for the sum
-            moments.append(Moment("prefill/shared_expert", R + hidden + extra + sh + probs,
-                                  formula="R + 2*N*h*b + 3*N*I_s*b",
-                                  substituted=lambda: f"R {R} + {hidden + extra} + {sh}"))
+    if layer is not None and layer.moe and spec.moe is not None and moe_k > 0:
+        moments += _moe_moments(spec, prof, s, R, X, hidden, probs, dequant_bytes, moe_k,
+                                moe_width, shared_width)
     else:
-        F = N * s.I * b
+        F = B * P * s.I * b
         coeff = {"gated": 3, "gated_fused": 4, "gelu_new": 4, "plain": 2}[prof.mlp]
         mlp = coeff * F
         moments.append(Moment("prefill/mlp", R + hidden + mlp + probs + dequant_bytes,
@@ -520,6 +368,212 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
                               substituted=lambda: f"R {R} + {hidden} + {mlp} + {probs}"
                                           + (f" + {dequant_bytes}" if dequant_bytes else "")))
     return moments
+
+
+def _mla_attention(spec: ModelSpec, prof: Profile, s: Shapes, attn: str, R: int, X: int,
+                   kv: int, S: int) -> Moment:
+    """MLA's attention (DeepSeek): the latent's projections and the expanded keys and values,
+    then eager scores or the fused kernel's output (``R``: the resident bytes; ``X``: one
+    ``N x h`` activation; ``S``: the score elements)."""
+    assert spec.mla is not None
+    mla = spec.mla
+    B, P, b = s.B, s.P, s.b
+    N, Nk = B * P, B * kv
+    d_qk, d_v = mla.qk_head_dim, mla.v_head_dim
+    a = s.heads
+    live = (X + N * a * d_qk * b  # norm out, q projection (its q_nope view stays)
+            + N * (mla.kv_lora_rank + mla.qk_rope_head_dim) * b  # kv_a output (kv_nope view)
+            + N * a * mla.qk_rope_head_dim * b  # rotated q_pe
+            + N * a * d_qk * b  # query_states = cat(q_nope, q_pe)
+            + Nk * a * (mla.qk_nope_head_dim + d_v) * b  # kv_b_proj output (k_nope, v)
+            + Nk * a * d_qk * b)  # key_states (new_empty, filled)
+    if attn == "eager":
+        work = S * _eager_score_bytes(prof, s)
+        f = ("R + N*h*b + N*(r_kv + d_rope)*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b "
+             "+ S*(b+4+4)")
+    else:
+        # d_qk != d_v: CUDA runs a fused kernel (memory-efficient / cuDNN; the tracer's
+        # memfit::fused_attention): no scores, the output (B, a', P, d_v) and an fp32
+        # log-sum-exp; transpose(1, 2).contiguous() then copies the output for o_proj
+        # while it is still referenced (the copy outweighs the log-sum-exp).
+        work = max(2 * N * a * d_v * b, N * a * d_v * b + 4 * B * a * P)
+        f = ("R + N*h*b + N*(r_kv + d_rope)*b + N*a'*(3*d_qk + d_rope + d_nope + d_v)*b "
+             "+ 2*N*a'*d_v*b (fused kernel output and its contiguous copy)")
+    return Moment("prefill/attention", R + live + work, formula=f,
+                  substituted=lambda: f"R {R} + {live} + {work}")
+
+
+def _attention(spec: ModelSpec, prof: Profile, s: Shapes, attn: str, layer: LayerSpec | None,
+               R: int, X: int, kv: int, S: int, S1: int, masks: int, sdpa_math: bool,
+               attention_only: bool) -> list[Moment]:
+    """Multi-head attention's moments (MHA / GQA / MQA): the projections with rotary and q's
+    norm (unless ``attention_only``), the kernel's working set, and eager attention's output
+    copies (see :func:`prefill_moments` for the arguments)."""
+    B, P, b = s.B, s.P, s.b
+    N, Nk = B * P, B * kv
+    q_w, kv_w = s.heads * s.d, s.kv_heads * s.d
+    Xn = 0 if prof.post_norm else X
+    qkv = N * (q_w + 2 * kv_w) * b if prof.fused_qkv else 0
+    moments = [] if attention_only else _qkv_moments(spec, prof, s, R, Xn, qkv)
+    q_live = N * q_w * b
+    if attn == "eager":
+        repeat, work, f = _eager_work(prof, s, kv, S, S1)
+    else:
+        repeat, work, f = _sdpa_work(prof, s, layer, kv, S, masks, sdpa_math)
+    attn_live = Xn + q_live + qkv + repeat + work
+    moments.append(Moment("prefill/attention", R + attn_live, formula=f,
+                          substituted=lambda: (f"R {R} + {Xn} + {q_live + qkv} + {repeat} "
+                                               f"+ {work}")))
+    if attn == "eager":
+        # probs @ v's output, then its transpose(1, 2).contiguous() copy for o_proj, while
+        # the probabilities and the (repeated) K, V are still referenced (the larger
+        # moment for short prompts: P < 2*d)
+        # (one query: the transpose keeps the output contiguous, no copy)
+        out_live = Xn + q_live + qkv + repeat + S1 * b + (2 if P > 1 else 1) * N * q_w * b
+        moments.append(Moment("prefill/attention_out", R + out_live,
+                              formula="R + N*h*b + q + KV repeats + S*b + 2*N*q*b (the "
+                                      "output and its transposed copy)",
+                              substituted=lambda: f"R {R} + {out_live}"))
+    if attn == "eager" and s.kv_heads == 1 < s.heads and not prof.sinks:
+        # one KV head: repeat_kv is an expanded view, which ``probs @ v`` copies to a'
+        # heads (matmul folds the batch dims): the probabilities, the copy and the output
+        # (the larger moment for few queries: a decode step)
+        v_live = Xn + q_live + qkv + S * b + Nk * q_w * b + N * q_w * b
+        moments.append(Moment("prefill/attention_v", R + v_live,
+                              formula="R + N*h*b + q + S*b + B*kv*a'*d*b + N*q*b (probs @ "
+                                      "the single KV head expanded)",
+                              substituted=lambda: f"R {R} + {v_live}"))
+    return moments
+
+
+def _qkv_moments(spec: ModelSpec, prof: Profile, s: Shapes, R: int, Xn: int,
+                 qkv: int) -> list[Moment]:
+    """The projections and rotary, and q's own norm (Qwen 3, Gemma 3, OLMo 2)."""
+    b, N = s.b, s.B * s.P
+    q_w, kv_w = s.heads * s.d, s.kv_heads * s.d
+    # projections and rotary: q_proj out, q*cos, rotate_half(q)*sin, q_embed; k and v outs
+    rot = (4 * N * q_w + 2 * N * kv_w) * b if s.rope_dim else (N * q_w * b)
+    if prof.fused_qkv:
+        rot = qkv + (3 * N * q_w * b if s.rope_dim else 0)
+    out = [Moment("prefill/qkv", R + Xn + rot, kv_full=False,
+                  formula="R + N*h*b + (4*q + 2*kv)*N*b",
+                  substituted=lambda: f"R {R} + {Xn} + {rot}")]
+    if spec.qk_norm in ("head", "full"):
+        # q_norm(q_proj(x)): the projection beside the norm's fp32 working set (per head
+        # for Qwen 3 / Gemma 3, over the whole q width for OLMo 2)
+        groups = s.heads if spec.qk_norm == "head" else 1
+        qn = N * q_w * b + _rms_width(N, q_w, groups, b, prof.norm_out_fp32)
+        out.append(Moment("prefill/q_norm", R + Xn + qn, kv_full=False,
+                          formula="R + N*h*b + N*q*b + RMSNorm(q) working set",
+                          substituted=lambda: f"R {R} + {Xn} + {qn}"))
+    return out
+
+
+def _eager_work(prof: Profile, s: Shapes, kv: int, S: int, S1: int) -> tuple[int, int, str]:
+    """Eager attention: (K, V repeats, the scores' working set, its formula)."""
+    B, P, b = s.B, s.P, s.b
+    repeat = 0
+    if 1 < s.kv_heads < s.heads:
+        # repeat_kv: K and V expanded to a' heads (a view for a single KV head)
+        repeat = 2 * B * kv * s.heads * s.d * b
+    if prof.sinks:
+        # masked scores, cat(scores, sinks), its row max and the max-subtracted copy
+        # (softmax in b)
+        work = S * b + 2 * S1 * b + B * s.heads * P * b
+        return repeat, work, ("R + N*h*b + q + 2*N*q*b (repeat_kv) + S*b + 2*B*a'*P*(P+1)*b "
+                              "+ B*a'*P*b (sinks)")
+    return (repeat, S * _eager_score_bytes(prof, s),
+            "R + N*h*b + q + 2*N*q*b (repeat_kv) + S*(b + 4 + 4)")
+
+
+def _sdpa_work(prof: Profile, s: Shapes, layer: LayerSpec | None, kv: int, S: int, masks: int,
+               sdpa_math: bool) -> tuple[int, int, str]:
+    """SDPA: (K, V repeats, the kernel's working set, its formula): the math kernel, or a
+    fused kernel's output and log-sum-exp (and a window mask made additive)."""
+    B, P, b = s.B, s.P, s.b
+    N, Nk, q_w = B * P, B * kv, s.heads * s.d
+    repeat = 0
+    mask_present = masks > 0 and layer is not None and layer.attention == "sliding"
+    if sdpa_math and not mask_present and s.kv_heads < s.heads:
+        # fp32 with grouped KV heads (enable_gqa, no mask): CUDA has no fused kernel
+        # and runs the math one: K and V repeated to a' heads, q * sqrt(scale), the
+        # causal mask as a float P x P, then the scores and the masked scores
+        # (``attn.add(mask)``, out of place under the tracer's dispatch mode); a
+        # decode step (one query, not causal) has no mask: its peak is the scores
+        # beside the scaled K^T they are computed from
+        repeat = 2 * Nk * q_w * b
+        # at q @ K^T: the scaled K^T, and (B > 1, P > 1) q's copy that folds the batch
+        # and head dims of its (B, P, a', d)-major layout for bmm
+        fold = B > 1 and P > 1 and not prof.rotary_cat
+        at_bmm = S * b + Nk * q_w * b + (N * q_w * b if fold else 0)
+        scores = max(2 * S * b, at_bmm) if P > 1 else at_bmm
+        work = N * q_w * b + (P * kv * b if P > 1 else 0) + scores
+        return repeat, work, ("R + N*h*b + q + 2*N*q*b (K, V repeated) + N*q*b (scaled q) + "
+                              "P*P*b (float causal mask) + 2*S*b (scores, masked scores): SDPA "
+                              "math kernel")
+    if 1 < s.kv_heads < s.heads and mask_present and P > 1:
+        # a mask disables SDPA's enable_gqa: repeat_kv (one query: pack_gqa
+        # folds the query heads instead)
+        repeat = 2 * Nk * q_w * b
+    lse = 4 * B * s.heads * P
+    work = N * q_w * b + lse  # output + log-sum-exp
+    if prof.parallel_residual:
+        # GPT-NeoX: transpose(1, 2).contiguous() copies the output (the
+        # log-sum-exp is gone by then)
+        work = 2 * N * q_w * b + max(0, lse - N * q_w * b)
+    f = "R + N*h*b + q + N*q*b + 4*B*a'*P (SDPA output, log-sum-exp)"
+    if mask_present:
+        # SDPA turns the boolean window mask into an additive one in q's dtype
+        # (convert_boolean_attn_mask), full size over the batch
+        work += B * P * kv * b
+        f += " + B*P*P*b (the window mask made additive)"
+    return repeat, work, f
+
+
+def _moe_moments(spec: ModelSpec, prof: Profile, s: Shapes, R: int, X: int, hidden: int,
+                 probs: int, dequant_bytes: int, moe_k: int, moe_width: int,
+                 shared_width: int) -> list[Moment]:
+    """A MoE block's moments: the experts' up and down projections beside the routing
+    tensors, and the shared expert (see the module docstring)."""
+    assert spec.moe is not None
+    B, P, b, h = s.B, s.P, s.b, s.h
+    N = B * P
+    E = spec.moe.num_experts
+    sN = N * moe_k  # token-expert pairs
+    ie = moe_width
+    w = 4 if prof.moe in ("mixtral", "deepseek") else b  # routing weights' dtype
+    rb = 4 if prof.moe == "deepseek" else b  # router logits (DeepSeek: fp32 router)
+    # router logits (kept by ``_, weights, index = self.gate(x)``), top-k weights and
+    # indices; grouped_mm's sort of the expert ids (sorted ids and permutation, int64),
+    # histc's 4-byte copy of the ids, the permuted routing weights, the per-expert counts
+    # and offsets; the inverse permutation joins them at the down projection
+    routing = (N * E * rb + N * moe_k * (w + 8) + 2 * 8 * sN + 4 * sN + sN * w + 8 * E)
+    shared_first = X if prof.moe == "qwen" and shared_width else 0
+    if prof.moe == "gpt_oss":
+        # gathered tokens, gate_up output and its gathered bias, then the clamped GLU's
+        # five s x I_e temporaries (clamp, clamp, gate*alpha, up + 1, product)
+        up = sN * h * b + 2 * sN * 2 * ie * b + 5 * sN * ie * b
+        down = sN * h * b + 2 * sN * h * b + sN * 2 * ie * b + sN * ie * b
+        f_up = "R + 2*N*h*b + s*h*b + 2*s*2*I_e*b + 5*s*I_e*b, s = N*k"
+    else:
+        up = sN * h * b + sN * 2 * ie * b + 2 * sN * ie * b
+        down = sN * h * b + sN * h * b + 2 * sN * h * w
+        f_up = "R + 2*N*h*b + s*h*b + s*2*I_e*b + 2*s*I_e*b, s = N*k"
+    base = R + hidden + shared_first + routing + probs
+    down += 8 * sN  # inv_perm
+    out = [Moment("prefill/moe_up", base + up + dequant_bytes,
+                  formula=f_up + " (+ routing tensors)",
+                  substituted=lambda: f"R {R} + {hidden + shared_first} + {routing} + {up}"),
+           Moment("prefill/moe_down", base + down,
+                  formula="R + 2*N*h*b + 2*s*h*b + 2*s*h*w (weighted, unpermuted)",
+                  substituted=lambda: f"R {R} + {hidden + shared_first} + {routing} + {down}")]
+    if shared_width:
+        sh = 3 * N * shared_width * b
+        extra = X if prof.moe == "deepseek" else 0  # routed output kept for the sum
+        out.append(Moment("prefill/shared_expert", R + hidden + extra + sh + probs,
+                          formula="R + 2*N*h*b + 3*N*I_s*b",
+                          substituted=lambda: f"R {R} + {hidden + extra} + {sh}"))
+    return out
 
 
 def logits_moments(spec: ModelSpec, s: Shapes, *, logits: str, last_stage: bool = True,
