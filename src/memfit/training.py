@@ -341,16 +341,17 @@ def _lean_fits(spec: ModelSpec, config: Mapping[str, Any] | None, base: Training
     """Whether some memory-lean layout of ``n`` GPUs fits: FSDP full over all of them, or TP
     within a node of 8 with FSDP across nodes, each with full checkpointing; options the
     user gave (``given``) are kept."""
-    sharding = {} if "zero" in given else dict(zero=0)
-    if "fsdp" not in given and "zero" not in given:
-        sharding["fsdp"] = "full"
-    lean = dict(pp=1, cp=1, ep=1, **sharding)
+    lean: dict[str, Any] = {"pp": 1, "cp": 1, "ep": 1}
+    if "zero" not in given:
+        lean["zero"] = 0
+        if "fsdp" not in given:
+            lean["fsdp"] = "full"
     if "checkpointing" not in given:
         lean["checkpointing"] = "full"
-    tries = [dict(dp=n, tp=1)]
+    tries: list[dict[str, Any]] = [{"dp": n, "tp": 1}]
     for tp in (2, 4, 8):
         if n % tp == 0:
-            tries.append(dict(dp=n // tp, tp=tp, sp=True))
+            tries.append({"dp": n // tp, "tp": tp, "sp": True})
     for kw in tries:
         kw.update(lean)
         if kw["dp"] == 1:
@@ -394,7 +395,10 @@ def _rescues(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOp
     out = []
     changes = [(k, v) for k, v in _RESCUES if getattr(base, k) != v
                and not (k == "optimizer_impl" and base.optimizer in ("lion", "adafactor"))]
-    for kw in [dict([c]) for c in changes] + ([dict(changes)] if len(changes) > 1 else []):
+    trials: list[dict[str, Any]] = [dict([c]) for c in changes]
+    if len(changes) > 1:
+        trials.append(dict(changes))
+    for kw in trials:
         try:
             o = replace(base, **kw)
         except MemfitError:

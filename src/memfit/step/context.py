@@ -118,3 +118,6 @@ class Stage:
 
     def __getattr__(self, name: str) -> Any:  # pragma: no cover - a part read too early
         raise AttributeError(f"Stage.{name} is not built yet")
+
+    def __setattr__(self, name: str, value: Any) -> None:  # the parts add their quantities
+        object.__setattr__(self, name, value)

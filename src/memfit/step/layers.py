@@ -131,7 +131,7 @@ def _op_sac_saved(s: Stage, layer: Any) -> int:
         if not bias:
             mms.append(width * b)
         if s.lora and name in s.c.lora_targets:
-            mms.extend((o.lora_rank * ab, width * ab))  # lora_A, lora_B
+            mms.extend(((o.lora_rank or 0) * ab, width * ab))  # lora_A, lora_B
 
     if fused_qkv:
         linear("q", q + 2 * kv, spec.qkv_bias)
