@@ -133,7 +133,7 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
 # -- refused knobs --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("opts", [
-    dict(qlora=True, dora=True), dict(lora_rank=16, lora_experts=True),
+    dict(qlora=True, dora=True), dict(lora_rank=16, lora_experts=True),  # dense: refused
     dict(checkpointing="op-selective", model="deepseek-v2-lite"),
     dict(checkpointing="full", checkpoint_every=2, lora_rank=8),
     dict(optimizer="paged-adamw", dp=2, zero=1),
@@ -191,6 +191,21 @@ def test_dora_saves_each_adapted_output_twice_and_trains_magnitudes() -> None:
     fwd = {p.name: p.peak_bytes for p in dora.phases}["forward"] - {
         p.name: p.peak_bytes for p in lora.phases}["forward"]
     assert fwd >= 2048 * outs * (2 + 4) * spec.num_layers
+
+
+def test_lora_on_fused_experts_trains_r_e_in_plus_out_per_tensor() -> None:
+    """peft target_parameters (ParamWrapper) on transformers 5's fused expert tensors:
+    lora_A (r E x in), lora_B (out x r E) per 3-D tensor, fp32 weights, gradients, AdamW."""
+    kw = dict(lora_rank=16, seq=1024, precision="bf16-true", lora_targets="attention",
+              checkpointing="full")
+    base, exp = (train("qwen3-30b-a3b", lora_experts=v, **kw) for v in (False, True))
+    spec = resolve_model("qwen3-30b-a3b")[0]
+    m, h = spec.moe, spec.hidden_size
+    per_layer = 16 * m.num_experts * ((h + 2 * m.expert_intermediate_size)
+                                      + (m.expert_intermediate_size + h))
+    added = (exp.assumptions["trainable_params_on_rank"]
+             - base.assumptions["trainable_params_on_rank"])
+    assert added == per_layer * spec.num_layers
 
 
 def test_adapter_knobs_need_adapters() -> None:

@@ -120,6 +120,7 @@ class ActivationSetup:
     lora_targets: frozenset[str] = frozenset(("q", "k", "v", "o", "gate", "up", "down"))
     lora_dropout: bool = False  # peft lora_dropout > 0: an nn.Dropout on each adapter's input
     dora: bool = False  # peft use_dora: weight-decomposed adapters
+    lora_experts: bool = False  # adapters on the fused 3-D expert tensors (target_parameters)
     lora_bytes: int = 4  # the adapters' dtype: fp32 (peft's default) or 16-bit
     qlora: bool = False
     dropout: tuple[bool, bool, bool] = (False, False, False)
@@ -515,6 +516,15 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
             bwd_t = max(bwd_t, scores_bwd)
     if lora and s.dora:
         saved["dora"] = T * _dora_saved(spec, layer, s)
+    if lora and s.lora_experts and layer.moe and spec.moe is not None:
+        # peft's ParamWrapper (tuners/lora/layer.py) parametrizes each fused expert tensor as
+        # W + einsum(lora_B, lora_A) * scaling: the merged (E, in, out) weight is a new tensor
+        # that grouped_mm saves for the input's gradient, per layer
+        moe = spec.moe
+        e_r, i_e = moe.num_experts // s.ep, -(-moe.expert_intermediate_size // tp)
+        n_in = 2 if spec.mlp_gated else 1
+        be = s.residual_bytes if s.autocast else s.compute_bytes
+        saved["moe_lora_weights"] = e_r * (n_in * i_e * h + h * i_e) * be
     return LayerActivations(saved=saved, forward_transient=fwd_t, backward_transient=bwd_t,
                             s2=T * s2 if spec.mla is None else 0,
                             cache_forward=_cache_forward(spec, layer, s, sliding),
@@ -611,9 +621,11 @@ def _moe_saved_per_token(spec: ModelSpec, s: ActivationSetup) -> int:
     experts = k * (be * h + n_in * be * I_e + n_act * be * I_e + be * h + 4)
     if s.lora:
         # frozen experts and router (peft adapts nn.Linear projections only): grouped_mm
-        # keeps no gathered input and no product for weight gradients, the router no input
+        # keeps no gathered input and no product for weight gradients, the router no input;
+        # with adapters on the experts (peft's ParamWrapper) their weights need gradients
         router -= router_in
-        experts -= k * (be * h + be * I_e)
+        if not s.lora_experts:
+            experts -= k * (be * h + be * I_e)
     if spec.model_type in ("deepseek_v2",):
         router += 4 * h  # the gate casts its input to fp32 (F.linear in fp32)
     return router + dispatch + experts

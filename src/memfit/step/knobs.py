@@ -132,9 +132,8 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
     if o.fsdp_version != 2 and o.fsdp is None:
         raise MemfitError.bad_value("fsdp-version", o.fsdp_version,
                                     "2 (the default) without --fsdp")
-    if o.lora_experts:
-        raise _not_yet("lora-experts", True, "off (adapters on transformers 5's fused 3-D "
-                       "expert tensors)")
+    if o.lora_experts and (spec.moe is None or o.qlora or o.fsdp is not None or o.dora):
+        raise _not_yet("lora-experts", True, "off for a dense model, with QLoRA, FSDP or DoRA")
     if o.dora and (o.qlora or o.fsdp is not None or spec.mla is not None):
         raise _not_yet("dora", True, "off with QLoRA, FSDP or multi-head latent attention")
     if o.loss == "fused-linear" and o.qlora:

@@ -65,6 +65,7 @@ def _setup(s: Stage) -> ActivationSetup:
                            sp=o.sp, ep=o.ep, cp=o.cp, lora=s.lora,
                            lora_rank=o.lora_rank or 0, lora_targets=c.lora_targets,
                            lora_dropout=s.lora and o.lora_dropout > 0, dora=s.lora and o.dora,
+                           lora_experts=s.lora and o.lora_experts,
                            # FSDP2's MixedPrecisionPolicy casts the adapters too
                            lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
                            qlora=o.qlora, dropout=dropout_config(s.spec, c.config),

@@ -57,13 +57,18 @@ def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool,
     return total
 
 
-def _adapters(groups: tuple[TensorGroup, ...], r: int,
-              targets: frozenset[str], dora: bool = False) -> tuple[TensorGroup, ...]:
+def _adapters(groups: tuple[TensorGroup, ...], r: int, targets: frozenset[str],
+              dora: bool = False, experts: bool = False) -> tuple[TensorGroup, ...]:
     """LoRA's A (r x in) and B (out x r) for every targeted linear (peft
     tuners/lora/layer.py ``LoraLayer.update_layer``: ``nn.Linear(in, r)``, ``nn.Linear(r,
     out)``, no bias)."""
     out = []
     for g in groups:
+        if experts and g.name in ("experts.gate_up_proj", "experts.down_proj"):
+            # peft's target_parameters (ParamWrapper): lora_A (r E x in), lora_B (out x r E)
+            e, d1, d2 = g.shape
+            out.append(TensorGroup(f"{g.name}.lora_A", (r * e, d2), g.count, g.part))
+            out.append(TensorGroup(f"{g.name}.lora_B", (d1, r * e), g.count, g.part))
         if g.lora and g.lora in targets and len(g.shape) == 2:
             n_out, n_in = g.shape
             out.append(TensorGroup(f"{g.name}.lora_A", (r, n_in), g.count, g.part))
@@ -108,7 +113,8 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
                   adapter_bytes: int, targets: frozenset[str]
                   ) -> tuple[StateInputs, tuple[TensorGroup, ...], int, dict[str, int]]:
     """The sums over one rank's tensors that the model states need (memoised per layout)."""
-    trainable = _adapters(groups, o.lora_rank or 0, targets, o.dora) if lora else groups
+    trainable = (_adapters(groups, o.lora_rank or 0, targets, o.dora, o.lora_experts)
+                 if lora else groups)
     P = tensor_elements(trainable)
     W = (weight_bytes(groups, recipe, o.qlora, o.qlora_stream == "fp32")
          + (adapter_bytes * P if lora else 0))
@@ -154,7 +160,7 @@ def build(s: Stage) -> None:
     s.opt = opt = get_optimizer(o.optimizer, o.optimizer_impl)
     skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.qlora_stream, o.optimizer,
             o.optimizer_impl,
-            len(s.layers), ab, c.lora_targets if lora else None, o.dora)
+            len(s.layers), ab, c.lora_targets if lora else None, o.dora, o.lora_experts)
     cached = memo.get(skey)
     if cached is None:
         cached = memo[skey] = _state_inputs(spec, groups, recipe, opt, o, lora, state_b,
