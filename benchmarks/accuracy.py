@@ -193,6 +193,8 @@ def variant_specs(n: int, seed: int = 2027) -> list[dict[str, Any]]:
             spec.update(lora_rank=rng.choice([4, 8, 16, 64]), qlora=kind == "qlora")
         elif kind == "fsdp-lora":
             spec.update(spec_extra)
+        if "lora_rank" in spec:  # the grid's adapters: every projection (peft's all-linear)
+            spec["lora_targets"] = "all-linear"
         else:
             spec.update(dp=rng.choice([2, 4, 8]), fsdp=kind[5:])
         out.append(spec)
