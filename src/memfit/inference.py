@@ -203,6 +203,27 @@ def _layouts(spec: ModelSpec, n: int, engine: str) -> list[tuple[int, int]]:
     return out
 
 
+#: Counts the fewest-GPU search tries one by one between a power of two that does not fit and
+#: the next that does; past it (a model that needs over 128 GPUs: 2,048 counts between 2,048
+#: and 4,096 took 25 s) it bisects, then checks the counts just below its answer.
+_SCAN_COUNTS = 64
+
+
+def _fewest(layout_of: Any, lo: int, hi: int, notes: list[str]) -> int:
+    """The fewest GPUs in ``[lo, hi]`` with a layout that fits (``hi`` has one)."""
+    if hi - lo < _SCAN_COUNTS:
+        return next(c for c in range(lo, hi + 1) if layout_of(c) is not None)
+    a, b = lo, hi
+    while a < b:  # more GPUs never fit worse (in practice): bisect
+        mid = (a + b) // 2
+        a, b = (a, mid) if layout_of(mid) is not None else (mid + 1, b)
+    below = [c for c in range(max(lo, b - 16), b) if layout_of(c) is not None]
+    found = below[0] if below else b
+    notes.append(f"fewest GPUs: {found}, found by bisection between {lo} and {hi} (each count's "
+                 "TP x PP splits tried) and a check of the 16 counts below")
+    return found
+
+
 def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: Any) -> FitResult:
     """Largest batch, longest prompt, fewest GPUs (and vLLM's KV capacity) on ``gpu``.
 
@@ -251,11 +272,8 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
             break
         n *= 2
     if hi is not None:
-        lo = hi // 2 + 1 if hi > 1 else 1
-        for c in range(lo, hi + 1):
-            if best_layout(c) is not None:
-                min_gpus, layout = c, best_layout(c)
-                break
+        min_gpus = _fewest(best_layout, hi // 2 + 1 if hi > 1 else 1, hi, notes)
+        layout = best_layout(min_gpus)
     # the layout for the batch / prompt questions
     if gpus is not None:
         lay = next((x for x in _layouts(spec, gpus, opts.engine)
