@@ -242,7 +242,7 @@ def test_qlora_16bit_stream_fake_equals_real(precision: str) -> None:
     ({"lora_rank": None, "lora_targets": "peft", "lora_dropout": 0.1}, "lora-dropout"),
     ({"lora_rank": None, "lora_targets": "peft", "dora": True}, "dora"),
     ({"lora_rank": None, "lora_targets": "peft", "lora_dtype": "bf16"}, "lora-dtype"),
-    ({"lora_experts": True}, "lora-experts"),
+    ({"lora_experts": True}, "lora-experts"),  # Llama has no fused experts
     ({"qlora": True, "dora": True, "precision": "bf16-true"}, "dora"),
     ({"qlora_stream": "16-bit"}, "qlora-stream"),
     ({"lora_targets": "nonexistent_proj"}, "lora-targets"),
@@ -250,3 +250,18 @@ def test_qlora_16bit_stream_fake_equals_real(precision: str) -> None:
 def test_untraced_adapter_knobs_raise(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(MemfitError, match=field):
         trace_training(LLAMA, options(**kw))
+
+
+@pytest.mark.parametrize(("family", "kw"), [
+    ("mixtral", {}),
+    pytest.param("qwen2_moe", {"lora_targets": "attention", "precision": "bf16-true"},
+                 marks=pytest.mark.slow),
+    pytest.param("qwen3_moe", {"lora_targets": "attention", "qlora": True,
+                               "qlora_stream": "16-bit", "precision": "bf16-true"},
+                 marks=[pytest.mark.slow, needs_bnb]),
+])
+def test_lora_on_fused_experts_fake_equals_real(family: str, kw: dict[str, Any]) -> None:
+    r = check(FAMILIES[family], options(**{"lora_targets": "peft", "lora_experts": True, **kw}))
+    without = trace_training(FAMILIES[family], options(**{"lora_targets": "peft", **kw}))
+    assert r.scenario["resolved"]["trainable_params"] > \
+        without.scenario["resolved"]["trainable_params"]

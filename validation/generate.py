@@ -270,6 +270,14 @@ CASES = [
     train("llama-3.2-1b", "b4-s2048-bf16true-opsac-fusedlce-oib", batch=4, seq=2048,
           precision="bf16-true", checkpointing="op-selective", loss="fused-linear",
           optimizer_in_backward=True),
+    # adapters on the fused MoE experts too (experts = --lora-experts: peft target_parameters)
+    train("mixtral-8x7b", "b1-s2048-bf16true-lora16-qv-experts-ckpt", batch=1, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_experts=True, checkpointing="full"),
+    train("qwen1.5-moe-a2.7b", "b2-s2048-bf16true-lora16-attn-experts", batch=2, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="attention", lora_experts=True),
+    train("qwen3-30b-a3b", "b1-s2048-bf16true-lora16-attn-experts-ckpt", batch=1, seq=2048,
+          precision="bf16-true", lora_rank=16, lora_targets="attention", lora_experts=True,
+          checkpointing="full"),
     # FSDP1 (fsdp1full = --fsdp-version 1 --fsdp full): flat parameters,
     # use_orig_params=True, one unit per decoder layer (accelerate / HF Trainer's layout)
     train("llama-3.2-1b", "b4-s2048-bf16true-dp8-fsdp1full", batch=4, seq=2048,

@@ -78,11 +78,12 @@ def require_peft() -> Any:
 def lora_targets(model: Any, spec: str) -> list[str] | str | None:
     """``--lora-targets`` as peft's ``target_modules``.
 
-    ``peft``: ``None``, so peft picks its own default for the model type
+    ``peft``: peft's own default for the model type
     (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``, ``q_proj, v_proj`` for Llama,
-    Mistral, Qwen); ``all-linear``: peft's own shorthand (every ``nn.Linear``/``Conv1D`` but
-    the output embedding: the seven projections of a Llama); ``attention`` / ``mlp``: the
-    q/k/v/o or gate/up/down projections the model has; else a comma list of module names.
+    Mistral, Mixtral, Qwen); ``all-linear``: peft's own shorthand (every
+    ``nn.Linear``/``Conv1D`` but the output embedding: the seven projections of a Llama);
+    ``attention`` / ``mlp``: the q/k/v/o or gate/up/down projections the model has; else a
+    comma list of module names.
     """
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
              if isinstance(m, torch.nn.Linear)}
@@ -94,7 +95,10 @@ def lora_targets(model: Any, spec: str) -> list[str] | str | None:
             raise MemfitError.bad_value("lora-targets", spec,
                                         "all-linear, attention, mlp or module names (peft has "
                                         f"no default targets for {model_type!r})")
-        return None
+        # what peft's _prepare_adapter_config sets for target_modules=None, passed explicitly:
+        # peft 0.21 with transformers 5's MoE weight conversions leaves None unresolved for
+        # Mixtral (NoMatchingPeftModuleError), while the mapping names q_proj, v_proj
+        return list(mapping[model_type])
     if spec == "all-linear":
         return spec
     wanted = {"attention": ATTENTION_TARGETS, "mlp": MLP_TARGETS}.get(spec)
@@ -109,19 +113,37 @@ def lora_targets(model: Any, spec: str) -> list[str] | str | None:
     return targets
 
 
+def expert_parameters(model: Any) -> list[str]:
+    """The fused 3-D MoE expert tensors of transformers 5 (``mlp.experts.gate_up_proj``,
+    ``mlp.experts.down_proj``), named as peft's ``target_parameters`` takes them."""
+    names = set()
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if p.dim() == 3 and "experts" in parts and "layers" in parts:
+            names.add(".".join(parts[parts.index("layers") + 2:]))
+    if not names:
+        raise MemfitError.bad_value("lora-experts", True, "off for a model without fused 3-D "
+                                    f"expert tensors ({type(model).__name__} has none)")
+    return sorted(names)
+
+
 def apply_lora(model: Any, rank: int, targets: str = "all-linear", dropout: float = 0.0,
-               dtype: str | None = None, dora: bool = False) -> Any:
+               dtype: str | None = None, dora: bool = False, experts: bool = False) -> Any:
     """``get_peft_model`` with LoRA of rank ``rank`` on ``targets`` (see :func:`lora_targets`).
 
     ``dropout``: peft's ``lora_dropout`` (an ``nn.Dropout`` on each adapter's input).
     ``dtype``: the adapters' dtype; ``None``/``fp32`` is peft's ``autocast_adapter_dtype=True``
     (fp32 adapters); ``bf16``/``fp16`` casts every adapter parameter (``lora_A``, ``lora_B``,
     DoRA's magnitude) after ``get_peft_model``, as a run that loads the adapters in the
-    model's dtype holds them. ``dora``: peft's ``use_dora=True``.
+    model's dtype holds them. ``dora``: peft's ``use_dora=True``. ``experts``: adapters on the
+    fused expert tensors too, peft's ``target_parameters`` (its ``ParamWrapper``, which adds
+    the low-rank delta to the whole 3-D weight each forward).
     """
     peft = require_peft()
+    extra = {"target_parameters": expert_parameters(model)} if experts else {}
     config = peft.LoraConfig(r=rank, target_modules=lora_targets(model, targets),
-                             lora_dropout=dropout, use_dora=dora, task_type="CAUSAL_LM")
+                             lora_dropout=dropout, use_dora=dora, task_type="CAUSAL_LM",
+                             **extra)
     with fake_swappable():
         model = peft.get_peft_model(model, config)
     if dtype not in (None, "fp32"):
@@ -134,7 +156,8 @@ def apply_lora(model: Any, rank: int, targets: str = "all-linear", dropout: floa
 def apply_lora_options(model: Any, options: Any) -> Any:
     """:func:`apply_lora` with ``TrainingOptions``' LoRA fields."""
     return apply_lora(model, options.lora_rank or 16, options.lora_targets,
-                      options.lora_dropout, options.lora_dtype, options.dora)
+                      options.lora_dropout, options.lora_dtype, options.dora,
+                      options.lora_experts)
 
 
 # -- QLoRA ------------------------------------------------------------------------------------

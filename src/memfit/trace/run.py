@@ -131,9 +131,9 @@ def _check_adapter_knobs(options: TrainingOptions) -> None:
                 raise MemfitError.bad_value(name.replace("_", "-"), getattr(options, name),
                                             f"{default} without --lora-rank or --qlora (no "
                                             "adapters to apply it to)")
-    if options.lora_experts:
-        raise _not_yet("lora-experts", True, "off (adapters on transformers 5's fused 3-D "
-                       "expert tensors, peft's target_parameters, are not traced)")
+    if options.lora_experts and (options.fsdp is not None or options.dora):
+        raise _not_yet("lora-experts", True, "off with --fsdp or --dora (peft's "
+                       "target_parameters adapters are traced on one GPU, without DoRA)")
     if options.dora and (options.qlora or options.fsdp is not None):
         raise _not_yet("dora", True, "off with --qlora or --fsdp (DoRA's weight norm "
                        "dequantizes through bitsandbytes / gathers the sharded base)")
