@@ -15,6 +15,7 @@ or rewrite the user's terminal.
 from __future__ import annotations
 
 import re
+import reprlib
 
 __all__ = ["MemfitError", "one_line"]
 
@@ -22,6 +23,22 @@ __all__ = ["MemfitError", "one_line"]
 # (Zl, Zp) and the bidirectional embedding/override/isolate marks (the "Trojan source"
 # characters, CVE-2021-42574).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+# A value is shown short: a 5,000-digit integer (whose repr raises past Python's int-str
+# limit), a list nested thousands deep or a megabyte string must not make the error itself
+# fail or flood the terminal.
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 3, 80, 80, 40
+_SHOW.maxlist = _SHOW.maxdict = _SHOW.maxtuple = _SHOW.maxset = 6
+
+
+def show(value: object) -> str:
+    """A bounded ``repr`` of ``value`` for an error message."""
+    try:
+        return _SHOW.repr(value)
+    except (ValueError, RecursionError):  # int-str limit, self-referencing structures
+        return f"<{type(value).__name__} too large to show>"
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -50,5 +67,5 @@ class MemfitError(ValueError):
     @classmethod
     def bad_value(cls, field: str, value: object, allowed: str) -> MemfitError:
         """Build the standard message: ``field: got VALUE; allowed: ALLOWED``."""
-        return cls(f"{field}: got {value!r}; allowed: {allowed}", field=field, value=value,
+        return cls(f"{field}: got {show(value)}; allowed: {allowed}", field=field, value=value,
                    allowed=allowed)
