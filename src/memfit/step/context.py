@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..arch import ModelSpec
 from ..memory.model_states import Recipe, layer_tensors, tensor_elements
@@ -119,5 +119,5 @@ class Stage:
     def __getattr__(self, name: str) -> Any:  # pragma: no cover - a part read too early
         raise AttributeError(f"Stage.{name} is not built yet")
 
-    def __setattr__(self, name: str, value: Any) -> None:  # the parts add their quantities
-        object.__setattr__(self, name, value)
+    if TYPE_CHECKING:  # the parts add their quantities (no runtime cost)
+        def __setattr__(self, name: str, value: Any) -> None: ...
