@@ -639,6 +639,37 @@ def fsdp_padded_elements(groups: tuple[TensorGroup, ...], shards: int) -> int:
                if g.shape else g.count for g in groups)
 
 
+def _fsdp_states(x: StateInputs, recipe: Recipe, *, dp: int, fsdp: str, offload: str,
+                 fsdp_cfg: FsdpConfig, padded: int, grad: int, extra: int, master: int,
+                 temps: int, step_grad: int) -> StateBytes:
+    """FSDP2's model states on one rank (see :func:`shard_states`)."""
+    P = x.trainable
+    W = x.weight_bytes
+    state = x.state_bytes
+    notes: list[str] = []
+    N = min(dp, fsdp_cfg.gpus_per_node) if fsdp == "hybrid" else dp
+    unit = x.layer_elements * x.compute_bytes
+    gathered = x.root_elements * x.compute_bytes + (1 + fsdp_cfg.prefetch_layers) * unit
+    grad_op = x.layers * unit if fsdp == "grad-op" else 0
+    host = 0
+    # ``padded``: the trainable elements with each dim 0 padded to a multiple of N
+    def per_rank(n: int) -> int:
+        return -(-n * max(padded, P) // (max(P, 1) * N))
+    weights, grads = per_rank(W), per_rank(grad)
+    st, ms, sg = per_rank(state), per_rank(master), per_rank(step_grad)
+    tmp = per_rank(temps)
+    if offload != "none":
+        host = weights + grads + st + ms
+        weights = grads = st = ms = sg = tmp = 0
+        notes.append("FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimizer "
+                     "state on the host; the step runs on the CPU")
+    return StateBytes(weights=weights, gathered=gathered, gathered_grad_op=grad_op,
+                      gradients=grads + -(-extra // N), step_gradients=max(sg, grads),
+                      grad_buffers=x.layer_elements * recipe.grad_bytes if dp > 1 else 0,
+                      master=ms, optimizer=st, temporaries=tmp, host=host, shards=N,
+                      notes=tuple(notes))
+
+
 def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: str | None,
                  offload: str, zero_cfg: ZeroConfig = DEEPSPEED_DEFAULTS,
                  fsdp_cfg: FsdpConfig = FsdpConfig(), padded: int = 0) -> StateBytes:
@@ -677,27 +708,9 @@ def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: st
     step_grad = P * recipe.step_grad_bytes
     notes: list[str] = []
     if fsdp is not None:
-        N = min(dp, fsdp_cfg.gpus_per_node) if fsdp == "hybrid" else dp
-        unit = x.layer_elements * x.compute_bytes
-        gathered = x.root_elements * x.compute_bytes + (1 + fsdp_cfg.prefetch_layers) * unit
-        grad_op = x.layers * unit if fsdp == "grad-op" else 0
-        host = 0
-        # ``padded``: the trainable elements with each dim 0 padded to a multiple of N
-        def per_rank(n: int) -> int:
-            return -(-n * max(padded, P) // (max(P, 1) * N))
-        weights, grads = per_rank(W), per_rank(grad)
-        st, ms, sg = per_rank(state), per_rank(master), per_rank(step_grad)
-        tmp = per_rank(temps)
-        if offload != "none":
-            host = weights + grads + st + ms
-            weights = grads = st = ms = sg = tmp = 0
-            notes.append("FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimizer "
-                         "state on the host; the step runs on the CPU")
-        return StateBytes(weights=weights, gathered=gathered, gathered_grad_op=grad_op,
-                          gradients=grads + -(-extra // N), step_gradients=max(sg, grads),
-                          grad_buffers=x.layer_elements * recipe.grad_bytes if dp > 1 else 0,
-                          master=ms, optimizer=st, temporaries=tmp, host=host, shards=N,
-                          notes=tuple(notes))
+        return _fsdp_states(x, recipe, dp=dp, fsdp=fsdp, offload=offload, fsdp_cfg=fsdp_cfg,
+                            padded=padded, grad=grad, extra=extra, master=master,
+                            temps=temps, step_grad=step_grad)
     N = dp if zero else 1
     bucket = min(zero_cfg.reduce_bucket_size, P) * recipe.grad_bytes
     if zero == 0:
