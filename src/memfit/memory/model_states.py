@@ -670,6 +670,24 @@ def _fsdp_states(x: StateInputs, recipe: Recipe, *, dp: int, fsdp: str, offload:
                       notes=tuple(notes))
 
 
+def _ddp_states(x: StateInputs, *, dp: int, offload: str, grad: int, extra: int,
+                master: int, temps: int, step_grad: int) -> StateBytes:
+    """Unsharded model states (one GPU, or DDP's replicas; see :func:`shard_states`)."""
+    notes = []
+    buffers = grad if dp > 1 else 0
+    if dp > 1:
+        notes.append("DDP: flat gradient buckets the size of the gradients "
+                     "(gradient_as_bucket_view=False)")
+    if offload != "none":
+        raise MemfitError.bad_value("offload", offload,
+                                    "none without --zero or --fsdp (DeepSpeed offload "
+                                    "needs ZeRO >= 1; offloading parameters needs ZeRO-3)")
+    return StateBytes(weights=x.weight_bytes, gathered=0, gathered_grad_op=0,
+                      gradients=grad + extra, step_gradients=max(step_grad, grad) + extra,
+                      grad_buffers=buffers, master=master, optimizer=x.state_bytes,
+                      temporaries=temps, host=0, shards=1, notes=tuple(notes))
+
+
 def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: str | None,
                  offload: str, zero_cfg: ZeroConfig = DEEPSPEED_DEFAULTS,
                  fsdp_cfg: FsdpConfig = FsdpConfig(), padded: int = 0) -> StateBytes:
@@ -714,19 +732,8 @@ def shard_states(x: StateInputs, recipe: Recipe, *, dp: int, zero: int, fsdp: st
     N = dp if zero else 1
     bucket = min(zero_cfg.reduce_bucket_size, P) * recipe.grad_bytes
     if zero == 0:
-        buffers = grad if dp > 1 else 0
-        if dp > 1:
-            notes.append("DDP: flat gradient buckets the size of the gradients "
-                         "(gradient_as_bucket_view=False)")
-        host = 0
-        if offload != "none":
-            raise MemfitError.bad_value("offload", offload,
-                                        "none without --zero or --fsdp (DeepSpeed offload "
-                                        "needs ZeRO >= 1; offloading parameters needs ZeRO-3)")
-        return StateBytes(weights=W, gathered=0, gathered_grad_op=0, gradients=grad + extra,
-                          step_gradients=max(step_grad, grad) + extra, grad_buffers=buffers,
-                          master=master, optimizer=state, temporaries=temps, host=host,
-                          shards=1, notes=tuple(notes))
+        return _ddp_states(x, dp=dp, offload=offload, grad=grad, extra=extra, master=master,
+                           temps=temps, step_grad=step_grad)
     weights, gathered = W, 0
     grads = grad if zero == 1 else -(-grad // N)
     n_buckets = 2 if (zero == 3 and zero_cfg.overlap_comm_stage3) or (
