@@ -282,198 +282,172 @@ def _act_saved_tensors(activation: str) -> int:
 
 
 @lru_cache(maxsize=4096)
-def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> LayerActivations:
-    """What one decoder layer saves for backward (no checkpointing), in bytes, by part.
-
-    Closed forms per token (see the module docstring for symbols), T tokens in all:
-    norms sum(_norm_saved); qkv input b h (autocast: 2h per separate projection);
-    attention b(q + kv) rotated + b kv (v; fused q/k/v keeps the whole b(q + 2kv) output
-    alive) + b q (output) + 4a (lse); MLP 4 b I (gated) or (n_act + 1) b I; MoE router 4E + 8k
-    + 4k (+4), dispatch 24k + routed experts k(2h + 4I_e) b + k*4 (routing weights);
-    dropout masks 1 byte per element. TP divides heads, I and (with SP) the norms' inputs.
-    """
-    T = s.tokens
-    tp = s.tp
-    b, br = s.compute_bytes, s.residual_bytes
-    h = spec.hidden_size
-    sp_div = tp if s.sp else 1
-    style = NORM_STYLES.get(spec.model_type, "llama")
-    a = spec.num_heads // tp
-    a_kv = max(1, spec.num_kv_heads // tp)
-    d = spec.head_dim
-    fused_qkv, fused_gate_up = fused_projections(spec)
-    emb_drop, resid_drop, attn_drop = s.dropout
-    lora = s.lora
-    saved: dict[str, int] = {}
-    # A sliding window only changes anything once the keys reach it: transformers skips the
-    # mask (and SDPA runs with is_causal) while kv_length < window (_ignore_causal_mask_sdpa).
-    sliding = layer.attention == "sliding" and layer.window is not None and s.kv_seq >= layer.window
-
-    # -- norms ------------------------------------------------------------------------------
-    n_norms = spec.norms_per_layer
-    if spec.parallel_residual:  # GPT-NeoX: both norms read the same residual (saved once)
-        norm_bytes = _norm_saved(style, h, br, lora) + (_norm_saved(style, h, br, lora) - br * h)
+def _mla_attention(spec: ModelSpec, s: ActivationSetup, a: int, h: int, b: int) -> int:
+    """Multi-head latent attention (DeepSeek V2/V3), bytes per token saved."""
+    assert spec.mla is not None
+    m = spec.mla
+    q_dim = a * m.qk_head_dim
+    kv_dim = a * m.qk_head_dim
+    v_dim = a * m.v_head_dim
+    # q_a (or q), kv_a read the normed input; q_b / kv_b read the low-rank latents (their
+    # RMSNorms in fp32), the rotary half is rotated, then q, k, v enter SDPA.
+    inp = (2 * 2 * h if s.autocast else b * h)
+    lat = 0
+    if m.q_lora_rank is not None:
+        lat += _norm_saved("llama", m.q_lora_rank, b) + b * m.q_lora_rank
+    lat += _norm_saved("llama", m.kv_lora_rank, b) + b * m.kv_lora_rank
+    S_kv = s.kv_seq
+    if s.attn == "eager":
+        # q = cat(q_nope, q_pe) and the filled key tensor (matmul views both); v is a view
+        # of kv_b_proj's output, which matmul copies with B > 1 (folding B and heads) and
+        # views whole with B = 1; the fp32 softmax and its cast back; the output's
+        # transposed copy for o_proj
+        s2 = 4 * a * S_kv + (b * a * S_kv if b != 4 else 0)
+        v_saved = b * v_dim if s.batch > 1 else b * a * (m.qk_nope_head_dim + m.v_head_dim)
+        core = b * (q_dim + kv_dim) + v_saved + s2 + b * v_dim
     else:
-        norm_bytes = n_norms * _norm_saved(style, h, br, lora)
-    saved["norms"] = norm_bytes * T // sp_div
-
-    # -- attention ------------------------------------------------------------------------------
-    if spec.mla is not None:
-        m = spec.mla
-        q_dim = a * m.qk_head_dim
-        kv_dim = a * m.qk_head_dim
-        v_dim = a * m.v_head_dim
-        # q_a (or q), kv_a read the normed input; q_b / kv_b read the low-rank latents (their
-        # RMSNorms in fp32), the rotary half is rotated, then q, k, v enter SDPA.
-        inp = (2 * 2 * h if s.autocast else b * h)
-        lat = 0
-        if m.q_lora_rank is not None:
-            lat += _norm_saved("llama", m.q_lora_rank, b) + b * m.q_lora_rank
-        lat += _norm_saved("llama", m.kv_lora_rank, b) + b * m.kv_lora_rank
-        S_kv = s.kv_seq
-        if s.attn == "eager":
-            # q = cat(q_nope, q_pe) and the filled key tensor (matmul views both); v is a view
-            # of kv_b_proj's output, which matmul copies with B > 1 (folding B and heads) and
-            # views whole with B = 1; the fp32 softmax and its cast back; the output's
-            # transposed copy for o_proj
-            s2 = 4 * a * S_kv + (b * a * S_kv if b != 4 else 0)
-            v_saved = b * v_dim if s.batch > 1 else b * a * (m.qk_nope_head_dim + m.v_head_dim)
-            core = b * (q_dim + kv_dim) + v_saved + s2 + b * v_dim
-        else:
-            # d_qk != d_v: CUDA runs a fused kernel (memory-efficient / cuDNN; the tracer's
-            # memfit::fused_attention), which saves q = cat(q_nope, q_pe), the filled key
-            # tensor, v (a view of kv_b_proj's output, which it keeps whole: k_nope and v),
-            # its output and an fp32 log-sum-exp; o_proj saves the output's contiguous copy.
-            s2 = 0
-            core = (b * (q_dim + kv_dim) + b * a * (m.qk_nope_head_dim + m.v_head_dim)
-                    + 2 * b * v_dim + 4 * a)
-        saved["attention"] = T * (inp + lat + core)
-    else:
-        q, kv = a * d, a_kv * d
-        # autocast runs the attention in 16 bits even where the rest of the layer is fp32
-        # (QLoRA's fp32 MLP: SDPA is an autocast op, bitsandbytes' matmul is not)
-        b = 2 if s.autocast else s.compute_bytes
-        n_in = 1 if fused_qkv else 3
-        if lora:
-            inp = _adapter_inputs(s, h, _adapted(s, ("q",) if fused_qkv else ("q", "k", "v")),
-                                  br)
-        elif s.autocast:
-            inp = 2 * h * n_in
-        else:
-            inp = b * h
-        qk_norm = 0
-        if spec.qk_norm == "head":
-            nstyle = "gemma" if style == "gemma" else "llama"
-            qk_norm = ((_norm_saved(nstyle, q, b, lora) - 4 + 4 * a)
-                       + (_norm_saved(nstyle, kv, b, lora) - 4 + 4 * a_kv))
-        elif spec.qk_norm == "full":
-            qk_norm = _norm_saved(style, q, b, lora) + _norm_saved(style, kv, b, lora)
-        rotary = spec.rope_dim > 0
-        if fused_qkv:
-            qkv = b * (q + 2 * kv) + (b * (q + kv) if rotary else 0)
-            if s.use_cache:
-                # cache.update returns torch.cat copies of k and v, which SDPA saves: with
-                # rotary nothing keeps the fused output alive any more (q and k are rotated
-                # copies); GPT-2's q is still a view of it, and the two copies come on top.
-                qkv = b * (q + 2 * kv) if rotary else b * (q + 4 * kv)
-        else:
-            qkv = b * (q + 2 * kv)
-        n_rep = a // a_kv
+        # d_qk != d_v: CUDA runs a fused kernel (memory-efficient / cuDNN; the tracer's
+        # memfit::fused_attention), which saves q = cat(q_nope, q_pe), the filled key
+        # tensor, v (a view of kv_b_proj's output, which it keeps whole: k_nope and v),
+        # its output and an fp32 log-sum-exp; o_proj saves the output's contiguous copy.
         s2 = 0
-        probs_cast = 0  # eager: the probabilities' 16-bit cast, saved by probs @ v
-        # CUDA has no fused fp32 SDPA kernel for grouped KV heads (enable_gqa): it runs the
-        # math kernel, which repeats K/V, scales q and saves the fp32 softmax (the tracer
-        # calls the same kernel; memfit/trace/compat.py).
-        math_sdpa = (s.attn == "sdpa" and b == 4 and not s.autocast and n_rep > 1
-                     and not (sliding or d > 256))
-        if math_sdpa:
-            s2 = 4 * a * s.kv_seq
-            attn_bytes = inp + qk_norm + b * q + 2 * b * q + b * q + s2
-        elif s.attn == "eager":
-            S_kv = s.kv_seq
-            if layer.attention == "sliding" and layer.window:
-                S_kv = s.kv_seq  # eager computes the full S x S scores, masked
-            kv_eager = b * kv * 2 if n_rep == 1 else b * q * 2  # repeat_kv copies
-            # q and repeated k, v; the transposed contiguous output (o_proj's input)
-            core = b * q + kv_eager + b * q
-            if fused_qkv and not rotary:
-                core = b * (q + 2 * kv) + b * q
-                if s.use_cache and s.batch == 1:
-                    # matmul views q (the fused output stays whole) and saves the cache's
-                    # copies of k and v; with B > 1 they replace the copies matmul made
-                    core += 2 * b * kv
-            elif fused_qkv:
-                # v is a slice of the fused output: with B = 1 matmul views it (the whole
-                # fused output stays alive); with B > 1 folding (B, a) needs a copy of v only.
-                # With the cache, matmul gets the cache's contiguous copy of v instead.
-                v_saved = b * (q + 2 * kv) if (s.batch == 1 and not s.use_cache) else b * kv
-                core = b * (q + kv) + v_saved + b * q
-            # GPT-2 softmaxes in the input dtype, others in fp32; autocast runs softmax in fp32
-            softmax_fp32 = spec.model_type != "gpt2" or s.autocast
-            sm = (4 if softmax_fp32 else b) * a * S_kv
-            cast = b * a * S_kv if (softmax_fp32 and b != 4) else 0
-            if spec.attention_sinks:
-                # gpt-oss: softmax over [scores, sink] in the scores' dtype, and the argmax
-                # of the running max (int64) saved for backward
-                sm = (4 if s.autocast else b) * a * (S_kv + 1) + 8 * a
-                cast = 2 * a * S_kv if s.autocast else 0  # autocast's 16-bit copy for @ v
-            if attn_drop:
-                s2 = sm + a * S_kv + b * a * S_kv  # softmax out, mask, dropped weights
-            else:
-                s2 = sm + cast
-                probs_cast = cast
-            if s.attn_softcap:
-                s2 += b * a * S_kv  # tanh(scores / cap), saved by tanh's backward
-            attn_bytes = inp + qk_norm + core + s2
-        else:
-            lse = 4 * a
-            attn_bytes = inp + qk_norm + qkv + b * q + lse
-            if sliding:
-                # SDPA turns the boolean window mask into an additive one in q's dtype
-                # (convert_boolean_attn_mask) and saves it for backward: B x S x S per layer.
-                attn_bytes += b * s.kv_seq
-            if n_rep > 1 and a_kv > 1 and (sliding or d > 256):
-                # transformers passes enable_gqa only without a mask and for d <= 256
-                # (use_gqa_in_sdpa); otherwise repeat_kv copies k and v to a heads, and SDPA
-                # saves the copies instead (with one KV head the expand stays a view).
-                attn_bytes += 2 * b * (q - kv)
-            if spec.model_type in _ROTARY_CAT:
-                # q comes out of torch.cat (partial rotary): SDPA's output follows q's
-                # (B, a, S, d) layout and ``transpose(1, 2).contiguous()`` copies it for o_proj.
-                attn_bytes += b * q
-        copy_counted = s.attn == "eager" or math_sdpa
-        if lora and "o" in s.lora_targets and s.lora_dropout:
-            # o_proj's adapter: dropout's mask and its dropped copy; the eager and math
-            # kernels' transposed copy (counted above, b q) is then saved by no one
-            attn_bytes += (_adapter_inputs(s, q, 1, b) - (b * q if copy_counted else 0))
-        elif lora and "o" in s.lora_targets:
-            # o_proj's adapter saves its input (and lora_B's): where that is a cast, the
-            # cast; where it is the attention output itself, nothing more. The eager and
-            # math kernels' transposed copy (counted above, b q) is then saved by no one.
-            ad = _adapter_input_bytes(s)
-            attn_bytes += ad * s.lora_rank + (
-                (ad - b) * q if copy_counted else (ad * q if (ad != b or s.autocast) else 0))
-        elif lora and copy_counted:
-            attn_bytes -= b * q  # a frozen o_proj without an adapter saves no input
-        saved["attention"] = T * attn_bytes
-    b = s.compute_bytes
-    if resid_drop:
-        saved["dropout_masks"] = 2 * T * h // sp_div  # after attention and after the MLP
+        core = (b * (q_dim + kv_dim) + b * a * (m.qk_nope_head_dim + m.v_head_dim)
+                + 2 * b * v_dim + 4 * a)
+    return inp + lat + core
 
-    # -- MLP ----------------------------------------------------------------------------
-    if layer.moe and spec.moe is not None:
-        saved["moe"] = T * _moe_saved_per_token(spec, s)
-        if spec.moe.shared_intermediate_size:
-            saved["mlp"] = T * _mlp_saved_per_token(spec, spec.moe.shared_intermediate_size // tp,
-                                                    s, fused_gate_up)
-            if spec.moe.shared_expert_gate:
-                # sigmoid(gate) and the shared output (+ the gate's own 16-bit input cast)
-                saved["mlp"] += T * (b + b * h + (2 * h if s.autocast and not lora else 0))
+
+def _eager_attention(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, a: int, q: int,
+                     kv: int, b: int, n_rep: int, fused_qkv: bool, rotary: bool,
+                     attn_drop: bool) -> tuple[int, int, int]:
+    """Eager attention per token: (q, k, v and output kept, the S x S part, the
+    probabilities' 16-bit cast)."""
+    s2 = probs_cast = 0
+    S_kv = s.kv_seq
+    if layer.attention == "sliding" and layer.window:
+        S_kv = s.kv_seq  # eager computes the full S x S scores, masked
+    kv_eager = b * kv * 2 if n_rep == 1 else b * q * 2  # repeat_kv copies
+    # q and repeated k, v; the transposed contiguous output (o_proj's input)
+    core = b * q + kv_eager + b * q
+    if fused_qkv and not rotary:
+        core = b * (q + 2 * kv) + b * q
+        if s.use_cache and s.batch == 1:
+            # matmul views q (the fused output stays whole) and saves the cache's
+            # copies of k and v; with B > 1 they replace the copies matmul made
+            core += 2 * b * kv
+    elif fused_qkv:
+        # v is a slice of the fused output: with B = 1 matmul views it (the whole
+        # fused output stays alive); with B > 1 folding (B, a) needs a copy of v only.
+        # With the cache, matmul gets the cache's contiguous copy of v instead.
+        v_saved = b * (q + 2 * kv) if (s.batch == 1 and not s.use_cache) else b * kv
+        core = b * (q + kv) + v_saved + b * q
+    # GPT-2 softmaxes in the input dtype, others in fp32; autocast runs softmax in fp32
+    softmax_fp32 = spec.model_type != "gpt2" or s.autocast
+    sm = (4 if softmax_fp32 else b) * a * S_kv
+    cast = b * a * S_kv if (softmax_fp32 and b != 4) else 0
+    if spec.attention_sinks:
+        # gpt-oss: softmax over [scores, sink] in the scores' dtype, and the argmax
+        # of the running max (int64) saved for backward
+        sm = (4 if s.autocast else b) * a * (S_kv + 1) + 8 * a
+        cast = 2 * a * S_kv if s.autocast else 0  # autocast's 16-bit copy for @ v
+    if attn_drop:
+        s2 = sm + a * S_kv + b * a * S_kv  # softmax out, mask, dropped weights
     else:
-        saved["mlp"] = T * _mlp_saved_per_token(spec, spec.intermediate_size // tp, s,
-                                                fused_gate_up)
+        s2 = sm + cast
+        probs_cast = cast
+    if s.attn_softcap:
+        s2 += b * a * S_kv  # tanh(scores / cap), saved by tanh's backward
+    return core, s2, probs_cast
 
-    # -- transients ---------------------------------------------------------------------------
+
+def _std_attention(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, a: int,
+                   a_kv: int, d: int, h: int, br: int, style: str, fused_qkv: bool,
+                   sliding: bool, attn_drop: bool, lora: bool) -> tuple[int, int, int]:
+    """Multi-head / grouped-query attention per token: (saved bytes, the eager
+    probabilities' 16-bit cast, the S x S part)."""
+    q, kv = a * d, a_kv * d
+    # autocast runs the attention in 16 bits even where the rest of the layer is fp32
+    # (QLoRA's fp32 MLP: SDPA is an autocast op, bitsandbytes' matmul is not)
+    b = 2 if s.autocast else s.compute_bytes
+    n_in = 1 if fused_qkv else 3
+    if lora:
+        inp = _adapter_inputs(s, h, _adapted(s, ("q",) if fused_qkv else ("q", "k", "v")),
+                              br)
+    elif s.autocast:
+        inp = 2 * h * n_in
+    else:
+        inp = b * h
+    qk_norm = 0
+    if spec.qk_norm == "head":
+        nstyle = "gemma" if style == "gemma" else "llama"
+        qk_norm = ((_norm_saved(nstyle, q, b, lora) - 4 + 4 * a)
+                   + (_norm_saved(nstyle, kv, b, lora) - 4 + 4 * a_kv))
+    elif spec.qk_norm == "full":
+        qk_norm = _norm_saved(style, q, b, lora) + _norm_saved(style, kv, b, lora)
+    rotary = spec.rope_dim > 0
+    if fused_qkv:
+        qkv = b * (q + 2 * kv) + (b * (q + kv) if rotary else 0)
+        if s.use_cache:
+            # cache.update returns torch.cat copies of k and v, which SDPA saves: with
+            # rotary nothing keeps the fused output alive any more (q and k are rotated
+            # copies); GPT-2's q is still a view of it, and the two copies come on top.
+            qkv = b * (q + 2 * kv) if rotary else b * (q + 4 * kv)
+    else:
+        qkv = b * (q + 2 * kv)
+    n_rep = a // a_kv
+    s2 = 0
+    probs_cast = 0  # eager: the probabilities' 16-bit cast, saved by probs @ v
+    # CUDA has no fused fp32 SDPA kernel for grouped KV heads (enable_gqa): it runs the
+    # math kernel, which repeats K/V, scales q and saves the fp32 softmax (the tracer
+    # calls the same kernel; memfit/trace/compat.py).
+    math_sdpa = (s.attn == "sdpa" and b == 4 and not s.autocast and n_rep > 1
+                 and not (sliding or d > 256))
+    if math_sdpa:
+        s2 = 4 * a * s.kv_seq
+        attn_bytes = inp + qk_norm + b * q + 2 * b * q + b * q + s2
+    elif s.attn == "eager":
+        core, s2, probs_cast = _eager_attention(spec, layer, s, a, q, kv, b, n_rep,
+                                                fused_qkv, rotary, attn_drop)
+        attn_bytes = inp + qk_norm + core + s2
+    else:
+        lse = 4 * a
+        attn_bytes = inp + qk_norm + qkv + b * q + lse
+        if sliding:
+            # SDPA turns the boolean window mask into an additive one in q's dtype
+            # (convert_boolean_attn_mask) and saves it for backward: B x S x S per layer.
+            attn_bytes += b * s.kv_seq
+        if n_rep > 1 and a_kv > 1 and (sliding or d > 256):
+            # transformers passes enable_gqa only without a mask and for d <= 256
+            # (use_gqa_in_sdpa); otherwise repeat_kv copies k and v to a heads, and SDPA
+            # saves the copies instead (with one KV head the expand stays a view).
+            attn_bytes += 2 * b * (q - kv)
+        if spec.model_type in _ROTARY_CAT:
+            # q comes out of torch.cat (partial rotary): SDPA's output follows q's
+            # (B, a, S, d) layout and ``transpose(1, 2).contiguous()`` copies it for o_proj.
+            attn_bytes += b * q
+    copy_counted = s.attn == "eager" or math_sdpa
+    if lora and "o" in s.lora_targets and s.lora_dropout:
+        # o_proj's adapter: dropout's mask and its dropped copy; the eager and math
+        # kernels' transposed copy (counted above, b q) is then saved by no one
+        attn_bytes += (_adapter_inputs(s, q, 1, b) - (b * q if copy_counted else 0))
+    elif lora and "o" in s.lora_targets:
+        # o_proj's adapter saves its input (and lora_B's): where that is a cast, the
+        # cast; where it is the attention output itself, nothing more. The eager and
+        # math kernels' transposed copy (counted above, b q) is then saved by no one.
+        ad = _adapter_input_bytes(s)
+        attn_bytes += ad * s.lora_rank + (
+            (ad - b) * q if copy_counted else (ad * q if (ad != b or s.autocast) else 0))
+    elif lora and copy_counted:
+        attn_bytes -= b * q  # a frozen o_proj without an adapter saves no input
+    return attn_bytes, probs_cast, s2
+
+
+def _transients(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup,
+                saved: dict[str, int], a: int, a_kv: int, d: int, h: int, br: int,
+                style: str, fused_qkv: bool, sliding: bool, lora: bool, probs_cast: int,
+                sp_div: int) -> tuple[int, int, int]:
+    """(forward transient, backward transient, eager attention backward) of a layer."""
+    T, tp, b = s.tokens, s.tp, s.compute_bytes
+    q, kv, n_rep = a * d, a_kv * d, a // a_kv
     I = (spec.intermediate_size // tp) if not layer.moe else (
         spec.moe.expert_intermediate_size * spec.moe.top_k // tp if spec.moe else 0)
     fwd_t = T * 4 * h  # the norm's fp32 product before the cast back
@@ -514,6 +488,71 @@ def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> 
             attn_bwd = scores_bwd - freed + T * (br * h + b * q)
         else:
             bwd_t = max(bwd_t, scores_bwd)
+    return fwd_t, bwd_t, attn_bwd
+
+
+def layer_activations(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup) -> LayerActivations:
+    """What one decoder layer saves for backward (no checkpointing), in bytes, by part.
+
+    Closed forms per token (see the module docstring for symbols), T tokens in all:
+    norms sum(_norm_saved); qkv input b h (autocast: 2h per separate projection);
+    attention b(q + kv) rotated + b kv (v; fused q/k/v keeps the whole b(q + 2kv) output
+    alive) + b q (output) + 4a (lse); MLP 4 b I (gated) or (n_act + 1) b I; MoE router 4E + 8k
+    + 4k (+4), dispatch 24k + routed experts k(2h + 4I_e) b + k*4 (routing weights);
+    dropout masks 1 byte per element. TP divides heads, I and (with SP) the norms' inputs.
+    """
+    T = s.tokens
+    tp = s.tp
+    b, br = s.compute_bytes, s.residual_bytes
+    h = spec.hidden_size
+    sp_div = tp if s.sp else 1
+    style = NORM_STYLES.get(spec.model_type, "llama")
+    a = spec.num_heads // tp
+    a_kv = max(1, spec.num_kv_heads // tp)
+    d = spec.head_dim
+    fused_qkv, fused_gate_up = fused_projections(spec)
+    emb_drop, resid_drop, attn_drop = s.dropout
+    lora = s.lora
+    saved: dict[str, int] = {}
+    # A sliding window only changes anything once the keys reach it: transformers skips the
+    # mask (and SDPA runs with is_causal) while kv_length < window (_ignore_causal_mask_sdpa).
+    sliding = layer.attention == "sliding" and layer.window is not None and s.kv_seq >= layer.window
+
+    # -- norms ------------------------------------------------------------------------------
+    n_norms = spec.norms_per_layer
+    if spec.parallel_residual:  # GPT-NeoX: both norms read the same residual (saved once)
+        norm_bytes = _norm_saved(style, h, br, lora) + (_norm_saved(style, h, br, lora) - br * h)
+    else:
+        norm_bytes = n_norms * _norm_saved(style, h, br, lora)
+    saved["norms"] = norm_bytes * T // sp_div
+
+    # -- attention ------------------------------------------------------------------------------
+    if spec.mla is not None:
+        saved["attention"] = T * _mla_attention(spec, s, a, h, b)
+        s2 = probs_cast = 0
+    else:
+        attn_bytes, probs_cast, s2 = _std_attention(spec, layer, s, a, a_kv, d, h, br, style,
+                                                    fused_qkv, sliding, attn_drop, lora)
+        saved["attention"] = T * attn_bytes
+    b = s.compute_bytes
+    if resid_drop:
+        saved["dropout_masks"] = 2 * T * h // sp_div  # after attention and after the MLP
+
+    # -- MLP ----------------------------------------------------------------------------
+    if layer.moe and spec.moe is not None:
+        saved["moe"] = T * _moe_saved_per_token(spec, s)
+        if spec.moe.shared_intermediate_size:
+            saved["mlp"] = T * _mlp_saved_per_token(spec, spec.moe.shared_intermediate_size // tp,
+                                                    s, fused_gate_up)
+            if spec.moe.shared_expert_gate:
+                # sigmoid(gate) and the shared output (+ the gate's own 16-bit input cast)
+                saved["mlp"] += T * (b + b * h + (2 * h if s.autocast and not lora else 0))
+    else:
+        saved["mlp"] = T * _mlp_saved_per_token(spec, spec.intermediate_size // tp, s,
+                                                fused_gate_up)
+
+    fwd_t, bwd_t, attn_bwd = _transients(spec, layer, s, saved, a, a_kv, d, h, br, style,
+                                         fused_qkv, sliding, lora, probs_cast, sp_div)
     if lora and s.dora:
         saved["dora"] = T * _dora_saved(spec, layer, s)
     if lora and s.lora_experts and layer.moe and spec.moe is not None:
