@@ -23,7 +23,7 @@ import time
 TYPES = ("mamba", "mamba2", "falcon_h1", "qwen3_next", "jamba", "starcoder2", "gpt_bigcode",
          "falcon", "cohere", "cohere2", "glm4", "glm4_moe", "phimoe", "olmoe", "opt", "gptj",
          "phi", "stablelm", "mpt", "exaone4", "gpt_neo", "bloom", "olmo", "helium",
-         "smollm3", "granite", "granitemoe", "llava", "gemma3", "recurrent_gemma", "bert",
+         "smollm3", "llava", "mllama", "llama4", "gemma3", "recurrent_gemma", "bert",
          "modernbert", "roberta")
 ENCODERS = ("bert", "modernbert", "roberta")
 

@@ -82,7 +82,8 @@ def _trace(config: Mapping[str, Any], indices: tuple[int, ...] | None, options: 
     try:
         run = trace_inference if workload == "infer" else trace_training
         r = run(copy.deepcopy(config), options)
-    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (RuntimeError, TypeError, ValueError, LookupError, AttributeError,
+            NotImplementedError, AssertionError) as exc:  # model code the tracer cannot run
         if isinstance(exc, MemfitError):
             raise
         raise MemfitError.bad_value("model", hf_cfg.model_type,
