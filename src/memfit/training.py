@@ -134,8 +134,9 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
     counts = stage_layers(spec.num_layers, o.pp)
     stages = [0] if o.pp == 1 else sorted({0, o.pp - 1})
     results = [stage_estimate(c, s, counts) for s in stages]
-    best = max(results, key=lambda r: max(p.peak_bytes for p in r["phases"]))
-    peak = max(p.peak_bytes for p in best["phases"])
+    peaks = [max(p.peak_bytes for p in r["phases"]) for r in results]
+    peak = max(peaks)
+    best = results[peaks.index(peak)]
     overheads = overhead_terms(peak, world_size=plan.world_size, mode="train")
     gpu_name = gpu_bytes = None
     if o.gpu is not None:
@@ -186,7 +187,8 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
 
 
 def _options_dict(o: TrainingOptions, extra: Mapping[str, Any]) -> dict[str, Any]:
-    return {**{k: getattr(o, k) for k in _OPTION_NAMES},
+    d = o.__dict__  # the fields' values (a frozen dataclass), read without getattr
+    return {**{k: d[k] for k in _OPTION_NAMES},
             **{k: v for k, v in extra.items() if v is not None}}
 
 
