@@ -52,7 +52,7 @@ from .memory.kv_cache import (
     token_bytes_by_kind,
     tokens_in_layer,
 )
-from .memory.overhead import DEFAULT_OVERHEADS, overhead_terms
+from .memory.overhead import DEFAULT_OVERHEADS, overhead_bytes, overhead_terms
 from .memory.weights import (
     ResolvedWeights,
     layer_kind_counts,
@@ -510,7 +510,7 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
     assert best is not None
     world = o.tp * o.pp
     peak = best["total"]
-    overheads, oterms = _overheads(peak, world, "hf")
+    overheads = overhead_bytes(peak, world_size=world, engine="hf")
     gpu_name, gpu_bytes = _gpu(o)
     if rw.note:
         notes.append(rw.note)
@@ -527,7 +527,8 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
               "weights_source": rw.source, "blockers": _context_blockers(spec, o)}
     return Estimate(mode="infer", model=spec.name, options=_options_dict(o),
                     phases=tuple(best["phases"]), overheads=overheads,
-                    terms=LazyTerms(lambda: (*best["terms"](), *oterms)),
+                    terms=LazyTerms(lambda: (*best["terms"](), *overhead_terms(
+                        peak, world_size=world, engine="hf"))),
                     assumptions=assumptions, gpu=gpu_name,
                     gpu_memory_bytes=gpu_bytes, extras=extras)
 
@@ -536,9 +537,13 @@ _OPTION_NAMES = tuple(f.name for f in fields(InferenceOptions))
 
 
 def _options_dict(o: InferenceOptions) -> dict[str, Any]:
-    # the instance dict holds every field (a frozen dataclass without slots); reading it
-    # beats one getattr per option
+    """The options by field, for an Estimate (which copies it: the result may be the
+    instance's own dict, never to be changed). The instance dict holds every field in
+    declaration order (the dataclass's ``__init__`` and ``make_options`` set them so); with
+    nothing else in it, it is the answer as is."""
     d = o.__dict__
+    if len(d) == len(_OPTION_NAMES):
+        return d
     return {name: d[name] for name in _OPTION_NAMES}
 
 
@@ -1084,4 +1089,19 @@ def _llamacpp_result(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights,
                     host_bytes=lay["host_total"] + kv_host, extras=extras)
 
 
-ENGINE_FUNCS = {"hf": hf_estimate, "vllm": vllm_estimate, "llamacpp": llamacpp_estimate}
+def _sglang(spec: ModelSpec, o: InferenceOptions,
+            config: Mapping[str, Any] | None = None) -> Estimate:
+    from .engine_sglang import sglang_estimate  # its own module (imports this one)
+
+    return sglang_estimate(spec, o, config)
+
+
+def _ollama(spec: ModelSpec, o: InferenceOptions,
+            config: Mapping[str, Any] | None = None) -> Estimate:
+    from .engine_ollama import ollama_estimate  # llama.cpp with Ollama's defaults
+
+    return ollama_estimate(spec, o, config)
+
+
+ENGINE_FUNCS = {"hf": hf_estimate, "vllm": vllm_estimate, "llamacpp": llamacpp_estimate,
+                "sglang": _sglang, "ollama": _ollama}

@@ -41,11 +41,13 @@ OPTIMIZER_IMPLS = ("foreach", "fused", "forloop")
 CHECKPOINTING = ("none", "full", "selective", "op-selective")
 ATTN_IMPLS = ("sdpa", "eager")
 LOGITS = ("last", "all")
-ENGINES = ("hf", "vllm", "llamacpp")
+ENGINES = ("hf", "vllm", "llamacpp", "sglang", "ollama")
 # Other names of the engines, lowercased without punctuation (``llama.cpp``, ``vLLM``,
 # ``Transformers``, ``llama-cpp``): the CLI and ``memfit check`` accept them.
 ENGINE_SPELLINGS = {"llamacpp": "llamacpp", "vllm": "vllm", "hf": "hf", "transformers": "hf",
-                    "huggingface": "hf", "hftransformers": "hf"}
+                    "huggingface": "hf", "hftransformers": "hf", "sglang": "sglang",
+                    "ollama": "ollama"}
+OLLAMA_VERSIONS = ("0.5", "0.12")
 VLLM_VERSIONS = ("0.12", "0.21")
 VLLM_ENTRYPOINTS = ("serve", "llm")
 FLASH_ATTN = ("auto", "on", "off")
@@ -103,8 +105,9 @@ _PLANS: dict[type, _Plan] = {}
 
 def _check(obj: Any) -> None:
     """Validate every field of ``obj`` against its metadata; raise :class:`MemfitError`."""
+    d = obj.__dict__
     for attr, name, meta, real, choice_types, default in _plan(type(obj)):
-        value = getattr(obj, attr)
+        value = d[attr]
         if value is default:  # the very default object: valid by construction
             continue
         if value is None:
@@ -150,24 +153,28 @@ _ENGINE_OWNED: dict[type, tuple[tuple[str, str, Any], ...]] = {}
 
 
 def _engine_owned(cls: type) -> tuple[tuple[str, str, Any], ...]:
-    """(attribute, owning engine, default object) of every engine-specific field of ``cls``."""
+    """(attribute, owning engines, default object) of every engine-specific field of ``cls``:
+    its help starts with the engine's name, or several joined by "/" (``llamacpp/ollama:``,
+    a llama.cpp setting that Ollama passes through)."""
     owned = _ENGINE_OWNED.get(cls)
     if owned is None:
         owned = _ENGINE_OWNED[cls] = tuple(
             (f.name, owner, f.default) for f in fields(cls)
             for owner in (str(f.metadata.get("help", "")).split(":", 1)[0],)
-            if owner in ENGINES)
+            if owner and all(e in ENGINES for e in owner.split("/")))
     return owned
 
 
 def _check_engine_owned(obj: Any) -> None:
-    """Refuse an engine-specific option given with another engine, naming its engine."""
+    """Refuse an engine-specific option given with another engine, naming its engines."""
     for attr, owner, default in _engine_owned(type(obj)):
         value = getattr(obj, attr)
-        if value is not default and obj.engine != owner:
+        if value is not default and obj.engine not in owner.split("/"):
+            names = " or ".join(f"--engine {e}" for e in owner.split("/"))
             raise MemfitError.bad_value(
-                attr.replace("_", "-"), value, f"only with --engine {owner} (a setting of "
-                f"{owner}; the {obj.engine} engine has none, so it would be ignored)")
+                attr.replace("_", "-"), value, f"only with {names} (a setting of "
+                f"{owner.replace('/', ' and ')}; the {obj.engine} engine has none, so it "
+                "would be ignored)")
 
 
 def _default(cls: type, attr: str) -> Any:
@@ -223,7 +230,8 @@ class InferenceOptions:
     gpu_memory_utilization: float = _opt(0.9, "vllm: fraction of the GPU it reserves",
                                          min=0.01, max=1.0)
     block_size: int = _opt(16, "vllm: KV cache block size in tokens", min=1, max=1 << 20)
-    n_gpu_layers: int | None = _opt(None, "llamacpp: layers offloaded to the GPU (default all)",
+    n_gpu_layers: int | None = _opt(None, "llamacpp/ollama: layers offloaded to the GPU "
+                                    "(default all; Ollama: num_gpu, default its estimate)",
                                     min=0, max=1 << 20, nullable=True,
                                     aliases=("--gpu-layers", "-ngl"))
     max_model_len: int | None = _opt(None, "vllm: longest sequence it accepts (--max-model-len); "
@@ -243,29 +251,60 @@ class InferenceOptions:
     vllm_entrypoint: str = _opt("serve", "vllm: `vllm serve` (OpenAI server) or the LLM class "
                                 "(python), which set different batch defaults",
                                 choices=VLLM_ENTRYPOINTS)
-    flash_attn: str = _opt("auto", "llamacpp: flash attention (-fa); auto = on where the "
-                           "backend supports it (CUDA)", choices=FLASH_ATTN, aliases=("-fa",))
-    ubatch_size: int = _opt(512, "llamacpp: physical batch of the compute graph (-ub)", min=1,
+    flash_attn: str = _opt("auto", "llamacpp/ollama: flash attention (-fa; Ollama: "
+                           "OLLAMA_FLASH_ATTENTION=1 is on); auto = on where the backend "
+                           "supports it (CUDA); Ollama: off unless on", choices=FLASH_ATTN,
+                           aliases=("-fa",))
+    ubatch_size: int = _opt(512, "llamacpp/ollama: physical batch of the compute graph (-ub; "
+                            "Ollama: num_batch)", min=1,
                             max=1 << 20, aliases=("-ub",))
-    cache_type_k: str | None = _opt(None, "llamacpp: K cache type (-ctk); default --kv-dtype or "
-                                    "f16", nullable=True, aliases=("-ctk",))
-    cache_type_v: str | None = _opt(None, "llamacpp: V cache type (-ctv); default --kv-dtype or "
-                                    "f16 (quantized V needs flash attention)", nullable=True,
+    cache_type_k: str | None = _opt(None, "llamacpp/ollama: K cache type (-ctk; Ollama: "
+                                    "OLLAMA_KV_CACHE_TYPE); default --kv-dtype or f16",
+                                    nullable=True, aliases=("-ctk",))
+    cache_type_v: str | None = _opt(None, "llamacpp/ollama: V cache type (-ctv; Ollama: "
+                                    "OLLAMA_KV_CACHE_TYPE); default --kv-dtype or f16 "
+                                    "(quantized V needs flash attention)", nullable=True,
                                     aliases=("-ctv",))
     n_cpu_moe: int = _opt(0, "llamacpp: MoE expert tensors of the first N layers kept in host "
                           "RAM (--n-cpu-moe)", min=0, max=1 << 20)
     tensor_split: str | None = _opt(None, "llamacpp: split the offloaded layers over GPUs in "
                                     "these shares (--tensor-split 3,1; split-mode layer); "
                                     "default one GPU", nullable=True, aliases=("-ts",))
+    mem_fraction_static: float | None = _opt(
+        None, "sglang: fraction of the GPU's free memory for weights + KV pool "
+        "(--mem-fraction-static); default SGLang's rule by GPU memory and TP", min=0.01,
+        max=1.0, nullable=True)
+    context_length: int | None = _opt(None, "sglang: longest request (--context-length); "
+                                      "default the model's, derived as SGLang derives it",
+                                      min=1, max=MAX_COUNT, nullable=True)
+    max_running_requests: int | None = _opt(
+        None, "sglang: most requests at once (--max-running-requests); default from the pool",
+        min=1, max=1 << 20, nullable=True)
+    chunked_prefill_size: int | None = _opt(
+        None, "sglang: prefill chunk in tokens (--chunked-prefill-size); default by GPU memory",
+        min=1, max=MAX_COUNT, nullable=True)
+    cuda_graph_max_bs: int | None = _opt(
+        None, "sglang: largest CUDA-graph batch (--cuda-graph-max-bs); default by GPU memory "
+        "and TP", min=1, max=1 << 16, nullable=True)
+    disable_cuda_graph: bool = _opt(False, "sglang: no CUDA graphs (--disable-cuda-graph)",
+                                    flag=True)
+    num_ctx: int | None = _opt(None, "ollama: context window per model load (num_ctx, "
+                               "OLLAMA_CONTEXT_LENGTH); default by version (and VRAM)",
+                               min=1, max=MAX_COUNT, nullable=True)
+    num_parallel: int = _opt(1, "ollama: parallel requests (OLLAMA_NUM_PARALLEL); the context "
+                             "is num_ctx x num_parallel", min=1, max=1 << 10)
+    ollama_version: str = _opt("0.12", "ollama: release whose defaults are modelled: 0.12 "
+                               "(default context 4096) or 0.5 (2048)", choices=OLLAMA_VERSIONS)
 
     def __post_init__(self) -> None:
         _check(self)
         _check_engine_owned(self)
-        if self.engine == "llamacpp":  # llama.cpp splits layers across GPUs (--split-mode layer)
+        if self.engine in ("llamacpp", "ollama"):  # layers split across GPUs, not TP/PP/EP
             for name in ("tp", "pp", "ep"):
                 if getattr(self, name) > 1:
                     raise MemfitError.bad_value(
-                        name, getattr(self, name), "1 with --engine llamacpp (memfit models "
+                        name, getattr(self, name), f"1 with --engine {self.engine} (memfit "
+                        "models "
                         "llama.cpp on one GPU; its multi-GPU layer split is not modelled)")
 
 
@@ -353,12 +392,37 @@ def option_fields(cls: type) -> list[Any]:
 
 
 def make_options(cls: type, **kwargs: Any) -> Any:
-    """Build ``cls`` from keyword options, naming any unknown option and the valid ones."""
-    names = {plan[0] for plan in _plan(cls)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
+    """Build ``cls`` from keyword options, naming any unknown option and the valid ones.
+
+    The instance is made as the dataclass's ``__init__`` makes it (every field set in the
+    instance dict, the defaults the very class-level objects), then ``__post_init__`` checks
+    it; a class with a field lacking a plain default is built through ``cls(**kwargs)``."""
+    fast = _FAST.get(cls)
+    if fast is None:
+        fast = _FAST[cls] = _fast_plan(cls)
+    names, defaults = fast
+    if not names.issuperset(kwargs):
+        unknown = sorted(set(kwargs) - names)
         raise MemfitError.bad_value("option", unknown[0], ", ".join(sorted(names)))
-    return cls(**kwargs)
+    if defaults is None:
+        return cls(**kwargs)
+    obj = object.__new__(cls)
+    d = obj.__dict__
+    d.update(defaults)
+    d.update(kwargs)
+    obj.__post_init__()
+    return obj
+
+
+def _fast_plan(cls: type) -> tuple[frozenset[str], dict[str, Any] | None]:
+    """(the option names, the defaults by name or None when a field has none or a factory)."""
+    fs = fields(cls)
+    plain = all(f.default is not MISSING and f.default_factory is MISSING and f.init
+                for f in fs) and hasattr(cls, "__post_init__")
+    return frozenset(f.name for f in fs), ({f.name: f.default for f in fs} if plain else None)
+
+
+_FAST: dict[type, tuple[frozenset[str], dict[str, Any] | None]] = {}
 
 
 def with_changes(options: Any, **changes: Any) -> Any:
