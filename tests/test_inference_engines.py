@@ -165,15 +165,22 @@ def test_vllm_zero_sequences_never_fits() -> None:
     assert ok.extras["starts"] is True and ok.fits is True
     big = infer("llama-3.1-70b", engine="vllm", tp=2, prompt=8192, gpu="a100",
                 max_model_len=16384, batch=ok.extras["scenario_concurrency"] + 1)
-    assert big.fits is False and big.extras["starts"] is True
+    # fits == starts (issue 15): the batch beyond the pool is queued, said under the verdict,
+    # and `fit`'s largest batch stops before it
+    assert big.fits is True and big.extras["starts"] is True
+    assert big.extras["serves_request"] is False and big.extras["fits_concurrently"] is False
     assert "fewer than the batch" in render_estimate(big)
+    r16 = fit_infer("llama-3.1-70b", "a100", engine="vllm", tp=2, prompt=8192, gpus=2,
+                    max_model_len=16384)
+    assert r16.max_batch == ok.extras["scenario_concurrency"]
 
 
 def test_vllm_refuses_a_request_beyond_max_model_len() -> None:
     e = infer("llama-3.1-8b", engine="vllm", gpu="h100", max_model_len=4096, prompt=4000,
               generate=128)
-    assert e.extras["starts"] is True and e.fits is False
-    assert any("rejects the request" in b for b in e.extras["blockers"])
+    assert e.extras["starts"] is True and e.fits is True  # fits == starts
+    assert any("rejects the request" in b for b in e.extras["warnings"])
+    assert "rejects the request" in render_estimate(e)
     above = infer("llama-3.1-8b", engine="vllm", gpu="h100", max_model_len=200_000)
     assert above.fits is False and above.extras["starts"] is False
 

@@ -746,16 +746,16 @@ def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any
     seq = _vllm_seq_bytes(spec, r["counts"], kvdt, o.tp, o.block_size, tokens)
     out: dict[str, Any] = {"derived": derived, "max_len": max_len, "blockers": [],
                            "notes": [], "needed": o.batch * seq(T), "starts": None,
-                           "largest_len": None}
+                           "largest_len": None, "warnings": []}
     B = out["blockers"]
     refused = False  # a start check failed (the others refuse a request, not the engine)
     if o.max_model_len and o.max_model_len > derived:
         refused = True
         B.append(f"--max-model-len {o.max_model_len} is above the model's limit {derived}: "
                  "vLLM refuses it (VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 overrides)")
-    if T > max_len:
-        B.append(f"prompt + generate = {T} tokens is above max_model_len {max_len}: vLLM "
-                 "rejects the request")
+    if T > max_len:  # vLLM starts; the request is refused (fits == starts, issue 15)
+        out["warnings"].append(f"prompt + generate = {T} tokens is above max_model_len "
+                               f"{max_len}: vLLM rejects the request")
     if budget is None:
         return out
     if budget["free_at_start"] < budget["requested"]:
@@ -786,8 +786,9 @@ def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any
     out["scenario_concurrency"] = pool // per_seq if per_seq else 0
     out["max_concurrency"] = round(pool / one, 2) if one else 0.0
     if out["starts"] and T <= max_len and out["scenario_concurrency"] < o.batch:
-        B.append(f"the KV pool holds {out['scenario_concurrency']} sequences of {T} tokens at "
-                 f"once, fewer than the batch of {o.batch} (vLLM queues the rest)")
+        out["warnings"].append(
+            f"the KV pool holds {out['scenario_concurrency']} sequences of {T} tokens at "
+            f"once, fewer than the batch of {o.batch} (vLLM queues the rest)")
     return out
 
 
@@ -853,7 +854,8 @@ def _vllm_extras(o: InferenceOptions, r: dict[str, Any], budget: dict[str, Any] 
         "non_torch_bytes": VLLM_DEFAULTS.non_torch_bytes + VLLM_DEFAULTS.nccl_peer_bytes
         * min(o.tp * o.pp - 1, 2),
         "cuda_graph_bytes": 0 if budget is None else budget["graphs"],
-        "blockers": list(v["blockers"]),
+        "blockers": list(v["blockers"]), "warnings": list(v["warnings"]),
+        "serves_request": not v["warnings"],
     }
     if budget is not None:
         extras.update({

@@ -25,6 +25,7 @@ from .catalog import resolve_model, resolve_model_full
 from .engines import ENGINE_FUNCS
 from .errors import MemfitError
 from .memory.breakdown import Estimate, Phase, Term
+from .memory.weights import memo_table
 from .parallel import ParallelPlan
 from .solve import largest_true
 from .workload import MAX_COUNT, InferenceOptions, default_within, make_options
@@ -37,18 +38,26 @@ ModelLike = str | Path | Mapping[str, Any] | ModelSpec
 def estimate_inference(spec: ModelSpec, options: InferenceOptions,
                        config: Mapping[str, Any] | None = None) -> Estimate:
     """The estimate for an already resolved model and validated options."""
-    if spec.moe is None and options.ep > 1:
-        raise MemfitError.bad_value("ep", options.ep, "1 for a dense model")
-    ParallelPlan(tp=options.tp, pp=options.pp, ep=options.ep).validate(spec)
-    if spec.moe is not None and options.ep > 1 and spec.moe.num_experts % options.ep:
-        raise MemfitError.bad_value("ep", options.ep,
-                                    f"a divisor of the expert count {spec.moe.num_experts}")
+    table, key = memo_table(spec), ("layout_ok", options.tp, options.pp, options.ep)
+    if key not in table:  # a valid layout is remembered per model (bounded table)
+        _check_layout(spec, options)
+        table[key] = True
     options, note = _default_prompt(spec, options)
     est = ENGINE_FUNCS[options.engine](spec, options, config)
     if note is None:
         return est
     notes = est.assumptions.get("notes") or ()
     return replace(est, assumptions={**est.assumptions, "notes": (note, *notes)})
+
+
+def _check_layout(spec: ModelSpec, options: InferenceOptions) -> None:
+    """Refuse a TP/PP/EP layout the model cannot take, naming the factor."""
+    if spec.moe is None and options.ep > 1:
+        raise MemfitError.bad_value("ep", options.ep, "1 for a dense model")
+    ParallelPlan(tp=options.tp, pp=options.pp, ep=options.ep).validate(spec)
+    if spec.moe is not None and options.ep > 1 and spec.moe.num_experts % options.ep:
+        raise MemfitError.bad_value("ep", options.ep,
+                                    f"a divisor of the expert count {spec.moe.num_experts}")
 
 
 def _default_prompt(spec: ModelSpec, o: InferenceOptions) -> tuple[InferenceOptions, str | None]:
@@ -173,9 +182,12 @@ class FitResult:
 
 
 def _fits(est: Estimate) -> bool:
-    """The fit predicate: nvidia-smi total within the card (vLLM: and every sequence's blocks
-    in its pool at once)."""
-    if est.extras.get("fits_concurrently") is False:
+    """The fit predicate of ``fit``'s searches: nvidia-smi total within the card, and for the
+    serving engines (vLLM, SGLang, Ollama: ``fits`` is "it starts") the scenario served as
+    asked: the request within the engine's length and every sequence in its pool at once
+    (``serves_request``, ``fits_concurrently``)."""
+    x = est.extras
+    if x.get("fits_concurrently") is False or x.get("serves_request") is False:
         return False
     ok = est.fits
     return bool(ok)
@@ -189,7 +201,7 @@ MAX_GPUS = 65_536
 def _layouts(spec: ModelSpec, n: int, engine: str) -> list[tuple[int, int]]:
     """Valid (tp, pp) with tp * pp == n, TP first (TP within a node is the usual choice).
     llama.cpp's multi-GPU layer split is not modelled: one GPU only."""
-    if engine == "llamacpp":
+    if engine in ("llamacpp", "ollama"):
         return [(1, 1)] if n == 1 else []
     out = []
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
@@ -292,7 +304,6 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
         base = replace(opts, tp=layout[0], pp=layout[1])
         notes.append(f"the scenario does not fit tp={opts.tp} x pp={opts.pp}: batch and prompt "
                      f"answers use the fewest GPUs, tp={layout[0]} x pp={layout[1]}")
-    fits_now = ok(base)
     max_batch = largest_true(lambda x: ok(replace(base, batch=x)), 1, MAX_COUNT)
     cap, bound = _prompt_cap(spec, base, config)
     max_prompt = largest_true(lambda x: ok(replace(base, prompt=x)), 1, cap)
@@ -304,7 +315,7 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
     conc = e.extras.get("scenario_concurrency")
     notes.extend(_fit_notes(base, e, max_prompt, cap, bound, max_layers, spec.num_layers))
     return FitResult(model=spec.name, gpu=card.name, gpu_memory_bytes=card.usable_bytes,
-                     engine=base.engine, options=asdict(base), fits=fits_now,
+                     engine=base.engine, options=asdict(base), fits=bool(e.fits),
                      max_batch=max_batch, max_prompt=max_prompt, min_gpus=min_gpus,
                      layout={"tp": layout[0], "pp": layout[1]} if layout else None,
                      kv_cache_tokens=kv_tokens, kv_cache_blocks=kv_blocks, max_concurrency=conc,

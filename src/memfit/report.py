@@ -267,6 +267,10 @@ def _phase_table(est: Estimate, unit: str) -> str:
     return table(headers, rows, right=right)
 
 
+_ENGINE_WORDS = {"vllm": "vLLM", "sglang": "SGLang", "ollama": "Ollama", "llamacpp": "llama.cpp",
+                 "hf": "transformers"}
+
+
 def _verdict(est: Estimate, unit: str) -> list[str]:
     blockers = list(est.extras.get("blockers") or ())
     if est.gpu is None or est.gpu_memory_bytes is None:
@@ -278,8 +282,10 @@ def _verdict(est: Estimate, unit: str) -> list[str]:
     head = cap - total
     gpu = _gpu_words(est.gpu, cap, unit)
     out = []
+    engine = _ENGINE_WORDS.get(str(est.options.get("engine")), "the engine")
     if est.extras.get("starts") is False:
-        out.append(f"Fit: DOES NOT START on {gpu}: vLLM refuses to start.")
+        out.append(f"Fit: DOES NOT START on {gpu}: {engine} refuses to start or runs out of "
+                   "memory starting.")
     elif est.fits:
         out.append(f"Fit: FITS on {gpu}: total {fmt_bytes(total, unit, suffix=True)}, headroom "
                    f"{fmt_bytes(head, unit, suffix=True)} ({100 * head / cap:.1f}% of the GPU).")
@@ -293,9 +299,13 @@ def _verdict(est: Estimate, unit: str) -> list[str]:
     out.extend(_wrap(b, indent="       ", first="     - ") for b in blockers)
     if "kv_cache_tokens" in est.extras and est.extras.get("starts"):
         x = est.extras
-        out.append(f"     vLLM starts: KV pool {x['kv_cache_tokens']:,} tokens, max_model_len "
-                   f"{x['max_model_len']:,}, maximum concurrency {x['max_concurrency']}x at "
-                   "max_model_len.")
+        out.append(f"     {engine} starts: KV pool {x['kv_cache_tokens']:,} tokens, context "
+                   f"length {x['max_model_len']:,}, maximum concurrency "
+                   f"{x['max_concurrency']}x at that length.")
+    # the engine starts, but serves the request otherwise than asked (rejected, truncated
+    # or queued): said under the verdict, which stays the engine's own
+    out.extend(_wrap(w, indent="       ", first="     ! ")
+               for w in est.extras.get("warnings") or ())
     if not est.fits:
         out.append(f"     `memfit fit {est.model} {est.mode} --gpu {est.gpu}` finds the batch, "
                    "context and layouts that fit.")
