@@ -276,6 +276,28 @@ def test_fit_train_layouts_ranked():
     assert first.offload == "none" and first.checkpointing == "none"
 
 
+def test_cli_fit_train_without_gpus_names_the_fewest(capsys):
+    """`memfit fit llama-3.1-70b train --gpu h100 --seq 4096 --fsdp full` (issue 16): no
+    --gpus, so the CLI passes None and fit_train searches the fewest GPUs; --dp alone sets
+    the count."""
+    import json
+
+    from memfit.cli import main
+
+    assert main(["fit", "llama-3.1-70b", "train", "--gpu", "h100", "--seq", "4096",
+                 "--fsdp", "full", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    n = data["gpus"]
+    assert n > 1 and any("fewest GPUs" in x for x in data["notes"])
+    assert data["layouts"]
+    assert n == 24  # counts tried: powers of two, then multiples of 8
+    fewer = fit_train("llama-3.1-70b", "h100", 16, seq=4096, fsdp="full")
+    assert all(x.offload != "none" for x in fewer.layouts)  # 16 fit only with offloading
+    assert main(["fit", "llama-3.1-8b", "train", "--gpu", "h100", "--dp", "4", "--fsdp",
+                 "full", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gpus"] == 4
+
+
 def test_nothing_fits_gives_none():
     r = fit_train("llama-3.1-70b", "rtx-4090", 1, seq=2048, max_layouts=0)
     assert r.max_batch is None and r.max_seq is None

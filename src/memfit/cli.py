@@ -513,8 +513,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cls = InferenceOptions if args.mode == "infer" else TrainingOptions
     given = {f.name for f in fields(cls) if getattr(args, f.name, None) is not None}
     kwargs = {k: v for k, v in vars(options).items() if k in given and k != "gpu"}
-    gpus = args.gpus if args.gpus is not None or args.mode == "infer" else 1
-    result = fit(args.model, gpu=args.gpu, gpus=gpus, **kwargs)
+    # --gpus omitted: None, so fit_train takes the count from --dp/--tp/--pp/--cp or searches
+    # for the fewest GPUs that fit
+    result = fit(args.model, gpu=args.gpu, gpus=args.gpus, **kwargs)
     data = result.to_dict()
     if args.json:
         _print_json(data)
@@ -765,7 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_option_flags(q, cls, skip=("gpu",))
         q.add_argument("--gpu", required=True, help="GPU kind (see `memfit gpus`)")
         q.add_argument("--gpus", type=_int_arg, default=None,
-                       help="number of GPUs (default: 1 for train; searched for infer)")
+                       help="number of GPUs (default: for train --dp x --tp x --pp x --cp "
+                       "when given, else the fewest that fit; searched for infer)")
         _output_flags(q)
         q.set_defaults(func=cmd_fit)
 
