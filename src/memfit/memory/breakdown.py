@@ -94,7 +94,10 @@ class Phase:
         return sum(self.components.values())
 
 
-@dataclass(frozen=True)
+_NO_MAPPING: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, init=False)
 class Estimate:
     """Per-GPU memory of one scenario on its most loaded GPU.
 
@@ -115,14 +118,31 @@ class Estimate:
     host_bytes: int = 0  # CPU memory used by offload (ZeRO-Offload, llama.cpp layers on CPU)
     extras: Mapping[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        assert self.phases, "an estimate has at least one phase"
-        assert all(isinstance(v, int) and v >= 0 for phase in self.phases
-                   for v in phase.components.values()), self.phases
-        object.__setattr__(self, "options", freeze(self.options))
-        object.__setattr__(self, "overheads", freeze(self.overheads))
-        object.__setattr__(self, "assumptions", freeze(self.assumptions))
-        object.__setattr__(self, "extras", freeze(self.extras))
+    def __init__(self, mode: str, model: str, options: Mapping[str, Any],
+                 phases: tuple[Phase, ...], overheads: Mapping[str, int],
+                 terms: Sequence[Term] = (), assumptions: Mapping[str, Any] = _NO_MAPPING,
+                 gpu: str | None = None, gpu_memory_bytes: int | None = None,
+                 host_bytes: int = 0, extras: Mapping[str, Any] = _NO_MAPPING) -> None:
+        # written out rather than generated: the frozen dataclass's __init__ sets each field
+        # through object.__setattr__, a few microseconds per estimate; the mappings are
+        # frozen copies (results are immutable)
+        if __debug__:
+            assert phases, "an estimate has at least one phase"
+            for phase in phases:
+                for v in phase.components.values():
+                    assert isinstance(v, int) and v >= 0, phases
+        d = self.__dict__
+        d["mode"] = mode
+        d["model"] = model
+        d["options"] = MappingProxyType(dict(options))
+        d["phases"] = phases
+        d["overheads"] = MappingProxyType(dict(overheads))
+        d["terms"] = terms
+        d["assumptions"] = MappingProxyType(dict(assumptions))
+        d["gpu"] = gpu
+        d["gpu_memory_bytes"] = gpu_memory_bytes
+        d["host_bytes"] = host_bytes
+        d["extras"] = MappingProxyType(dict(extras))
 
     @property
     def peak_phase(self) -> Phase:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .breakdown import Term
 
-__all__ = ["OverheadModel", "DEFAULT_OVERHEADS", "overhead_terms"]
+__all__ = ["OverheadModel", "DEFAULT_OVERHEADS", "overhead_terms", "overhead_bytes"]
 
 MiB = 2**20
 
@@ -83,3 +83,19 @@ def overhead_terms(peak_bytes: int, *, world_size: int = 1, engine: str = "hf",
     # vLLM's CUDA graphs are engines.vllm_estimate's own term (inside or outside its KV
     # budget depending on the version); llama.cpp has no PyTorch allocator (see below)
     return terms
+
+
+def overhead_bytes(peak_bytes: int, *, world_size: int = 1, engine: str = "hf",
+                   mode: str = "infer",
+                   model: OverheadModel = DEFAULT_OVERHEADS) -> dict[str, int]:
+    """``{t.name: t.bytes for t in overhead_terms(...)}``, in the same order, without
+    formatting the derivations (an estimate's terms are built only when read)."""
+    out = {"cuda_context": (model.cuda_context_train_bytes if mode == "train"
+                            else model.cuda_context_bytes)}
+    if engine != "llamacpp":
+        out["allocator_slack"] = int(peak_bytes * model.allocator_slack_fraction)
+    if engine == "hf":
+        out["cublas_workspace"] = (2 if mode == "train" else 1) * model.cublas_workspace_bytes
+    if world_size > 1:
+        out["nccl_buffers"] = model.nccl_bytes
+    return out
