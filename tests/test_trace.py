@@ -570,8 +570,7 @@ def _llama_params() -> list[Any]:
 
 
 @pytest.mark.parametrize(("kw", "field"), [
-    ({"optimizer": "paged-adamw"}, "optimizer"),
-    ({"optimizer": "paged-adamw-8bit"}, "optimizer"),
+    ({"optimizer": "paged-adamw", "dp": 2, "fsdp": "full"}, "optimizer"),
     ({"checkpointing": "selective"}, "checkpointing"),
     ({"checkpoint_every": 2}, "checkpoint-every"),
     ({"loss_chunks": 4}, "loss-chunks"),
@@ -585,3 +584,27 @@ def _llama_params() -> list[Any]:
 def test_untraced_step_knobs_raise(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(MemfitError, match=field):
         trace_training(LLAMA, TrainingOptions(batch=2, seq=16, **kw))
+
+
+@pytest.mark.parametrize("optimizer", ["paged-adamw-8bit", "paged-adamw"])
+def test_paged_optimizers_keep_large_states_out_of_the_count(optimizer: str) -> None:
+    """bitsandbytes' rule: state buffers of tensors of 1e5 elements or more are paged (unified
+    memory, not counted); smaller ones are ordinary device tensors."""
+    pytest.importorskip("bitsandbytes")
+    config = dict(LLAMA, hidden_size=256, intermediate_size=512, vocab_size=512)
+    options = TrainingOptions(batch=2, seq=16, precision="bf16-true", optimizer=optimizer)
+    fake = trace_training(config, options)
+    real = trace_training(config, options, device_kind="real")
+    if optimizer == "paged-adamw-8bit":
+        assert_fake_equals_real(fake, real)
+    else:  # bitsandbytes' CPU 32-bit update allocates 128 bytes its fake kernel does not
+        assert abs(fake.peak_bytes - real.peak_bytes) <= 256
+    unpaged = "adamw-8bit" if optimizer.endswith("8bit") else "adamw"
+    full = trace_training(config, TrainingOptions(batch=2, seq=16, precision="bf16-true",
+                                                  optimizer=unpaged))
+    assert fake.components["optimizer_states"] < full.components["optimizer_states"]
+    from tests.conftest import hf_meta_model
+
+    small = sum(p.numel() for p in hf_meta_model(config).parameters() if p.numel() < 100_000)
+    if optimizer == "paged-adamw":  # two fp32 states per small tensor stay on the device
+        assert fake.components["optimizer_states"] == 2 * 4 * small

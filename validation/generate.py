@@ -278,6 +278,15 @@ CASES = [
     train("qwen3-30b-a3b", "b1-s2048-bf16true-lora16-attn-experts-ckpt", batch=1, seq=2048,
           precision="bf16-true", lora_rank=16, lora_targets="attention", lora_experts=True,
           checkpointing="full"),
+    # bitsandbytes' paged AdamW (pagedadamw / pagedadamw8bit): state of tensors >= 1e5 elements
+    # in CUDA unified memory, outside the allocator's count
+    train("llama-3.2-1b", "b4-s2048-bf16true-pagedadamw8bit", batch=4, seq=2048,
+          precision="bf16-true", optimizer="paged-adamw-8bit"),
+    train("llama-3.2-1b", "b2-s2048-bf16true-pagedadamw-ckpt", batch=2, seq=2048,
+          precision="bf16-true", optimizer="paged-adamw", checkpointing="full"),
+    train("llama-3.1-8b", "b1-s2048-qlora16-all-pagedadamw8bit", batch=1, seq=2048,
+          precision="bf16-true", qlora=True, lora_rank=16, lora_targets="all-linear",
+          optimizer="paged-adamw-8bit"),
     # FSDP1 (fsdp1full = --fsdp-version 1 --fsdp full): flat parameters,
     # use_orig_params=True, one unit per decoder layer (accelerate / HF Trainer's layout)
     train("llama-3.2-1b", "b4-s2048-bf16true-dp8-fsdp1full", batch=4, seq=2048,

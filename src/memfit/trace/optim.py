@@ -71,10 +71,42 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(name: str, impl: str, params: Sequence[Any]) -> Any:
+#: bitsandbytes' ``Optimizer8bit.get_state_buffer``: tensors of at least this many elements get
+#: paged (``cudaMallocManaged``) state buffers in a paged optimizer
+BNB_PAGED_MIN = 100_000
+
+
+def _paged(cls: type, host: Callable[[], Any] | None) -> type:
+    """A bitsandbytes paged optimizer whose paged state buffers are made as host memory.
+
+    ``Optimizer8bit.get_state_buffer`` (bitsandbytes 0.50): a tensor of at least 1e5 elements
+    gets ``F.get_paged(...)``, unified memory from ``cudaMallocManaged`` through its CUDA
+    library, outside PyTorch's allocator (``max_memory_allocated`` does not count it; the
+    driver keeps it on the GPU while memory allows and pages it out under pressure); smaller
+    ones ``torch.zeros_like`` on the device. On a CPU bitsandbytes falls back to unpaged
+    buffers, so this subclass makes the same choice and allocates the paged buffers under
+    ``host()`` (:meth:`MemoryTracker.host`: tracked, not counted); the update kernels are
+    bitsandbytes' own.
+    """
+
+    class Paged(cls):  # type: ignore[misc, valid-type]
+        def get_state_buffer(self, p: Any, dtype: Any = torch.float32) -> Any:
+            if self.is_paged and p.numel() >= BNB_PAGED_MIN and host is not None:
+                with host():
+                    return torch.zeros_like(p, dtype=dtype)
+            return torch.zeros_like(p, dtype=dtype, device=p.device)
+
+    Paged.__name__ = Paged.__qualname__ = cls.__name__
+    return Paged
+
+
+def make_optimizer(name: str, impl: str, params: Sequence[Any],
+                   host: Callable[[], Any] | None = None) -> Any:
     """The optimizer ``name`` over ``params`` in implementation ``impl`` (foreach/fused/forloop).
 
-    Hyperparameters are PyTorch's defaults: they change values, never allocations.
+    Hyperparameters are PyTorch's defaults: they change values, never allocations. ``host``
+    makes a storage host memory (the paged optimizers' unified-memory state, see
+    :func:`_paged`).
     """
     foreach, fused = impl == "foreach", impl == "fused"
     if name == "adamw":
@@ -94,14 +126,17 @@ def make_optimizer(name: str, impl: str, params: Sequence[Any]) -> Any:
             raise MemfitError.bad_value("optimizer-impl", impl,
                                         "foreach or forloop (Lion has no fused implementation)")
         return Lion(params, foreach=foreach)
-    if name == "adamw-8bit":
+    if name in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit"):
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
         except ImportError as exc:
             raise MemfitError.bad_value("optimizer", name,
                                         "adamw, sgd, sgd-momentum, adafactor or lion (tracing "
-                                        "adamw-8bit needs bitsandbytes installed)") from exc
-        return bnb.optim.AdamW8bit(params)
+                                        f"{name} needs bitsandbytes installed)") from exc
+        if name == "adamw-8bit":
+            return bnb.optim.AdamW8bit(params)
+        cls = bnb.optim.PagedAdamW if name == "paged-adamw" else bnb.optim.PagedAdamW8bit
+        return _paged(cls, host)(params)
     raise MemfitError.bad_value("optimizer", name, "adamw, adamw-8bit, sgd, sgd-momentum, "
                                 "adafactor, lion")
 
@@ -175,8 +210,9 @@ class OptimizerInBackward:
     """
 
     def __init__(self, name: str, impl: str, params: Sequence[Any],
-                 on_grad: Callable[[torch.Tensor], None]) -> None:
-        self.optimizers = {p: make_optimizer(name, impl, [p]) for p in params}
+                 on_grad: Callable[[torch.Tensor], None],
+                 host: Callable[[], Any] | None = None) -> None:
+        self.optimizers = {p: make_optimizer(name, impl, [p], host) for p in params}
         self.on_grad = on_grad
         self.handles = [p.register_post_accumulate_grad_hook(self._step) for p in params]
 

@@ -152,11 +152,8 @@ def _check_step_knobs(options: TrainingOptions) -> None:
     if options.checkpoint_every != 1 and options.checkpointing not in ("full", "op-selective"):
         raise MemfitError.bad_value("checkpoint-every", options.checkpoint_every,
                                     "1 without --checkpointing full|op-selective")
-    if options.optimizer in ("paged-adamw", "paged-adamw-8bit"):
-        raise _not_yet("optimizer", options.optimizer,
-                       "adamw, adamw-8bit, sgd, sgd-momentum, adafactor or lion (bitsandbytes' "
-                       "paged optimizers allocate their state with cudaMallocManaged through "
-                       "its CUDA library: no CPU or fake-tensor path, see docs/tracer.md)")
+    if options.optimizer in ("paged-adamw", "paged-adamw-8bit") and options.fsdp is not None:
+        raise _not_yet("optimizer", options.optimizer, "a non-paged optimizer with --fsdp")
     if options.fsdp_version != 2 and options.fsdp is None:
         raise MemfitError.bad_value("fsdp-version", options.fsdp_version,
                                     "2 (the default) without --fsdp")
@@ -557,8 +554,8 @@ def _make_optimizer(options: TrainingOptions, tracker: MemoryTracker,
                     params: list[Any]) -> Any:
     if options.optimizer_in_backward:
         return OptimizerInBackward(options.optimizer, options.optimizer_impl, params,
-                                   lambda g: tracker.track([g], "gradients"))
-    return make_optimizer(options.optimizer, options.optimizer_impl, params)
+                                   lambda g: tracker.track([g], "gradients"), tracker.host)
+    return make_optimizer(options.optimizer, options.optimizer_impl, params, tracker.host)
 
 
 def _train(session: Any, options: TrainingOptions, notes: list[str], hf_cfg: Any,
