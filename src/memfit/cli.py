@@ -263,7 +263,8 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
                                 help=help_text + shown_default)
             continue
         lo, hi = meta.get("min"), meta.get("max")
-        kind = _float_type(lo, hi) if isinstance(f.default, float) else (
+        real = isinstance(f.default, float) or isinstance(lo, float)  # as workload._plan
+        kind = _float_type(lo, hi) if real else (
             _int_type(lo, hi) if lo is not None else str)
         shown_default = "" if default is None else f" (default: {default})"
         parser.add_argument(*flags, dest=f.name, type=kind, default=None,

@@ -16,7 +16,9 @@ Ollama's names are from ``api/types.go`` (``Options``/``Runner``: ``num_ctx``, `
 layers, ``num_batch``) and ``envconfig/config.go`` (``OLLAMA_CONTEXT_LENGTH`` 4096,
 ``OLLAMA_NUM_PARALLEL`` 1, ``OLLAMA_KV_CACHE_TYPE`` f16, ``OLLAMA_FLASH_ATTENTION``), Ollama
 0.9: it allocates ``num_ctx x OLLAMA_NUM_PARALLEL`` cells (``llm/server.go``), and its library
-models are Q4_K_M GGUF files unless the tag says otherwise.
+models are Q4_K_M GGUF files unless the tag says otherwise. They map to memfit's
+``--engine ollama`` options (``--num-ctx``, ``--num-parallel``, ``-ngl``, ``-ub``,
+``-ctk``/``-ctv``, ``--flash-attn``; :mod:`memfit.engine_ollama`).
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def _parameter(r: Reader, line: str, env: dict[str, str]) -> None:
     value = value.strip().strip("\"'")
     name = f"PARAMETER {key}"
     if key == "num_ctx":
-        r.use(name, value, "prompt", to_int(name, value, 1))
+        r.use(name, value, "num_ctx", to_int(name, value, 1))
     elif key == "num_gpu":
         r.use(name, value, "n_gpu_layers", to_int(name, value, 0))
     elif key == "num_batch":  # Ollama sets n_batch and n_ubatch to it (llm/server.go)
@@ -212,7 +214,7 @@ def _parameter(r: Reader, line: str, env: dict[str, str]) -> None:
 
 def read_ollama(text: str) -> Translation:
     r = Reader("ollama", "infer")
-    r.use("Modelfile", "", "engine", "llamacpp")
+    r.use("Modelfile", "", "engine", "ollama")
     env: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -239,29 +241,26 @@ def read_ollama(text: str) -> Translation:
 
 def _ollama_env(r: Reader, env: dict[str, str]) -> Translation:
     for key, value in env.items():
-        if key == "OLLAMA_CONTEXT_LENGTH" and "prompt" not in r.t.options:
-            r.use(key, value, "prompt", to_int(key, value, 1))
+        if key == "OLLAMA_CONTEXT_LENGTH" and "num_ctx" not in r.t.options:
+            r.use(key, value, "num_ctx", to_int(key, value, 1))
         elif key == "OLLAMA_NUM_PARALLEL":
-            r.use(key, value, "batch", to_int(key, value, 1))
-        elif key == "OLLAMA_KV_CACHE_TYPE":
-            _kv(r, key, value)
+            r.use(key, value, "num_parallel", to_int(key, value, 1))
+        elif key == "OLLAMA_KV_CACHE_TYPE":  # one type for K and V (memfit's -ctk, -ctv)
+            _kv(r, key, value, "cache_type_k")
+            r.t.options["cache_type_v"] = r.t.options["cache_type_k"]
         elif key == "OLLAMA_FLASH_ATTENTION":
             _flash(r, key, "on" if value.lower() in ("1", "true") else "off")
         else:
             r.ignore(key, value, "no GPU memory effect memfit models (scheduling, paths, "
                      "reserved headroom)")
     if "OLLAMA_FLASH_ATTENTION" not in env:
-        r.ignore("OLLAMA_FLASH_ATTENTION", None, "not set: off in Ollama 0.9 (newer releases "
-                 "turn it on per model); memfit's --flash-attn auto is on for CUDA (give "
-                 "--flash-attn off for Ollama 0.9's default)")
+        r.note("OLLAMA_FLASH_ATTENTION", "(not set)", "off, Ollama's default (memfit "
+               "--engine ollama; newer releases turn it on per model)")
     t = r.done()
-    if "prompt" not in t.options:
-        r.note("num_ctx", "(not given)", "Ollama 0.9's default 4096 cells (newer releases "
-               "pick 4k/32k/256k by the GPU's memory: give --prompt)")
-        t.options["prompt"] = 4096
-    t.options.setdefault("batch", 1)
-    t.options["generate"] = 0
+    if "num_ctx" not in t.options:
+        r.note("num_ctx", "(not given)", "Ollama's default context (4096 cells in 0.12, "
+               "2048 in 0.5: --ollama-version; newer releases pick it by the GPU's memory)")
     if "n_gpu_layers" not in t.options:
-        r.ignore("num_gpu", None, "not given: Ollama offloads as many layers as fit; memfit puts "
-                 "every layer on the GPU (give --n-gpu-layers)")
+        r.note("num_gpu", "(not given)", "Ollama's own choice of the layers that fit "
+               "(llm/memory.go EstimateGPULayers), modelled with --gpu")
     return t

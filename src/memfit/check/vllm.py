@@ -12,10 +12,10 @@ vLLM refuses to start unless one sequence of ``max_model_len`` tokens fits the K
 (``vllm/v1/core/kv_cache_utils.py``, ``check_enough_kv_cache_memory``): memfit's
 ``--max-model-len`` answers that question, from the model's own limit when none is given.
 
-SGLang's names are from ``python/sglang/srt/server_args.py`` (``ServerArgs``, v0.4): memfit
-has no SGLang engine, so its static pool (``--mem-fraction-static`` of the GPU for weights and
-KV cache) is read as vLLM's ``gpu_memory_utilization`` budget, and that approximation is
-listed in ``ignored``.
+SGLang's names are from ``python/sglang/srt/server_args.py`` (``ServerArgs``): they map to
+memfit's ``--engine sglang`` options of the same names (``--mem-fraction-static``,
+``--context-length``, ``--max-running-requests``, ``--chunked-prefill-size``,
+``--cuda-graph-max-bs``, ``--disable-cuda-graph``; :mod:`memfit.engine_sglang`).
 """
 
 from __future__ import annotations
@@ -184,11 +184,14 @@ def _finish(r: Reader, context: int | None) -> Translation:
     return r.done()
 
 
+_SGLANG_OPTIONS = {  # launch_server flag -> (memfit option, kind: f float, i int, b switch)
+    "mem-fraction-static": ("mem_fraction_static", "f"),
+    "max-running-requests": ("max_running_requests", "i"),
+    "chunked-prefill-size": ("chunked_prefill_size", "i"),
+    "cuda-graph-max-bs": ("cuda_graph_max_bs", "i"),
+    "disable-cuda-graph": ("disable_cuda_graph", "b"),
+}
 _SGLANG_IGNORED = {
-    "max-running-requests": "SGLang's cap on concurrent requests; memfit reserves as vLLM",
-    "chunked-prefill-size": "tokens per prefill chunk: larger chunks, larger activations",
-    "cuda-graph-max-bs": "CUDA graph batch sizes; memfit uses a fixed allowance",
-    "disable-cuda-graph": "no CUDA graphs: less memory than memfit's allowance",
     "enable-dp-attention": "data-parallel attention changes the KV split, not modelled",
     "dp-size": "per-GPU memory unchanged (each replica holds its own copy)",
     "ep-size": "expert parallelism, not modelled apart for SGLang",
@@ -205,10 +208,7 @@ _SGLANG_SWITCHES = frozenset({"trust-remote-code", "disable-cuda-graph", "enable
 def read_sglang(argv: list[str]) -> Translation:
     """``argv``: the words after ``python -m sglang.launch_server``."""
     r = Reader("sglang", "infer")
-    r.use("sglang.launch_server", "", "engine", "vllm")
-    r.ignore("sglang.launch_server", "", "memfit has no SGLang engine: its static pool "
-             "(weights + KV cache in --mem-fraction-static of the GPU) is read as vLLM's "
-             "gpu_memory_utilization budget; SGLang's own buffers may differ")
+    r.use("sglang.launch_server", "", "engine", "sglang")
     words, pairs = long_options(argv, _SGLANG_SWITCHES, _SGLANG_SHORT)
     for extra in words:
         r.ignore("argument", extra, "a positional word launch_server does not take")
@@ -219,15 +219,18 @@ def read_sglang(argv: list[str]) -> Translation:
             r.model(flag, value)
         elif name == "context-length":
             context = human_int(name, value)
-            r.use(flag, value, "max_model_len", context)
+            r.use(flag, value, "context_length", context)
         elif name == "tp-size":
             r.use(flag, value, "tp", to_int(name, value, 1))
         elif name == "pp-size":
             r.use(flag, value, "pp", to_int(name, value, 1))
-        elif name == "mem-fraction-static":
-            r.use(flag, value, "gpu_memory_utilization", to_float(name, value, 0.01, 1.0))
+        elif name in _SGLANG_OPTIONS:  # memfit's --engine sglang options, same names
+            option, kind = _SGLANG_OPTIONS[name]
+            r.use(flag, value, option, to_float(name, value, 0.01, 1.0) if kind == "f"
+                  else True if kind == "b" else to_int(name, value, 1))
         elif name == "page-size":
-            r.use(flag, value, "block_size", to_int(name, value, 1))
+            r.ignore(flag, value, "SGLang rounds its pool down to whole pages: at most "
+                     "page-size - 1 tokens fewer than memfit's")
         elif _common(r, name, value):
             continue
         elif name in _SGLANG_IGNORED:
@@ -237,7 +240,7 @@ def read_sglang(argv: list[str]) -> Translation:
         else:
             r.ignore(flag, value, "not an option memfit reads for SGLang; if it changes "
                      "memory, the estimate does not include it")
-    if "gpu_memory_utilization" not in r.t.options:
-        r.ignore("--mem-fraction-static", None, "not given: SGLang picks it from the GPU's "
-                 "size (about 0.8 to 0.9); memfit uses 0.9 (give --gpu-memory-utilization)")
+    if "mem_fraction_static" not in r.t.options:
+        r.note("--mem-fraction-static", "(not given)", "SGLang's own rule from the GPU's "
+               "memory and TP (memfit applies it with --gpu)")
     return _finish(r, context)
