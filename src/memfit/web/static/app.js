@@ -65,6 +65,8 @@
     return colorIndex[name];
   };
   const label = (name) => name.replace(/_/g, " ");
+  const ENGINE_WORDS = { vllm: "vLLM", sglang: "SGLang", ollama: "Ollama", llamacpp: "llama.cpp",
+    hf: "transformers" };
 
   // ---- the form, from the option descriptions ------------------------------------------
 
@@ -174,9 +176,12 @@
     const n = $("#gpus").value.trim();
     state.gpus_count = n === "" ? null : Number(n);
     state.explain = $("#explain").checked;
+    showEngineOptions();
     for (const mode of state.meta.modes) {
       const opts = {};
       for (const input of document.querySelectorAll(`#options-${mode} [data-option]:is(input,select)`)) {
+        const box = input.closest(".control");
+        if (box && box.hidden) continue; // another engine's option
         const v = readControl(input);
         if (v !== undefined) opts[input.dataset.option] = v;
       }
@@ -203,6 +208,34 @@
     $("#config-box").hidden = state.source !== "config";
     for (const mode of state.meta.modes) $(`#options-${mode}`).hidden = state.mode !== mode;
     $("#explain-panel").hidden = !state.explain;
+    showEngineOptions();
+  }
+
+  // An option whose help starts with engine names ("vllm: ...", "llamacpp/ollama: ...")
+  // belongs to those engines (workload.py refuses it with another): the page shows the
+  // options of the chosen engine only, and sends none of the hidden ones.
+  function ownersOf(mode, opt) {
+    const engine = optionMeta(mode, "engine");
+    if (!engine || !opt) return null;
+    const names = opt.help.split(":", 1)[0].split("/");
+    return names.every((n) => engine.choices.includes(n)) ? names : null;
+  }
+
+  function chosenEngine(mode) {
+    const input = document.querySelector(`#options-${mode} select[data-option="engine"]`);
+    const value = input ? readControl(input) : undefined;
+    return value === undefined ? optionMeta(mode, "engine").default : value;
+  }
+
+  function showEngineOptions() {
+    for (const mode of state.meta.modes) {
+      if (!optionMeta(mode, "engine")) continue;
+      const engine = chosenEngine(mode);
+      for (const wrap of document.querySelectorAll(`#options-${mode} .control[data-option]`)) {
+        const owners = ownersOf(mode, optionMeta(mode, wrap.dataset.option));
+        wrap.hidden = owners !== null && !owners.includes(engine);
+      }
+    }
   }
 
   // ---- the URL holds the scenario --------------------------------------------------------
@@ -411,14 +444,20 @@
     else {
       // an engine's own refusal (vLLM not starting, a context beyond the model's limit) is
       // the verdict even when the bytes are within the GPU (extras.blockers)
+      // the engine's own words: vLLM / SGLang start or refuse (fits == starts); requests
+      // they reject, truncate or queue are said beside (extras.warnings), as in the CLI
       const blockers = (e.extras && e.extras.blockers) || [];
-      const refused = e.extras && e.extras.starts === false ? `vLLM does not start on ${e.gpu}`
+      const warnings = (e.extras && e.extras.warnings) || [];
+      const engine = ENGINE_WORDS[e.options && e.options.engine] || "the engine";
+      const refused = e.extras && e.extras.starts === false ? `${engine} does not start on ${e.gpu}`
         : `does not fit ${e.gpu}`;
+      const starts = e.extras && e.extras.starts === true ? `${engine} starts on ${e.gpu}`
+        : `fits ${e.gpu}`;
       verdict.textContent = e.fits
-        ? `fits ${e.gpu} (${gib(e.headroom_bytes)} GiB free)`
+        ? `${starts} (${gib(e.headroom_bytes)} GiB free)` + (warnings.length ? `; but ${warnings[0]}` : "")
         : blockers.length ? `${refused}: ${blockers[0]}`
           : `does not fit ${e.gpu} (${gib(-e.headroom_bytes)} GiB over)`;
-      verdict.className = e.fits ? "ok" : "bad";
+      verdict.className = e.fits ? (warnings.length ? "warn" : "ok") : "bad";
     }
     $("#peak-phase").textContent = e.peak_phase;
     renderBar(e);
