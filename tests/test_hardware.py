@@ -149,3 +149,25 @@ def test_auto_without_nvml_says_how_to_name_a_gpu(monkeypatch):
     with pytest.raises(MemfitError) as err:
         get_gpu("auto")
     assert err.value.field == "gpu" and "nvidia-ml-py" in str(err.value)
+
+
+def test_custom_gpu_object_in_the_api() -> None:
+    import memfit
+
+    g = memfit.make_gpu("my-a40", 46068 * 2**20)
+    assert g.memory_basis == "custom" and g.usable_bytes == 46068 * 2**20
+    e = memfit.infer("llama-3.1-8b", gpu=g)
+    assert e.gpu == "my-a40" and e.gpu_memory_bytes == 46068 * 2**20
+    assert memfit.infer("llama-3.1-8b", gpu="my-a40").gpu == "my-a40"  # found by name after
+    assert memfit.fit_infer("llama-3.1-8b", g).gpu == "my-a40"
+    with pytest.raises(memfit.MemfitError, match="catalog"):
+        memfit.infer("llama-3.1-8b", gpu=memfit.make_gpu("h100", 10))
+    with pytest.raises(memfit.MemfitError, match="memory_bytes"):
+        memfit.make_gpu("x", -1)
+
+
+def test_issue_15_cards_in_the_catalog() -> None:
+    from memfit.hardware import get_gpu
+
+    for name in ("rtx-5090", "h100-nvl", "h200-nvl", "b200", "mi300x", "mi325x"):
+        assert get_gpu(name).source  # each with its datasheet

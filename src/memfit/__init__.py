@@ -8,6 +8,7 @@ from __future__ import annotations
 from .api import ParamsResult, load_model, params
 from .arch import ModelSpec, from_hf_config
 from .errors import MemfitError
+from .hardware import GPU, make_gpu
 from .inference import fit_infer, infer
 from .memory.breakdown import Estimate
 from .training import fit_train, train
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Estimate",
+    "GPU",
     "InferenceOptions",
     "MemfitError",
     "ModelSpec",
@@ -30,6 +32,7 @@ __all__ = [
     "from_hf_config",
     "infer",
     "load_model",
+    "make_gpu",
     "params",
     "train",
 ]

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from .errors import MemfitError
 
-__all__ = ["GPU", "GPUS", "GPU_NAMES", "MEMORY_BASES", "get_gpu", "custom_gpu", "local_gpu"]
+__all__ = ["GPU", "GPUS", "GPU_NAMES", "MEMORY_BASES", "get_gpu", "custom_gpu", "local_gpu",
+           "make_gpu", "register_gpu"]
 
 MiB = 2**20
 GiB = 2**30
@@ -333,6 +334,49 @@ def custom_gpu(capacity: str) -> GPU | None:
                source="--gpu")
 
 
+#: GPUs defined in this process (:func:`make_gpu`, or a :class:`GPU` passed as ``gpu=``),
+#: found by name like the catalog's.
+_DEFINED: dict[str, GPU] = {}
+
+
+def make_gpu(name: str, memory_bytes: int, *, usable_bytes: int | None = None,
+             bandwidth_bytes_per_s: int = 0, bf16_tflops_dense: float | None = None) -> GPU:
+    """A GPU that is not in the catalog, for the API: ``memfit.make_gpu("my-a40", 48 *
+    2**30)``; pass it (or its name, once made) as ``gpu=``. ``memory_bytes`` is the total as
+    nvidia-smi reports it; ``usable_bytes`` what one process may use (default all of it)."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 64:
+        raise MemfitError.bad_value("gpu", name, "a name of 1 to 64 characters")
+    if (not isinstance(memory_bytes, int) or isinstance(memory_bytes, bool)
+            or not 0 < memory_bytes <= 2**50):
+        raise MemfitError.bad_value("memory_bytes", memory_bytes, "an integer number of "
+                                    "bytes in [1, 2**50]")
+    if usable_bytes is not None and not (isinstance(usable_bytes, int)
+                                         and 0 < usable_bytes <= memory_bytes):
+        raise MemfitError.bad_value("usable_bytes", usable_bytes,
+                                    f"an integer in [1, memory_bytes={memory_bytes}]")
+    gpu = GPU(name=name.strip().lower(), aliases=(), memory_bytes=memory_bytes,
+              marketed=f"{memory_bytes / GiB:.2f} GiB (given)", vendor="custom",
+              bandwidth_bytes_per_s=max(0, int(bandwidth_bytes_per_s)),
+              bf16_tflops_dense=bf16_tflops_dense, memory_basis="custom",
+              notes="A GPU defined through the API (make_gpu).", source="make_gpu",
+              usable_bytes=usable_bytes or 0)
+    return gpu
+
+
+def register_gpu(gpu: GPU) -> str:
+    """The name ``gpu`` is found by from now on (a :class:`GPU` passed as ``gpu=``). A catalog
+    name keeps its catalog entry unless ``gpu`` is that very entry."""
+    if not isinstance(gpu, GPU):
+        raise MemfitError.bad_value("gpu", gpu, "a GPU name or a memfit GPU object")
+    known = _EXACT.get(gpu.name) or _INDEX.get(_key(gpu.name))
+    if known is not None and known != gpu:
+        raise MemfitError.bad_value("gpu", gpu.name, "a name that is not the catalog's "
+                                    f"{known.name} (give the custom GPU another name)")
+    if known is None:
+        _DEFINED[gpu.name] = gpu
+    return gpu.name
+
+
 def local_gpu() -> GPU:
     """``--gpu auto``: the first local card, through nvidia-ml-py (``pynvml``) when it is
     installed: its catalog entry when the product name is known, else its total memory."""
@@ -367,7 +411,7 @@ def get_gpu(name: str | GPU) -> GPU:
     if isinstance(name, GPU):
         return name
     if isinstance(name, str):
-        found = _EXACT.get(name) or _INDEX.get(_key(name))
+        found = _EXACT.get(name) or _INDEX.get(_key(name)) or _DEFINED.get(name.strip().lower())
         if found is not None:
             return found
         if name.strip().lower() == "auto":

@@ -27,7 +27,7 @@ __all__ = [
     "OFFLOAD",
     "LOSSES",
     "FSDP_VERSIONS",
-    "QLORA_STREAMS",
+    "TRANSFORMERS_VERSIONS",
     "ADAPTER_DTYPES",
     "option_fields",
     "make_options",
@@ -55,8 +55,10 @@ FSDP_MODES = ("full", "grad-op", "hybrid")
 OFFLOAD = ("none", "optimizer", "params")
 ZERO_STAGES = (0, 1, 2, 3)
 FSDP_VERSIONS = (1, 2)
-LOSSES = ("hf", "chunked", "fused-linear")
-QLORA_STREAMS = ("fp32", "16-bit")
+LOSSES = ("hf", "chunked", "liger", "cce")
+# ``fused-linear`` was the name of Liger's loss before Cut Cross-Entropy got its own
+LOSS_SPELLINGS = {"fusedlinear": "liger", "ligerkernel": "liger", "cutcrossentropy": "cce"}
+TRANSFORMERS_VERSIONS = (4, 5)
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 
 # The largest size any count option accepts: far beyond any real run, small enough that the
@@ -339,9 +341,10 @@ class TrainingOptions:
                              "parameters (accelerate, HF Trainer)", choices=FSDP_VERSIONS)
     lora_rank: int | None = _opt(None, "LoRA rank (frozen base, trainable adapters)", min=1,
                                  max=1 << 16, nullable=True, aliases=("--lora-r",))
-    lora_targets: str = _opt("peft", "modules that get adapters: peft (peft's default for the "
-                             "model type, q_proj,v_proj for Llama), all-linear, attention, mlp, "
-                             "or a comma list of module names")
+    lora_targets: str = _opt("all-linear", "modules that get adapters: all-linear (every "
+                             "q/k/v/o and MLP projection), peft-default (peft's default for the "
+                             "model type, q_proj,v_proj for Llama), attention, mlp, or a comma "
+                             "list of module names")
     lora_dropout: float = _opt(0.0, "LoRA dropout probability (p > 0 keeps a mask and a dropped "
                                "copy of each adapter's input)", min=0.0, max=0.99)
     lora_dtype: str | None = _opt(None, "adapter weights' dtype; default: peft's fp32",
@@ -351,11 +354,17 @@ class TrainingOptions:
                               flag=True)
     qlora: bool = _opt(False, "QLoRA: base linears in bitsandbytes NF4 (rank 16 unless "
                        "--lora-rank)", flag=True)
-    qlora_stream: str = _opt("fp32", "QLoRA activation stream: fp32 = peft's "
-                             "prepare_model_for_kbit_training; 16-bit = torchtune, Unsloth, "
-                             "axolotl or peft without the prepare step", choices=QLORA_STREAMS)
+    no_kbit_prepare: bool = _opt(False, "QLoRA without peft's prepare_model_for_kbit_training: "
+                                 "the 16-bit stream of torchtune, Unsloth, axolotl (default: "
+                                 "the prepare step's fp32 upcast)", flag=True)
+    transformers: int = _opt(5, "transformers major version, for the MoE layout: 5 fuses the "
+                             "experts into 3-D tensors (bitsandbytes leaves them unquantized, "
+                             "peft adapts them only with --lora-experts); 4 keeps per-expert "
+                             "linear layers (quantized, adapted by name)",
+                             choices=TRANSFORMERS_VERSIONS)
     loss: str = _opt("hf", "cross-entropy: hf (full fp32 logits), chunked (torchtune), "
-                     "fused-linear (Liger, Cut Cross-Entropy)", choices=LOSSES)
+                     "liger (Liger's fused linear cross-entropy), cce (Cut Cross-Entropy)",
+                     choices=LOSSES, spellings=LOSS_SPELLINGS)
     loss_chunks: int = _opt(8, "chunks of the chunked loss", min=1, max=1 << 16)
     checkpoint_every: int = _opt(1, "checkpoint every N-th layer (with --checkpointing)",
                                  min=1, max=1 << 20)
@@ -401,6 +410,11 @@ def make_options(cls: type, **kwargs: Any) -> Any:
     if fast is None:
         fast = _FAST[cls] = _fast_plan(cls)
     names, defaults = fast
+    g = kwargs.get("gpu")
+    if g is not None and not isinstance(g, str):  # a memfit GPU object (hardware.make_gpu)
+        from .hardware import register_gpu
+
+        kwargs = {**kwargs, "gpu": register_gpu(g)}
     if not names.issuperset(kwargs):
         unknown = sorted(set(kwargs) - names)
         raise MemfitError.bad_value("option", unknown[0], ", ".join(sorted(names)))

@@ -65,6 +65,9 @@
     return colorIndex[name];
   };
   const label = (name) => name.replace(/_/g, " ");
+  // a GPU that is not in the catalog: its capacity ("24GiB", "80GB"), as --gpu takes it
+  const CUSTOM_GPU = "__custom__";
+  const CAPACITY = /^\s*\d+(\.\d+)?\s*(gib|gb|mib|mb|tib|tb)\s*$/i;
   const ENGINE_WORDS = { vllm: "vLLM", sglang: "SGLang", ollama: "Ollama", llamacpp: "llama.cpp",
     hf: "transformers" };
 
@@ -139,6 +142,7 @@
     gpu.append(el("option", { value: "", text: "none" }));
     for (const g of state.gpus)
       gpu.append(el("option", { value: g.name, text: `${g.name}  (${g.marketed})` }));
+    gpu.append(el("option", { value: CUSTOM_GPU, text: "other: a capacity…" }));
     $("#gpus").max = String(state.meta.limits.max_fit_gpus);
     $("#version").textContent = state.meta.server.version;
   }
@@ -172,7 +176,9 @@
     state.mode = document.querySelector('input[name="mode"]:checked').value;
     state.model = $("#model").value;
     state.config = $("#config").value;
-    state.gpu = $("#gpu").value;
+    const custom = $("#gpu").value === CUSTOM_GPU;
+    $("#gpu-custom").hidden = !custom;
+    state.gpu = custom ? $("#gpu-custom").value.trim() : $("#gpu").value;
     const n = $("#gpus").value.trim();
     state.gpus_count = n === "" ? null : Number(n);
     state.explain = $("#explain").checked;
@@ -194,7 +200,11 @@
     document.querySelector(`input[name="mode"][value="${state.mode}"]`).checked = true;
     if (state.models.some((m) => m.name === state.model)) $("#model").value = state.model;
     $("#config").value = state.config;
-    $("#gpu").value = state.gpus.some((g) => g.name === state.gpu) ? state.gpu : "";
+    const listed = state.gpus.some((g) => g.name === state.gpu);
+    const capacity = !listed && CAPACITY.test(state.gpu || "");
+    $("#gpu").value = listed ? state.gpu : capacity ? CUSTOM_GPU : "";
+    $("#gpu-custom").value = capacity ? state.gpu : "";
+    $("#gpu-custom").hidden = !capacity;
     $("#gpus").value = state.gpus_count === null ? "" : String(state.gpus_count);
     $("#explain").checked = state.explain;
     for (const mode of state.meta.modes)
