@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import MemfitError
 
-__all__ = ["AUTO_ORDER", "GENERATIVE", "model_class", "meta_model"]
+__all__ = ["AUTO_ORDER", "GENERATIVE", "load_hf_config", "meta_model", "model_class"]
 
 #: Auto classes tried in order when the config names no transformers class.
 AUTO_ORDER = ("AutoModelForImageTextToText", "AutoModelForSeq2SeqLM",
@@ -62,14 +62,29 @@ def model_class(hf_cfg: Any, config: Mapping[str, Any]) -> tuple[Any, str]:
                                 "a model_type transformers can build a model for")
 
 
+def load_hf_config(config: Mapping[str, Any]) -> Any:
+    """The transformers config object (a copy of ``config`` is read: transformers rewrites
+    nested dicts such as ``rope_scaling``); a config it refuses is a :class:`MemfitError`."""
+    from ..trace.build import hf_config, quiet_transformers
+
+    try:
+        with quiet_transformers():
+            return hf_config(copy.deepcopy(dict(config)))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, MemfitError):
+            raise
+        raise MemfitError.bad_value("model_type", config.get("model_type"),
+                                    f"a config transformers reads ({type(exc).__name__}: "
+                                    f"{str(exc)[:200]})") from exc
+
+
 def meta_model(config: Mapping[str, Any]) -> tuple[Any, Any, str]:
     """``(model, hf_cfg, auto)``: the model built on the meta device (no memory, no init)."""
     import torch
 
-    from ..trace.build import DTYPES, config_dtype, hf_config, quiet_transformers
+    from ..trace.build import DTYPES, config_dtype, quiet_transformers
 
-    with quiet_transformers():  # a copy: transformers rewrites nested dicts (rope_scaling)
-        hf_cfg = hf_config(copy.deepcopy(dict(config)))
+    hf_cfg = load_hf_config(config)
     cls, auto = model_class(hf_cfg, config)
     with quiet_transformers(), torch.device("meta"):
         try:

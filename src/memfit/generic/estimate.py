@@ -57,13 +57,12 @@ def _trace(config: Mapping[str, Any], indices: tuple[int, ...] | None, options: 
            workload: str) -> Summary:
     """One trace of ``config`` reduced to the blocks ``indices`` (None: all of them)."""
     from ..trace import trace_inference, trace_training
-    from ..trace.build import MODEL_CLASS, hf_config, quiet_transformers
-    from .build import model_class
+    from ..trace.build import MODEL_CLASS
+    from .build import load_hf_config, model_class
     from .depth import reduced_config
 
     config = copy.deepcopy(dict(config))  # transformers rewrites nested dicts (rope_scaling)
-    with quiet_transformers():
-        hf_cfg = hf_config(copy.deepcopy(config))
+    hf_cfg = load_hf_config(config)
     cls, auto = model_class(hf_cfg, config)
     if workload == "infer" and not auto:
         raise MemfitError.bad_value(

@@ -34,12 +34,15 @@ def config_of(model: Any) -> tuple[dict[str, Any], str] | None:
         config, _, name = read_hub(text)
         return dict(config), name
     path = Path(text)
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file() and path.suffix == ".json":
-        name = path.parent.name if path.name == "config.json" else path.stem
-        return read_config(path), name or "config"
-    return None
+    try:
+        if path.is_dir():
+            path = path / "config.json"
+        if not (path.is_file() and path.suffix == ".json"):
+            return None
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a config
+        return None
+    name = path.parent.name if path.name == "config.json" else path.stem
+    return read_config(path), name or "config"
 
 
 def _claim(model: Any, exc: MemfitError) -> tuple[dict[str, Any], str]:
