@@ -282,7 +282,6 @@ def _result(spec: ModelSpec, o: InferenceOptions, rw: Any, kvdt: Any, card: Any,
         "chunked_prefill_size": s["chunk"], "cuda_graph_max_bs": s["max_bs"],
         "cuda_graph_batch_sizes": len(s["graph_sizes"]), "cuda_graph_bytes": r["graphs"],
         "non_torch_bytes": r["non_torch"], "kv_bytes_per_token": cell,
-        "component_words": {"kv_cache": "KV pool (token_to_kv_pool)"},
     }
     total = sum(phases[1].components.values()) + sum(overheads.values())
     if v["starts"] and card is not None and total > card.usable_bytes:
