@@ -291,6 +291,35 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
             "kv_bytes_per_token": st.kv_bytes_per_token}
 
 
+def _hf_stage_total(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: KVDtype,
+                    attn: str, b: int, start: int, stop: int, first: bool, last: bool,
+                    config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`_hf_stage`'s ``total`` alone (the largest phase's sum, from the same candidate
+    moments), without its phases, moments table and terms: what a sweep reads."""
+    prof = profile_for(spec)
+    tp = o.tp
+    B, P, G = o.batch, o.prompt, o.generate
+    st = _hf_structure(spec, o, rw, kvdt, start, stop, first, last)
+    W = st.weights_total
+    caps = softcaps(spec, config, prof)
+    s = _shapes(spec, B, P, b, tp, stop - start, caps)
+    kv0 = st.cache.bytes(B, P, 0)
+    total = max(W, max(c[2] for c in _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start,
+                                                    first, last)))
+    if G > 0:
+        s1 = _shapes(spec, B, 1, b, tp, stop - start, caps)
+        kvG = st.cache.bytes(B, P, G)
+        top = max(kvG + m.activations + m.logits
+                  for m in decode_moments(spec, prof, s, T=P + G, last_stage=last)) \
+            if last else -1
+        for kv_c, m, sh, _ in _hf_decode(spec, o, st, kvdt, attn, b, s, s1, first, last):
+            v = kv_c + m.activations + sh + m.logits
+            if v > top:
+                top = v
+        total = max(total, W + top)
+    return {"total": total}
+
+
 def _hf_prefill(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVDtype,
                 attn: str, b: int, s: Shapes, kv0: int, start: int, first: bool,
                 last: bool) -> list[tuple[int, Moment, int]]:
@@ -483,9 +512,13 @@ def _kv_token_bytes(spec: ModelSpec, counts: dict[LayerSpec, int], kvdt: KVDtype
                for kind, n in counts.items())
 
 
-def hf_estimate(spec: ModelSpec, o: InferenceOptions,
-                config: Mapping[str, Any] | None = None) -> Estimate:
-    """transformers ``generate()`` (see the module docstring)."""
+def _hf_best(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | None,
+             stage: Any = None
+             ) -> tuple[dict[str, Any], int, ResolvedWeights, KVDtype, str, int, list[str]]:
+    """The most loaded stage's phases under transformers and what they were computed with:
+    (stage result, stage index, weights, KV dtype, attention, activation bytes, notes).
+    ``stage``: the per-stage function (:func:`_hf_stage`, or :func:`_hf_stage_total`)."""
+    stage = stage or _hf_stage
     notes = _check_context(spec, o)
     rw = resolve_weights_option(spec, o.weights, "hf", config)
     kvdt = resolve_kv_dtype(o.kv_dtype, rw.compute_dtype, "hf")
@@ -501,13 +534,32 @@ def hf_estimate(spec: ModelSpec, o: InferenceOptions,
         notes.append("attention sinks: transformers runs gpt-oss eagerly (its SDPA path "
                      "has no sinks), as from_pretrained picks")
     stages = _stages(spec, o.pp)
-    best = None
+    best, best_stage = None, 0
     for i, (start, stop) in enumerate(stages):
-        r = _hf_stage(spec, o, rw, kvdt, attn, b, start, stop, i == 0, i == len(stages) - 1,
-                      config)
+        r = stage(spec, o, rw, kvdt, attn, b, start, stop, i == 0, i == len(stages) - 1,
+                  config)
         if best is None or r["total"] > best["total"]:
             best, best_stage = r, i
     assert best is not None
+    return best, best_stage, rw, kvdt, attn, b, notes
+
+
+def hf_verdict(spec: ModelSpec, o: InferenceOptions,
+               config: Mapping[str, Any] | None = None) -> tuple[int, int, bool | None]:
+    """``(peak_bytes, total_bytes, fits)`` of :func:`hf_estimate`, without building the
+    Estimate (its phases, terms and tables): what a sweep reads."""
+    peak = _hf_best(spec, o, config, _hf_stage_total)[0]["total"]  # the largest phase's sum
+    total = peak + sum(overhead_bytes(peak, world_size=o.tp * o.pp, engine="hf").values())
+    gpu_bytes = _gpu(o)[1]
+    if gpu_bytes is None:
+        return peak, total, None
+    return peak, total, (not _context_blockers(spec, o)) and total <= gpu_bytes
+
+
+def hf_estimate(spec: ModelSpec, o: InferenceOptions,
+                config: Mapping[str, Any] | None = None) -> Estimate:
+    """transformers ``generate()`` (see the module docstring)."""
+    best, best_stage, rw, kvdt, attn, b, notes = _hf_best(spec, o, config)
     world = o.tp * o.pp
     peak = best["total"]
     overheads = overhead_bytes(peak, world_size=world, engine="hf")

@@ -1,0 +1,151 @@
+"""Many scenarios of one model at once: ``sweep(model, mode, grid, **options)``.
+
+A sweep answers what a single estimate's ``peak_bytes``, ``total_bytes`` and ``fits`` would
+answer for every point of a grid, exactly (tests/test_sweep.py compares every point with
+``memfit.infer`` / ``memfit.train``), and spends per point only what depends on the point:
+
+* the model is resolved once (a catalog name, a path, a config dict or a spec);
+* the options shared by every point are built and checked once; a point that changes only
+  ``batch``, ``prompt`` or ``generate`` copies them and re-runs the class's own checks
+  (``__post_init__``) on the copy;
+* under the hf engine the estimate stops at the most loaded stage's phases
+  (:func:`memfit.engines.hf_verdict`): no :class:`~memfit.memory.breakdown.Estimate`, no
+  assumptions, moments table or terms. What does not depend on batch and context (a stage's
+  weights, cache rows and split points, the valid layout) is memoised per model as in a
+  single estimate.
+
+Other engines, checkpoints read from headers and training run the full estimate per point
+(with the model resolved once where that cannot change the answer).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .catalog import resolve_model_full
+from .engines import hf_verdict
+from .errors import MemfitError
+from .inference import _check_layout, _default_prompt, apply_checkpoint, estimate_inference
+from .memory.weights import memo_table
+from .workload import InferenceOptions, make_options
+
+__all__ = ["SweepPoint", "sweep", "grid_points"]
+
+# The options a point may change on the fast path: the ones no stage structure depends on.
+_POINT_FIELDS = frozenset({"batch", "prompt", "generate"})
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One point of a sweep: its own options and what the single estimate answers (``error``:
+    the refusal's one-line message, the numbers then None)."""
+
+    options: Mapping[str, Any]
+    peak_bytes: int | None
+    total_bytes: int | None
+    fits: bool | None
+    error: str | None = None
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """The points of ``grid``: a mapping of option -> values is their cartesian product (the
+    last option varying fastest); an iterable of mappings is taken as it is."""
+    if isinstance(grid, Mapping):
+        names = list(grid)
+        for name in names:
+            if isinstance(grid[name], (str, bytes)) or not isinstance(grid[name], Iterable):
+                raise MemfitError.bad_value("grid", name, "a list of values per option")
+        return [dict(zip(names, values))
+                for values in itertools.product(*(list(grid[n]) for n in names))]
+    points = [dict(p) for p in grid]
+    for p in points:
+        if not all(isinstance(k, str) for k in p):
+            raise MemfitError.bad_value("grid", p, "option names as keys")
+    return points
+
+
+def sweep(model: Any, mode: str = "infer",
+          grid: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]] = (),
+          **options: Any) -> tuple[SweepPoint, ...]:
+    """``peak_bytes``, ``total_bytes`` and ``fits`` of every point of ``grid`` (see
+    :func:`grid_points`), each point's options laid over ``options``; a refused point
+    carries its error. ``mode``: ``infer`` or ``train``."""
+    if mode not in ("infer", "train"):
+        raise MemfitError.bad_value("mode", mode, "infer, train")
+    points = grid_points(grid)
+    if mode == "train":
+        return tuple(_train_points(model, points, options))
+    spec, config, checkpoint = resolve_model_full(model)
+    try:
+        base = make_options(InferenceOptions, **options)
+    except MemfitError:
+        base = None  # every point is checked with its own options (one may fix the base)
+    fast = (base is not None and checkpoint is None and base.engine == "hf")
+    out = []
+    for point in points:
+        try:
+            if fast and _POINT_FIELDS.issuperset(point):
+                peak, total, fits = _hf_point(spec, config, base, point)
+            else:
+                o = make_options(InferenceOptions, **{**options, **point})
+                est = estimate_inference(spec, o, config)
+                if checkpoint is not None:
+                    est = apply_checkpoint(est, spec, o, checkpoint)
+                peak, total, fits = est.peak_bytes, est.total_bytes, est.fits
+        except MemfitError as exc:
+            out.append(SweepPoint(point, None, None, None, str(exc)))
+            continue
+        out.append(SweepPoint(point, peak, total, fits))
+    return tuple(out)
+
+
+def _hf_point(spec: Any, config: Any, base: InferenceOptions,
+              point: Mapping[str, Any]) -> tuple[int, int, bool | None]:
+    """One hf point: the base options with the point's batch/prompt/generate, checked by the
+    class's own ``__post_init__``, then :func:`memfit.engines.hf_verdict`."""
+    for name, value in point.items():
+        _check_count(name, value)
+    o = object.__new__(InferenceOptions)
+    d = o.__dict__
+    d.update(base.__dict__)
+    d.update(point)
+    table, key = memo_table(spec), ("layout_ok", o.tp, o.pp, o.ep)
+    if key not in table:  # as estimate_inference: a valid layout is remembered per model
+        _check_layout(spec, o)
+        table[key] = True
+    return hf_verdict(spec, _default_prompt(spec, o)[0], config)
+
+
+def _check_count(name: str, value: Any) -> None:
+    """``InferenceOptions``' own check of an integer option (what ``__post_init__`` runs on
+    it: the other options were checked with the base, and none of its rules joins them to
+    batch, prompt or generate)."""
+    lo, hi = _BOUNDS[name]
+    if value is None:
+        raise MemfitError.bad_value(name, value, "a value")
+    if (not isinstance(value, int) or isinstance(value, bool) or value < lo or value > hi):
+        raise MemfitError.bad_value(name, value, f"an integer in [{lo}, {hi}]")
+
+
+_BOUNDS = {f.name: (f.metadata["min"], f.metadata["max"]) for f in fields(InferenceOptions)
+           if f.name in _POINT_FIELDS}
+
+
+def _train_points(model: Any, points: list[dict[str, Any]],
+                  options: Mapping[str, Any]) -> list[SweepPoint]:
+    """Training points: the full estimate per point (``memfit.train``)."""
+    from .training import train
+
+    out = []
+    for point in points:
+        try:
+            est = train(model, **{**options, **point})
+        except MemfitError as exc:
+            out.append(SweepPoint(point, None, None, None, str(exc)))
+            continue
+        out.append(SweepPoint(point, est.peak_bytes, est.total_bytes, est.fits))
+    return out

@@ -1,0 +1,90 @@
+"""memfit.sweep answers every point exactly as the single estimate does."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import memfit
+from memfit.catalog import entry_names
+from memfit.errors import MemfitError
+from memfit.sweep import grid_points, sweep
+
+
+def _single(fn, model, opts):
+    try:
+        e = fn(model, **opts)
+    except MemfitError as exc:
+        return None, None, None, str(exc)
+    return e.peak_bytes, e.total_bytes, e.fits, None
+
+
+def _same(model, mode, grid, **options):
+    fn = memfit.infer if mode == "infer" else memfit.train
+    points = sweep(model, mode, grid, **options)
+    assert len(points) == len(grid_points(grid))
+    for p in points:
+        got = (p.peak_bytes, p.total_bytes, p.fits, p.error)
+        assert got == _single(fn, model, {**options, **p.options}), (model, options, p.options)
+    return points
+
+
+GRID = {"batch": [1, 3, 16], "prompt": [1, 17, 1000, 4096, 40_000], "generate": [0, 1, 300]}
+
+
+@pytest.mark.parametrize("name", sorted(entry_names())[::4])
+def test_hf_grid_equals_single_estimates(name) -> None:
+    _same(name, "infer", GRID, gpu="h100")
+
+
+@pytest.mark.parametrize("options", [
+    dict(engine="vllm", gpu="h100"),
+    dict(engine="llamacpp", weights="q4_k_m", gpu="l4"),
+    dict(weights="bnb-nf4", kv_dtype="fp8", tp=2, gpu="a100-sxm-80gb"),
+    dict(pp=3, attn="eager", logits="all"),
+    dict(tp=3),  # refused for every point (heads not divisible)
+])
+def test_other_options_and_engines(options) -> None:
+    for name in ("llama-3.1-8b", "mixtral-8x7b", "gemma-2-9b"):
+        _same(name, "infer", {"batch": [1, 8], "prompt": [128, 8192], "generate": [0, 64]},
+              **options)
+
+
+def test_points_that_change_other_options_and_refusals() -> None:
+    rng = random.Random(5)
+    points = [dict(batch=rng.choice([0, 1, 2, 64, True, 2.0, "4", 2**41]),
+                   prompt=rng.choice([1, 512, 10**6]),
+                   tp=rng.choice([1, 2, 3]), weights=rng.choice([None, "fp8-e4m3", "nope"]))
+              for _ in range(40)]
+    out = _same("qwen2.5-7b", "infer", points, generate=16, gpu="h100")
+    assert any(p.error for p in out) and any(p.fits for p in out)
+    bad = [dict(batch=v) for v in (0, -1, True, 2.0, "4", None, 2**41)] + [
+        dict(prompt=0), dict(generate=-1), dict(generate=False)]
+    assert all(p.error for p in _same("qwen2.5-7b", "infer", bad))
+
+
+def test_config_dict_and_default_prompt() -> None:
+    cfg = dict(memfit.catalog.get_entry("gpt2").config)
+    _same(cfg, "infer", [{"batch": 2}, {"batch": 2, "prompt": 1024}, {"generate": 1023}])
+    _same("gpt2", "infer", {"batch": [1, 4]}, gpu="l4")
+
+
+def test_train_points() -> None:
+    _same("llama-3.1-8b", "train", {"batch": [1, 4], "seq": [512, 4096]}, gpu="h100")
+
+
+def test_bad_grid_and_mode() -> None:
+    with pytest.raises(MemfitError):
+        sweep("gpt2", "serve", {})
+    with pytest.raises(MemfitError):
+        sweep("gpt2", "infer", {"batch": 4})
+
+
+def test_hf_points_skip_the_estimate(monkeypatch) -> None:
+    import memfit.sweep as S
+
+    def boom(*a, **k):
+        raise AssertionError("the full estimate ran")
+    monkeypatch.setattr(S, "estimate_inference", boom)
+    assert all(p.peak_bytes for p in sweep("llama-3.1-8b", "infer", {"batch": [1, 2]}))
