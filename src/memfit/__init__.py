@@ -11,6 +11,7 @@ from .errors import MemfitError
 from .hardware import GPU, make_gpu
 from .inference import fit_infer, infer
 from .memory.breakdown import Estimate
+from .sweep import SweepPoint, sweep
 from .training import fit_train, train
 from .workload import InferenceOptions, TrainingOptions
 
@@ -34,5 +35,7 @@ __all__ = [
     "load_model",
     "make_gpu",
     "params",
+    "sweep",
+    "SweepPoint",
     "train",
 ]
