@@ -11,7 +11,8 @@ Rows:
    ModelSpec and with a catalog name (goal: under 50 us);
 2. ``memfit infer ...`` as a fresh process (goal: under 0.3 s), with the third-party modules it
    imported (goal: none);
-3. a sweep of 100,000 random scenarios over the catalog (goal: under 5 s);
+3. a sweep of 100,000 random scenarios over the catalog, and 100,000 scenarios of one model
+   asked one call each and through ``memfit.sweep`` (goal: under 2 s);
 4. the same questions asked of llm-analysis (``pip install llm-analysis``; it pins
    transformers 4.31, so it is best kept in its own virtual environment, passed with
    ``--peers-python``) and of ``accelerate estimate-memory``. accelerate's command asks the
@@ -245,6 +246,36 @@ def memfit_grid(n: int) -> float:
     return CLOCK() - start
 
 
+def grid_points(n: int) -> tuple[list[dict[str, int]], list[dict[str, int]]]:
+    """:func:`memfit_grid`'s scenarios as (inference points, training points)."""
+    side = int(n ** 0.5) + 1
+    inf: list[dict[str, int]] = []
+    tr: list[dict[str, int]] = []
+    done = 0
+    for b in range(1, side + 1):
+        for p in range(1, side + 1):
+            if done == n:
+                break
+            if done % 10:
+                inf.append({"batch": b, "prompt": 64 * p})
+            else:
+                tr.append({"batch": b, "seq": 64 * p})
+            done += 1
+    return inf, tr
+
+
+def memfit_grid_sweep(n: int) -> tuple[float, float, float]:
+    """The same ``n`` scenarios through ``memfit.sweep`` (one call per mode): (seconds, of
+    which inference, of which training)."""
+    inf, tr = grid_points(n)
+    start = CLOCK()
+    memfit.sweep("llama-3.1-8b", "infer", inf, generate=128)
+    mid = CLOCK()
+    memfit.sweep("llama-3.1-8b", "train", tr)
+    end = CLOCK()
+    return end - start, mid - start, end - mid
+
+
 def memfit_sweep(n: int) -> tuple[float, int, int]:
     scenarios = random_scenarios(n)
     ok = bad = 0
@@ -429,9 +460,15 @@ def main() -> int:
                  f"{ok:,} answered, {bad:,} refused (MemfitError); {t / sweep * 1e6:.0f} us "
                  "each; all 62 catalog models"))
     t = memfit_grid(sweep)
-    rows.append((f"memfit sweep of {sweep:,} scenarios of one model (spec)", t,
+    rows.append((f"memfit sweep of {sweep:,} scenarios of one model (spec, one call each)", t,
                  f"llama-3.1-8b batch x prompt grid, 1 in 10 training; "
                  f"{t / sweep * 1e6:.0f} us each"))
+    t, t_inf, t_train = memfit_grid_sweep(sweep)
+    n_inf = len(grid_points(sweep)[0])
+    rows.append((f"memfit.sweep of the same {sweep:,} scenarios", t,
+                 f"inference {t_inf:.2f} s ({t_inf / max(1, n_inf) * 1e6:.0f} us per point), "
+                 f"training {t_train:.2f} s ({t_train / max(1, sweep - n_inf) * 1e6:.0f} us "
+                 "per point)"))
     side: dict[str, Any] = {
         "memfit_infer": dict(memfit.infer("llama-2-7b", **INFER_Q).components),
         "memfit_train": dict(memfit.train("llama-2-7b", **TRAIN_Q).components),
