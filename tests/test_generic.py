@@ -240,3 +240,17 @@ def test_unreproducible_pattern_traces_full_depth():
 
     plan = make_plan({"model_type": "jamba"})  # attn_layer_period / expert_layer_period
     assert not plan.reduced and plan.runs == {"full": None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["llava", "mamba", "falcon_h1"])
+def test_other_model_types_equal_full_depth_trace(model_type):
+    """A VLM (text-only), a state-space model, a hybrid: generic == full-depth trace."""
+    from memfit.generic.estimate import _trace
+
+    cfg = {"model_type": model_type}
+    options = InferenceOptions(batch=1, prompt=16, generate=2)
+    got = generic_infer(cfg, options, model_type)
+    full = _trace(cfg, None, options, "infer")
+    assert got.extrapolated
+    assert got.peak_bytes == full["peak"] and dict(got.components) == full["components"]

@@ -75,8 +75,8 @@ def _text_location(config: Mapping[str, Any],
     inner = config.get("text_config")
     if isinstance(inner, Mapping):
         return "text_config", inner
-    if config.get("model_type") != text_cfg.model_type:
-        return "text_config", {"model_type": text_cfg.model_type}
+    if config.get("model_type") != text_cfg.model_type:  # every field, as config.json has
+        return "text_config", text_cfg.to_dict()
     return None, config
 
 
