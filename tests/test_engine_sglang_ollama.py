@@ -172,3 +172,67 @@ def test_ollama_layer_choice() -> None:
     q = infer("llama-3.1-8b", engine="ollama", gpu="h100", batch=4)
     assert q.fits is True and q.extras["serves_request"] is False
     assert "queues the rest" in render_estimate(q)
+
+
+def _verdict_word(text: str) -> bool:
+    line = next(x for x in text.splitlines() if x.startswith("Fit: "))
+    return line.startswith("Fit: FITS")
+
+
+@pytest.mark.parametrize("engine, extra", [
+    ("hf", {}), ("vllm", {}), ("sglang", {}), ("llamacpp", {}), ("ollama", {}),
+    ("vllm", {"max_model_len": 8192, "batch": 64}), ("sglang", {"prompt": 200_000}),
+    ("ollama", {"batch": 4})])
+def test_one_verdict_everywhere(capsys, engine, extra) -> None:
+    """CLI text, CLI JSON, the Python estimate, fit and the web API give one verdict."""
+    import importlib.util
+    import json
+
+    from memfit.cli import main
+
+    has_client = any(importlib.util.find_spec(m) for m in ("httpx2", "httpx"))
+    client = None
+    if has_client and importlib.util.find_spec("fastapi"):
+        from fastapi.testclient import TestClient
+
+        from memfit.web import create_app
+
+        client = TestClient(create_app())
+    for gpu in ("l4", "rtx-4090", "h100"):
+        e = infer("llama-3.1-8b", engine=engine, gpu=gpu, **extra)
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
+        assert main(["infer", "llama-3.1-8b", f"--engine={engine}", f"--gpu={gpu}",
+                     *flags]) == 0
+        text = capsys.readouterr().out
+        assert _verdict_word(text) == e.fits, (engine, gpu, text)
+        assert main(["infer", "llama-3.1-8b", f"--engine={engine}", f"--gpu={gpu}", *flags,
+                     "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["fits"] == e.fits
+        assert fit_infer("llama-3.1-8b", gpu, engine=engine, gpus=1, **extra).fits == e.fits
+        if engine in ("vllm", "sglang"):
+            assert e.fits == e.extras["starts"]
+        for w in e.extras.get("warnings") or ():
+            assert w.split(":")[0][:30] in text.replace("\n       ", " ")
+        if client is not None:
+            web = client.post("/api/infer", json={"model": "llama-3.1-8b", "options": {
+                "engine": engine, "gpu": gpu, **extra}}).json()
+            assert web["fits"] == e.fits and web["extras"].get("warnings") == e.extras.get(
+                "warnings")
+
+
+def test_ollama_published_offload_line_70b() -> None:
+    """ollama issue 5913 (0.2.x): llama3:70b, 24 GiB ROCm, ctx 2048, no flash attention:
+    layers.offload=43 memory.required.kv="640.0 MiB" memory.weights.total="39.9 GiB"
+    memory.graph.full="313.0 MiB" memory.graph.partial="1.3 GiB" (docs/inference.md: memfit
+    45 layers, kv 0%, weights -0.7%, graph full +3.5%, partial -17%)."""
+    from memfit.engine_ollama import ollama_layers
+    from memfit.memory.weights import resolve_weights_option
+
+    spec = get_entry("llama-3-70b").spec
+    rw = resolve_weights_option(spec, "Q4_K_M", "llamacpp")
+    r = ollama_layers(spec, rw, 24 * GiB, 2048, 512, 2.0, None)
+    assert r["kv"] == 640 * 2**20
+    assert r["model_layers"] == 81 and r["offload"] == 45
+    assert abs(r["weights"] / (39.9 * GiB) - 1) < 0.01
+    assert abs(r["graph_full"] / (313 * 2**20) - 1) < 0.04
+    assert abs(r["required_partial"] / (23.7 * GiB) - 1) < 0.01

@@ -227,9 +227,10 @@ def _verdict(spec: ModelSpec, o: InferenceOptions, r: dict[str, Any], s: dict[st
                  "back: \"Not enough memory. Please try to increase --mem-fraction-static.\"")
     out["starts"] = not B
     pool = r["tokens"]
-    if out["starts"] and min(T, ctx_len) > pool:
-        Wn.append(f"the pool holds {pool:,} tokens, fewer than one request of {T}: SGLang "
-                  "rejects it (max_req_input_len = min(context_len, max_total_num_tokens) - 1)")
+    if out["starts"] and T <= ctx_len and (o.prompt >= pool - 1 or T > pool):
+        Wn.append(f"the pool holds {pool:,} tokens, too few for one request of {T}: SGLang "
+                  "rejects it (the prompt must be below max_req_input_len = "
+                  "min(context_len, max_total_num_tokens) - 1, and its tokens fit the pool)")
     conc = min(pool // T if T else 0, r["max_running"])
     out["scenario_concurrency"] = conc
     out["max_concurrency"] = round(pool / ctx_len, 2) if ctx_len else 0.0

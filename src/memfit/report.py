@@ -720,9 +720,9 @@ def _render_fit_infer(r: Any, unit: str) -> str:
             [f"longest prompt at batch {o.get('batch')}", _n(r.max_prompt, " tokens")],
             ["fewest GPUs", _n(r.min_gpus) + (f" (tp={r.layout['tp']} x pp={r.layout['pp']})"
                                               if r.layout else "")]]
-    if r.kv_cache_tokens is not None:
-        rows.append(["KV cache pool", f"{r.kv_cache_tokens:,} tokens in "
-                                      f"{r.kv_cache_blocks:,} blocks"])
+    if r.kv_cache_tokens is not None:  # SGLang's pool is of tokens, not blocks
+        rows.append(["KV cache pool", f"{r.kv_cache_tokens:,} tokens" + (
+            f" in {r.kv_cache_blocks:,} blocks" if r.kv_cache_blocks is not None else "")])
     if r.max_concurrency is not None:
         rows.append(["sequences served at once", f"{r.max_concurrency:,} of "
                                                  f"{o.get('prompt')} + {o.get('generate')} "
