@@ -454,14 +454,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 # -- issue 16: loss, checkpoint policy, offloading, optimizer in backward --------------------
 
 STEP_KNOBS = [
-    {"loss": "chunked", "loss_chunks": 4}, {"loss": "fused-linear"},
-    {"loss": "fused-linear", "precision": "bf16-true"},
+    {"loss": "chunked", "loss_chunks": 4}, {"loss": "liger"},
+    {"loss": "liger", "precision": "bf16-true"},
     {"checkpointing": "op-selective"}, {"checkpointing": "full", "checkpoint_every": 2},
     {"activation_offload": True}, {"optimizer_in_backward": True},
 ]
 SLOW_STEP_KNOBS = [
     {"loss": "chunked", "loss_chunks": 3, "precision": "bf16-true"},
-    {"loss": "fused-linear", "checkpointing": "full"},
+    {"loss": "liger", "checkpointing": "full"},
     {"checkpointing": "op-selective", "precision": "bf16-true", "checkpoint_every": 2},
     {"activation_offload": True, "checkpointing": "full"},
     {"activation_offload": True, "precision": "bf16-true", "loss": "chunked"},
@@ -480,7 +480,7 @@ def test_step_knobs_fake_equal_real(kw: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("family", ["qwen2-tied-sliding", "gemma2", "mixtral"])
 def test_losses_and_op_sac_other_families_fake_equal_real(family: str) -> None:
-    for kw in ({"loss": "chunked"}, {"loss": "fused-linear"}, {"checkpointing": "op-selective"}):
+    for kw in ({"loss": "chunked"}, {"loss": "liger"}, {"checkpointing": "op-selective"}):
         options = TrainingOptions(batch=2, seq=16, precision="bf16-true", **kw)
         fake = trace_training(FAMILIES[family], options)
         assert_fake_equals_real(fake, trace_training(FAMILIES[family], options,
@@ -496,7 +496,7 @@ def test_chunked_and_fused_losses_hold_less_than_hf() -> None:
     base = {"batch": 2, "seq": 64, "precision": "bf16-true"}
     hf = trace_training(_wide(), TrainingOptions(**base))
     chunked = trace_training(_wide(), TrainingOptions(**base, loss="chunked"))
-    fused = trace_training(_wide(), TrainingOptions(**base, loss="fused-linear"))
+    fused = trace_training(_wide(), TrainingOptions(**base, loss="liger"))
     b, s, v = 2, 64, 4096
     # hf keeps the bf16 logits' fp32 copy's log-softmax, chunked one fp32 log-softmax per
     # chunk (all of them), fused none: only the bf16 chunks (chunked) or grad_input (fused)
@@ -571,6 +571,7 @@ def _llama_params() -> list[Any]:
 
 @pytest.mark.parametrize(("kw", "field"), [
     ({"optimizer": "paged-adamw", "dp": 2, "fsdp": "full"}, "optimizer"),
+    ({"optimizer": "adamw-8bit", "optimizer_impl": "fused"}, "optimizer-impl"),
     ({"checkpointing": "selective"}, "checkpointing"),
     ({"checkpoint_every": 2}, "checkpoint-every"),
     ({"loss_chunks": 4}, "loss-chunks"),

@@ -188,7 +188,8 @@ def _adapted(config: dict[str, Any], names: tuple[str, ...], rank: int) -> int:
                if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names)
 
 
-TARGETS = {"peft": ("q_proj", "v_proj"), "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+TARGETS = {"peft-default": ("q_proj", "v_proj"),
+           "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
            "mlp": ("gate_proj", "up_proj", "down_proj"), "k_proj,o_proj": ("k_proj", "o_proj")}
 
 
@@ -199,10 +200,10 @@ def test_lora_targets_adapt_what_they_name(targets: str) -> None:
 
 
 @pytest.mark.parametrize(("targets", "dropout"), [
-    ("peft", 0.05), ("mlp", 0.0),
+    ("peft-default", 0.05), ("mlp", 0.0),
     *[pytest.param(t, p, marks=pytest.mark.slow)
-      for t in ("peft", "attention", "mlp", "all-linear") for p in (0.0, 0.05)
-      if (t, p) not in (("peft", 0.05), ("mlp", 0.0))]])
+      for t in ("peft-default", "attention", "mlp", "all-linear") for p in (0.0, 0.05)
+      if (t, p) not in (("peft-default", 0.05), ("mlp", 0.0))]])
 def test_lora_targets_and_dropout_fake_equal_real(targets: str, dropout: float) -> None:
     check(LLAMA, options(lora_targets=targets, lora_dropout=dropout))
 
@@ -231,7 +232,7 @@ def test_adapter_dtype_sets_the_optimizer_state_dtype() -> None:
 @needs_bnb
 @pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
 def test_qlora_16bit_stream_fake_equals_real(precision: str) -> None:
-    r = check(LLAMA, options(precision=precision, qlora=True, qlora_stream="16-bit"))
+    r = check(LLAMA, options(precision=precision, qlora=True, no_kbit_prepare=True))
     fp32 = trace_training(LLAMA, options(precision=precision, qlora=True))
     assert r.components["weights"] < fp32.components["weights"]  # no fp32 upcast
     assert r.peak_bytes < fp32.peak_bytes
@@ -239,13 +240,14 @@ def test_qlora_16bit_stream_fake_equals_real(precision: str) -> None:
 
 @pytest.mark.parametrize(("kw", "field"), [
     ({"lora_rank": None, "lora_targets": "mlp"}, "lora-targets"),
-    ({"lora_rank": None, "lora_targets": "peft", "lora_dropout": 0.1}, "lora-dropout"),
-    ({"lora_rank": None, "lora_targets": "peft", "dora": True}, "dora"),
-    ({"lora_rank": None, "lora_targets": "peft", "lora_dtype": "bf16"}, "lora-dtype"),
+    ({"lora_rank": None, "lora_targets": "all-linear", "lora_dropout": 0.1}, "lora-dropout"),
+    ({"lora_rank": None, "lora_targets": "all-linear", "dora": True}, "dora"),
+    ({"lora_rank": None, "lora_targets": "all-linear", "lora_dtype": "bf16"}, "lora-dtype"),
     ({"lora_experts": True}, "lora-experts"),  # Llama has no fused experts
     ({"qlora": True, "dora": True, "precision": "bf16-true"}, "dora"),
-    ({"qlora_stream": "16-bit"}, "qlora-stream"),
+    ({"no_kbit_prepare": True}, "no-kbit-prepare"),
     ({"lora_targets": "nonexistent_proj"}, "lora-targets"),
+    ({"lora_targets": "q_proj,lm_head", "loss": "liger"}, "loss"),
 ])
 def test_untraced_adapter_knobs_raise(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(MemfitError, match=field):
@@ -257,11 +259,12 @@ def test_untraced_adapter_knobs_raise(kw: dict[str, Any], field: str) -> None:
     pytest.param("qwen2_moe", {"lora_targets": "attention", "precision": "bf16-true"},
                  marks=pytest.mark.slow),
     pytest.param("qwen3_moe", {"lora_targets": "attention", "qlora": True,
-                               "qlora_stream": "16-bit", "precision": "bf16-true"},
+                               "no_kbit_prepare": True, "precision": "bf16-true"},
                  marks=[pytest.mark.slow, needs_bnb]),
 ])
 def test_lora_on_fused_experts_fake_equals_real(family: str, kw: dict[str, Any]) -> None:
-    r = check(FAMILIES[family], options(**{"lora_targets": "peft", "lora_experts": True, **kw}))
-    without = trace_training(FAMILIES[family], options(**{"lora_targets": "peft", **kw}))
+    r = check(FAMILIES[family], options(**{"lora_targets": "peft-default", "lora_experts": True,
+                                           **kw}))
+    without = trace_training(FAMILIES[family], options(**{"lora_targets": "peft-default", **kw}))
     assert r.scenario["resolved"]["trainable_params"] > \
         without.scenario["resolved"]["trainable_params"]

@@ -78,7 +78,7 @@ def require_peft() -> Any:
 def lora_targets(model: Any, spec: str) -> list[str] | str | None:
     """``--lora-targets`` as peft's ``target_modules``.
 
-    ``peft``: peft's own default for the model type
+    ``peft-default``: peft's own default for the model type
     (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``, ``q_proj, v_proj`` for Llama,
     Mistral, Mixtral, Qwen); ``all-linear``: peft's own shorthand (every
     ``nn.Linear``/``Conv1D`` but the output embedding: the seven projections of a Llama);
@@ -87,7 +87,7 @@ def lora_targets(model: Any, spec: str) -> list[str] | str | None:
     """
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
              if isinstance(m, torch.nn.Linear)}
-    if spec == "peft":
+    if spec == "peft-default":
         from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
 
         model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -324,7 +324,7 @@ def apply_qlora(model: Any, options: Any, checkpointing: Any = None) -> Any:
     ``prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)``: freezes
     everything and casts every 16-bit parameter that is not ``Params4bit`` to fp32 (the
     embeddings, norms, LM head: our packed weights are uint8, untouched). With
-    ``qlora_stream="16-bit"`` that step is skipped: the base stays bf16 (what torchtune,
+    ``no_kbit_prepare=True`` that step is skipped: the base stays bf16 (what torchtune,
     Unsloth and axolotl keep, and peft without the prepare step). Checkpointing, when asked,
     is ``checkpointing(model)``, transformers' non-reentrant one: what peft's own
     ``use_gradient_checkpointing=True`` does with ``use_reentrant=False`` (it then skips
@@ -332,8 +332,7 @@ def apply_qlora(model: Any, options: Any, checkpointing: Any = None) -> Any:
     """
     peft = require_peft()
     model = quantize_nf4(model)
-    stream = getattr(options, "qlora_stream", "fp32")
-    if stream == "fp32":
+    if not getattr(options, "no_kbit_prepare", False):
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if checkpointing is not None:
         checkpointing(model)

@@ -14,7 +14,7 @@ upcasts one chunk at a time (``logits_chunk.float()``) into ``F.cross_entropy(..
 reduction="sum")`` and divides by the count of unmasked labels. The labels are shifted as
 torchtune's recipes do (``torch.hstack((labels[..., 1:], ignore))``).
 
-``fused-linear``: Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction``
+``liger``: Liger-Kernel's ``LigerFusedLinearCrossEntropyFunction``
 (liger_kernel/ops/fused_linear_cross_entropy.py, ``fused_linear_cross_entropy_forward``),
 which ``LigerForCausalLMLoss`` calls with the last hidden state flattened to ``BT x H`` and
 the LM head's weight. Its forward computes the gradients too, so no logits outlive a chunk:
@@ -162,6 +162,12 @@ def fused_linear_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor,
                       on_outputs: Any = None) -> torch.Tensor:
     """Liger's ``lce_forward``: the body, then ``LigerForCausalLMLoss`` on the hidden state."""
     body, head, _cap = _parts(model)
+    if hasattr(head, "base_layer") or getattr(head, "bias", None) is not None:
+        from ..errors import MemfitError
+
+        raise MemfitError.bad_value("loss", "liger", "hf or chunked for a model whose "
+                                    "LM head has adapters or a bias (the reference takes the "
+                                    "head's plain weight, as LigerForCausalLMLoss does)")
     outputs = body(input_ids=input_ids)
     hidden = outputs.last_hidden_state
     if on_outputs is not None:

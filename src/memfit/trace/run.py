@@ -125,7 +125,7 @@ def _check_training(options: TrainingOptions) -> None:
 def _check_adapter_knobs(options: TrainingOptions) -> None:
     """The LoRA knobs: only with adapters, and only the combinations the tracer runs."""
     if options.lora_rank is None and not options.qlora:
-        for name, default in (("lora_targets", "peft"), ("lora_dropout", 0.0),
+        for name, default in (("lora_targets", "all-linear"), ("lora_dropout", 0.0),
                               ("lora_dtype", None), ("dora", False), ("lora_experts", False)):
             if getattr(options, name) != default:
                 raise MemfitError.bad_value(name.replace("_", "-"), getattr(options, name),
@@ -139,19 +139,33 @@ def _check_adapter_knobs(options: TrainingOptions) -> None:
                        "dequantizes through bitsandbytes / gathers the sharded base)")
     if options.lora_dtype not in (None, "fp32") and options.fsdp is not None:
         raise _not_yet("lora-dtype", options.lora_dtype, "fp32 with --fsdp")
-    if options.qlora_stream != "fp32" and not options.qlora:
-        raise MemfitError.bad_value("qlora-stream", options.qlora_stream,
-                                    "fp32 without --qlora (it names QLoRA's activation stream)")
+    if options.no_kbit_prepare and not options.qlora:
+        raise MemfitError.bad_value("no-kbit-prepare", True, "off without --qlora (it names "
+                                    "QLoRA's activation stream)")
 
 
 def _check_step_knobs(options: TrainingOptions) -> None:
     """Loss, checkpoint policy, offloading and optimizer knobs the tracer runs (or names)."""
+    if options.loss == "cce":
+        raise _not_yet("loss", "cce", "hf, chunked or liger (Cut Cross-Entropy's Triton "
+                       "kernels have no PyTorch reference in the tracer)")
+    import transformers
+
+    installed = int(transformers.__version__.split(".")[0])
+    if options.transformers != installed:
+        raise _not_yet("transformers", options.transformers, f"{installed}, the installed "
+                       "major version (the tracer builds its module layout)")
     if options.loss != "chunked" and options.loss_chunks != 8:
         raise MemfitError.bad_value("loss-chunks", options.loss_chunks,
                                     "8 (the default) unless --loss chunked")
     if options.checkpoint_every != 1 and options.checkpointing not in ("full", "op-selective"):
         raise MemfitError.bad_value("checkpoint-every", options.checkpoint_every,
                                     "1 without --checkpointing full|op-selective")
+    if options.optimizer in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit") and \
+            options.optimizer_impl != "foreach":
+        raise MemfitError.bad_value("optimizer-impl", options.optimizer_impl,
+                                    f"foreach (the default) with {options.optimizer}: "
+                                    "bitsandbytes runs its own kernels")
     if options.optimizer in ("paged-adamw", "paged-adamw-8bit") and options.fsdp is not None:
         raise _not_yet("optimizer", options.optimizer, "a non-paged optimizer with --fsdp")
     if options.fsdp_version != 2 and options.fsdp is None:
@@ -539,7 +553,7 @@ def _forward_loss(model: Any, tracker: MemoryTracker, options: TrainingOptions,
         from .loss import chunked_loss
 
         return chunked_loss(model, input_ids, labels, options.loss_chunks, keep)
-    if options.loss == "fused-linear":
+    if options.loss == "liger":
         from .loss import fused_linear_loss
 
         return fused_linear_loss(model, input_ids, labels, keep)
