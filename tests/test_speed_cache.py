@@ -167,3 +167,59 @@ def test_last_model_slot_holds_one_model() -> None:
     ia._consts(a, ia.profile_for(a))
     ia._consts(b, ia.profile_for(b))
     assert ia._LAST_CONSTS[0] is b  # one slot, swapped: it cannot grow
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llamacpp"])
+def test_memoised_model_weights_equal_cold_ones(engine: str) -> None:
+    """vLLM's and llama.cpp's weights come from the per-model memo: warm estimates equal
+    estimates from empty tables (and a second resolved format object is not confused with
+    the first)."""
+    for name in ("llama-3.1-8b", "gemma-2-9b", "qwen1.5-moe-a2.7b", "gpt2"):
+        spec, config = resolve_model(name)
+        for kw in (dict(batch=2, prompt=512, weights="q6_k"),
+                   dict(batch=1, prompt=100, weights="q8_0"),
+                   dict(batch=4, prompt=64, weights="q4_k_m", n_gpu_layers=3)
+                   if engine == "llamacpp" else dict(batch=4, prompt=64, tp=2)):
+            kw = dict(kw, engine=engine, gpu="h100")
+            opts = make_options(InferenceOptions, **kw)
+            warm = [_json(estimate_inference(spec, opts, config)) for _ in range(2)]
+            cold = _json(estimate_inference(_fresh(spec), opts, config))
+            assert warm == [cold, cold], (name, kw)
+
+
+def test_integer_tensor_bytes_equal_exact_rationals() -> None:
+    """dtypes.tensor_bytes in integers equals the rational-bits formula over every format
+    (20 of them have fractional element bits) and a made-up format with odd numbers."""
+    import math
+    from fractions import Fraction
+
+    from memfit import dtypes as D
+
+    def rational(shape, f):  # type: ignore[no-untyped-def]
+        cols, rows = shape[-1], (shape[-2] if len(shape) >= 2 else 1)
+        mats = math.prod(shape[:-2])
+        n = mats * rows * cols
+        if f.flat_blocks:
+            blocks = -(-n // f.block_elements)
+            supers = -(-n // f.super_block_size) if f.super_block_size else 0
+        else:
+            blocks = mats * -(-rows // f.block_rows) * -(-cols // f.block_size)
+            supers = mats * rows * -(-cols // f.super_block_size) if f.super_block_size else 0
+        bits = (Fraction(blocks * f.block_bits) if f.pad_blocks
+                else n * f.element_bits + blocks * f.block_metadata_bits)
+        bits += supers * f.super_block_bits
+        bits += mats * (rows * f.row_bits + cols * f.col_bits + f.matrix_bits)
+        return math.ceil(bits / 8)
+
+    fmts = {x for v in vars(D).values() if isinstance(v, dict) for x in v.values()
+            if isinstance(x, D.WeightFormat)}
+    fmts.add(D.WeightFormat(name="odd", aliases=(), kind=D.KINDS[0], block_size=3,
+                            block_bits=17, element_bits=Fraction(13, 3), description="",
+                            source="", row_bits=5, col_bits=3, matrix_bits=7))
+    assert len(fmts) > 30 and any(f.element_bits.denominator > 1 for f in fmts)
+    rng = random.Random(3)
+    for f in fmts:
+        for _ in range(60):
+            shape = [rng.choice([1, 2, 7, 31, 64, 100, 255, 4096, 5000, 14336])
+                     for _ in range(rng.choice([1, 2, 3]))]
+            assert D.tensor_bytes(shape, f) == rational(shape, f), (f.name, shape)

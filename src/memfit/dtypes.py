@@ -584,13 +584,17 @@ def tensor_bytes(shape: Sequence[int], fmt: str | WeightFormat) -> int:
     else:
         blocks = matrices * -(-rows // f.block_rows) * -(-cols // f.block_size)
         supers = matrices * rows * -(-cols // f.super_block_size) if f.super_block_size else 0
+    # integer arithmetic on the element bits' numerator and denominator (a Fraction's
+    # arithmetic costs microseconds per operation; this runs for every tensor of a model):
+    # bits = X / den, and ceil(bits / 8) = ceil(X / (8 * den))
+    num, den = f.element_bits.numerator, f.element_bits.denominator
     if f.pad_blocks:
-        bits = Fraction(blocks * f.block_bits)
+        x = blocks * f.block_bits * den
     else:
-        bits = n * f.element_bits + blocks * f.block_metadata_bits
-    bits += supers * f.super_block_bits
-    bits += matrices * (rows * f.row_bits + cols * f.col_bits + f.matrix_bits)
-    return math.ceil(bits / 8)
+        x = n * num + blocks * (f.block_bits * den - num * f.block_elements)
+    x += den * (supers * f.super_block_bits
+                + matrices * (rows * f.row_bits + cols * f.col_bits + f.matrix_bits))
+    return -(-x // (8 * den))
 
 
 # --------------------------------------------------------------------------------------------

@@ -366,10 +366,9 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
         base = decode_resident(s, P + t, last)
         with_in, without_in = decode_step_residents(spec, prof, s1, attn, first, P + t)
         res = base + grow + (with_in if inner or not first else without_in)
-        cands.append((kv_t, Moment(name, res, formula=(
-            "cache of every layer + the old K, V of the layer being grown (torch.cat "
-            "keeps both until the assignment) + the step's tensors"),
-            substituted=f"{kv_t} + {res}"), 0, None))
+        cands.append((kv_t, Moment(name, res, formula=_GROWTH_FORMULA,
+                                   substituted=lambda kv_t=kv_t, res=res: f"{kv_t} + {res}"),
+                      0, None))
         # each layer kind's attention at its first and last layer: the layers before it
         # hold step t's cache, those after it step t-1's (sliding layers the prefill's
         # P rows until their first decode step)
@@ -389,6 +388,10 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
                         spec, prof, s1, attn=attn, tokens=tokens, moe_k=k,
                         moe_width=width, shared_width=shared, resident=res), 0, None))
     return cands
+
+
+_GROWTH_FORMULA = ("cache of every layer + the old K, V of the layer being grown (torch.cat "
+                   "keeps both until the assignment) + the step's tensors")
 
 
 def _shifted(m: Moment, resident: int, spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,

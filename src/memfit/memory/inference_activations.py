@@ -613,11 +613,22 @@ def decode_attention(spec: ModelSpec, prof: Profile, s1: Shapes, *, attn: str,
     for m in prefill_moments(spec, prof, s1, attn=attn, first_stage=first_stage, layer=layer,
                              sdpa_math=sdpa_math, kv_len=tokens, resident=resident,
                              attention_only=True):
-        if m.name in ("prefill/attention", "prefill/attention_v", "prefill/attention_out"):
-            out.append(Moment(m.name.replace("prefill", "decode"), m.activations, formula=(
-                "decode_resident + the step's forward (one query, T cached keys): "
-                + m.formula), substituted=m._substituted))
+        name = _DECODE_NAMES.get(m.name)
+        if name is not None:
+            formula = _DECODE_FORMULAS.get(m.formula)
+            if formula is None:  # a handful of texts: made once each
+                formula = _DECODE_FORMULAS[m.formula] = (
+                    "decode_resident + the step's forward (one query, T cached keys): "
+                    + m.formula)
+            out.append(Moment(name, m.activations, formula=formula,
+                              substituted=m._substituted))
     return out
+
+
+# the prefill attention moments a decode step keeps, by their decode names
+_DECODE_NAMES = {n: n.replace("prefill", "decode") for n in (
+    "prefill/attention", "prefill/attention_v", "prefill/attention_out")}
+_DECODE_FORMULAS: dict[str, str] = {}  # prefill formula -> decode formula (a few texts)
 
 
 def decode_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, T: int,

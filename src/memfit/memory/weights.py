@@ -645,8 +645,25 @@ def model_weights(spec: ModelSpec, rw: ResolvedWeights, *, tp: int = 1, ep: int 
     """Weights of one GPU holding decoder layers ``start:stop`` (default all), the embeddings
     when ``first`` and the final norm and LM head when ``last`` (pipeline stages; tied
     embeddings are held by both the first and the last stage, as Megatron does).
+
+    Memoised per model (the bounded table above), keyed on the resolved format object's
+    identity (kept alive in the entry and compared, so a recycled id never matches): the
+    vLLM and llama.cpp engines ask for the same slices on every estimate.
     """
     stop = spec.num_layers if stop is None else stop
+    table = memo_table(spec)
+    key = ("model_weights", id(rw), tp, ep, start, stop, first, last)
+    hit = table.get(key)
+    if hit is not None and hit[0] is rw:
+        return hit[1]  # type: ignore[no-any-return]
+    w = _model_weights(spec, rw, tp, ep, start, stop, first, last)
+    table[key] = (rw, w)
+    return w
+
+
+def _model_weights(spec: ModelSpec, rw: ResolvedWeights, tp: int, ep: int, start: int,
+                   stop: int, first: bool, last: bool) -> ModelWeights:
+    """:func:`model_weights`, computed."""
     comps = dict.fromkeys(WEIGHT_COMPONENTS, 0)
     largest = 0
     if rw.file_type is not None:
