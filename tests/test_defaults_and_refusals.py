@@ -112,22 +112,26 @@ FIELDS = {f.name: f for f in dataclasses.fields(InferenceOptions)}
 
 def test_the_engine_specific_options_are_found() -> None:
     owned = {attr: owner for attr, owner, _ in OWNED}
-    assert owned["n_gpu_layers"] == "llamacpp"
+    assert owned["n_gpu_layers"] == "llamacpp/ollama"  # a llama.cpp setting Ollama passes on
+    assert owned["n_cpu_moe"] == "llamacpp"
     assert owned["gpu_memory_utilization"] == owned["block_size"] == "vllm"
+    assert owned["mem_fraction_static"] == "sglang" and owned["num_ctx"] == "ollama"
     assert "batch" not in owned and "tp" not in owned
 
 
 @pytest.mark.parametrize("attr, owner", [(a, o) for a, o, _ in OWNED])
 def test_engine_option_refused_with_other_engines(attr: str, owner: str) -> None:
     value = _other_value(FIELDS[attr])
-    InferenceOptions(engine=owner, **{attr: value})  # its own engine takes it
+    owners = owner.split("/")  # "llamacpp/ollama": both take it
+    for own in owners:
+        InferenceOptions(engine=own, **{attr: value})  # its own engines take it
     for engine in ENGINES:
-        if engine == owner:
+        if engine in owners:
             continue
         with pytest.raises(MemfitError) as info:
             InferenceOptions(engine=engine, **{attr: value})
         assert info.value.field == attr.replace("_", "-")
-        assert f"only with --engine {owner}" in str(info.value)
+        assert f"only with --engine {owners[0]}" in str(info.value)
 
 
 def test_engine_option_left_out_is_not_refused() -> None:

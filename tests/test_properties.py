@@ -277,7 +277,10 @@ def _fits(mode: str, model: str, options: dict[str, Any]) -> bool:
         e = (memfit.infer if mode == "infer" else memfit.train)(model, **options)
     except MemfitError:
         return False
-    return bool(e.fits) and e.extras.get("fits_concurrently") is not False
+    # fit's predicate (inference._fits): the engine starts / the bytes fit, the request is
+    # served as asked and the batch held at once
+    return (bool(e.fits) and e.extras.get("fits_concurrently") is not False
+            and e.extras.get("serves_request") is not False)
 
 
 @SOLVER

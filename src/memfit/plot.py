@@ -216,7 +216,9 @@ class Sweep:
 
 
 def _fits(e: Estimate) -> bool:
-    return bool(e.fits) and e.extras.get("fits_concurrently") is not False
+    # fit's predicate (inference._fits): served as asked, the batch held at once
+    return (bool(e.fits) and e.extras.get("fits_concurrently") is not False
+            and e.extras.get("serves_request") is not False)
 
 
 def _default_values(axis: str, boundaries: Sequence[int | None], spec_max: int) -> list[int]:
