@@ -223,3 +223,29 @@ def test_integer_tensor_bytes_equal_exact_rationals() -> None:
             shape = [rng.choice([1, 2, 7, 31, 64, 100, 255, 4096, 5000, 14336])
                      for _ in range(rng.choice([1, 2, 3]))]
             assert D.tensor_bytes(shape, f) == rational(shape, f), (f.name, shape)
+
+
+def test_make_options_equals_the_constructor() -> None:
+    """make_options checks only the options given (the rest hold the default objects): the
+    same instance or the same first error as the dataclass's own constructor."""
+    from memfit.errors import MemfitError
+
+    rng = random.Random(0)
+    values = dict(batch=[0, 1, 2.0, True, None, "x", 2**41], prompt=[1, -3],
+                  generate=[0, False], weights=[None, 3, "bnb-nf4"],
+                  engine=["hf", "vllm", "llamacpp", "bad", 1], tp=[1, 2, 0], gpu=["h100", None],
+                  n_gpu_layers=[3, None, -1], block_size=[32, 16],
+                  gpu_memory_utilization=[0.5, 2.0, float("nan")], attn=["eager", "x"],
+                  enforce_eager=[True, 1], ubatch_size=[256], max_model_len=[100, 0])
+
+    def one(make):  # type: ignore[no-untyped-def]
+        try:
+            return repr(make())
+        except MemfitError as exc:
+            return "error " + str(exc)
+    for _ in range(3000):
+        names = list(values)
+        rng.shuffle(names)
+        kw = {k: rng.choice(values[k]) for k in names if rng.random() < 0.3}
+        assert one(lambda: make_options(InferenceOptions, **kw)) == one(
+            lambda: InferenceOptions(**kw)), kw

@@ -105,10 +105,27 @@ def _plan(cls: type) -> _Plan:
 _PLANS: dict[type, _Plan] = {}
 
 
-def _check(obj: Any) -> None:
-    """Validate every field of ``obj`` against its metadata; raise :class:`MemfitError`."""
+def _plan_by_name(cls: type) -> dict[str, Any]:
+    """:func:`_plan`'s entries by attribute name, with their declaration index."""
+    by_name = _PLANS_BY_NAME.get(cls)
+    if by_name is None:
+        by_name = _PLANS_BY_NAME[cls] = {e[0]: (i, e) for i, e in enumerate(_plan(cls))}
+    return by_name
+
+
+_PLANS_BY_NAME: dict[type, dict[str, Any]] = {}
+
+
+def _check(obj: Any, given: Any = None) -> None:
+    """Validate every field of ``obj`` against its metadata; raise :class:`MemfitError`.
+    ``given``: the names of the only fields that may hold other than their default objects
+    (``make_options``: the others were set from the defaults, valid by construction)."""
     d = obj.__dict__
-    for attr, name, meta, real, choice_types, default in _plan(type(obj)):
+    plan = _plan(type(obj))
+    if given is not None:  # in declaration order: the first bad field is the one named
+        by_name = _plan_by_name(type(obj))
+        plan = [by_name[n][1] for n in sorted(given, key=lambda n: by_name[n][0])]
+    for attr, name, meta, real, choice_types, default in plan:
         value = d[attr]
         if value is default:  # the very default object: valid by construction
             continue
@@ -167,9 +184,12 @@ def _engine_owned(cls: type) -> tuple[tuple[str, str, Any], ...]:
     return owned
 
 
-def _check_engine_owned(obj: Any) -> None:
-    """Refuse an engine-specific option given with another engine, naming its engines."""
+def _check_engine_owned(obj: Any, given: Any = None) -> None:
+    """Refuse an engine-specific option given with another engine, naming its engines
+    (``given``: as for :func:`_check`)."""
     for attr, owner, default in _engine_owned(type(obj)):
+        if given is not None and attr not in given:
+            continue  # its default object
         value = getattr(obj, attr)
         if value is not default and obj.engine not in owner.split("/"):
             names = " or ".join(f"--engine {e}" for e in owner.split("/"))
@@ -300,7 +320,11 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         _check(self)
-        _check_engine_owned(self)
+        self._rules()
+
+    def _rules(self, given: Any = None) -> None:
+        """The rules between options (after each option's own check)."""
+        _check_engine_owned(self, given)
         if self.engine in ("llamacpp", "ollama"):  # layers split across GPUs, not TP/PP/EP
             for name in ("tp", "pp", "ep"):
                 if getattr(self, name) > 1:
@@ -424,7 +448,12 @@ def make_options(cls: type, **kwargs: Any) -> Any:
     d = obj.__dict__
     d.update(defaults)
     d.update(kwargs)
-    obj.__post_init__()
+    rules = getattr(obj, "_rules", None)
+    if rules is None:
+        obj.__post_init__()
+    else:  # __post_init__, checking only the options given (the rest hold the defaults)
+        _check(obj, kwargs)
+        rules(kwargs)
     return obj
 
 
