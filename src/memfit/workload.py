@@ -243,9 +243,9 @@ class InferenceOptions:
     engine: str = _opt("hf", "serving engine (vLLM, llama.cpp, transformers: any case or "
                        "spelling)", choices=ENGINES, spellings=ENGINE_SPELLINGS)
     tp: int = _opt(1, "tensor-parallel degree", min=1, max=4096,
-                   aliases=("--tensor-parallel-size", "-tp"))
+                   aliases=("--tensor-parallel-size", "-tp", "--tp-size"))
     pp: int = _opt(1, "pipeline-parallel degree", min=1, max=4096,
-                   aliases=("--pipeline-parallel-size", "-pp"))
+                   aliases=("--pipeline-parallel-size", "-pp", "--pp-size"))
     ep: int = _opt(1, "expert-parallel degree (MoE)", min=1, max=4096)
     gpu: str | None = _opt(None, "GPU to check the fit against (see `memfit gpus`)",
                            nullable=True)
