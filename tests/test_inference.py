@@ -490,15 +490,21 @@ def test_fit_caps_the_prompt_at_the_context_limit() -> None:
     assert "capped by the model's context limit" in render_fit(r)
 
 
-@pytest.mark.parametrize("engine", ["hf", "llamacpp", "vllm"])
+@pytest.mark.parametrize("engine", ["hf", "llamacpp", "vllm", "sglang"])
 def test_prompt_beyond_the_limit_is_in_the_verdict(engine) -> None:
     from memfit.report import render_estimate
 
     kw = {"weights": "Q4_K_M"} if engine == "llamacpp" else {}
     e = infer("llama-3.1-8b", prompt=200_000, gpu="b200", engine=engine, **kw)
-    assert e.fits is False and e.extras["blockers"]
     text = render_estimate(e)
-    assert "Fit: DOES NOT" in text and "200128" in text
+    if engine in ("vllm", "sglang"):  # fits == starts: the engine starts, rejects the request
+        assert e.fits is True and e.extras["serves_request"] is False
+        assert "rejects the request" in text and "200128" in text
+        assert not fit_infer("llama-3.1-8b", "b200", engine=engine, prompt=200_000,
+                             gpus=1).max_prompt > 131072
+    else:
+        assert e.fits is False and e.extras["blockers"]
+        assert "Fit: DOES NOT" in text and "200128" in text
     assert infer("llama-3.1-8b", prompt=130_000, gpu="b200", engine=engine, **kw).fits
 
 
