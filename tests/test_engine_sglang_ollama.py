@@ -236,3 +236,18 @@ def test_ollama_published_offload_line_70b() -> None:
     assert abs(r["weights"] / (39.9 * GiB) - 1) < 0.01
     assert abs(r["graph_full"] / (313 * 2**20) - 1) < 0.04
     assert abs(r["required_partial"] / (23.7 * GiB) - 1) < 0.01
+
+
+def test_sglang_published_run_on_a_288_gib_card() -> None:
+    """sglang PR 18263 (2026-07): Qwen3-30B-A3B bf16, TP 1, defaults on a 288 GB AMD card:
+    mem_fraction_static 0.911, "mem usage=56.98 GB" after the weights, profile rest
+    "initial available_bytes ... 204.63 GB" (docs/inference.md: 0 / -0.2% / -0.09%)."""
+    import memfit
+
+    card = memfit.make_gpu("amd-288gib", 288 * GiB)
+    e = infer("qwen3-30b-a3b", engine="sglang", gpu=card)
+    x = e.extras
+    assert x["mem_fraction_static"] == 0.911
+    assert abs(e.components["weights"] / (56.98 * GiB) - 1) < 0.005
+    rest = x["kv_cache_tokens"] * x["kv_bytes_per_token"]
+    assert abs(rest / (204.63 * GiB) - 1) < 0.002
