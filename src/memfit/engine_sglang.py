@@ -36,6 +36,7 @@ queue. The verdict (``fits``) is SGLang's own: it starts, or it does not.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
 from .arch import ModelSpec
@@ -115,7 +116,7 @@ def sglang_context_length(spec: ModelSpec, config: Mapping[str, Any] | None) -> 
     return spec.max_position_embeddings or spec.learned_positions or 2048
 
 
-def _cell_bytes(spec: ModelSpec, o: InferenceOptions, kv_bytes: float, start: int,
+def _cell_bytes(spec: ModelSpec, o: InferenceOptions, kv_bytes: Fraction | float, start: int,
                 stop: int) -> int:
     """Bytes per token over the GPU's layers (``profile_max_num_token``'s ``cell_size``)."""
     n = sum(layer_kind_counts(spec, start, stop).values())
