@@ -57,57 +57,59 @@ def test_sweep_repeat_finds_the_run_end_that_peaks(net: int, expect: int) -> Non
 
 def test_lora_targets_resolve_as_peft_does() -> None:
     spec = resolve_model("llama-3.1-8b")[0]
-    assert lora_targets(spec, "peft") == {"q", "v"}  # peft's mapping for llama
+    assert lora_targets(spec, "peft-default") == {"q", "v"}  # peft's mapping for llama
     assert lora_targets(spec, "all-linear") == {"q", "k", "v", "o", "gate", "up", "down"}
     assert lora_targets(spec, "attention") == {"q", "k", "v", "o"}
     assert lora_targets(spec, "q_proj,down_proj") == {"q", "down"}
     with pytest.raises(MemfitError, match="not in the model: c_attn"):
         lora_targets(spec, "q_proj,c_attn")
     with pytest.raises(MemfitError, match="no default target modules"):
-        lora_targets(resolve_model("phi-3-mini-4k")[0], "peft")
+        lora_targets(resolve_model("phi-3-mini-4k")[0], "peft-default")
 
 
 def test_report_names_the_lora_modules_used() -> None:
-    e = train("llama-3.1-8b", lora_rank=16, seq=512)
-    assert "on q_proj, v_proj (--lora-targets peft)" in e.assumptions["lora"]
+    e = train("llama-3.1-8b", lora_rank=16, seq=512, lora_targets="peft-default")
+    assert "on q_proj, v_proj (--lora-targets peft-default)" in e.assumptions["lora"]
+    every = train("llama-3.1-8b", lora_rank=16, seq=512).assumptions["lora"]
+    assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in every
 
 
 def test_fewer_lora_targets_hold_less() -> None:
     kw = dict(lora_rank=16, seq=2048, precision="bf16-true")
-    peft = train("llama-3.2-3b", **kw).peak_bytes
-    every = train("llama-3.2-3b", lora_targets="all-linear", **kw).peak_bytes
+    peft = train("llama-3.2-3b", lora_targets="peft-default", **kw).peak_bytes
+    every = train("llama-3.2-3b", **kw).peak_bytes  # the default: all-linear
     assert peft < every
 
 
 # (options, traced peak bytes): memfit trace on the 2-layer Llama 3.2 1B, b1 s512
 TRACED = [
-    (dict(lora_rank=16, lora_targets="peft", precision="bf16-true"), 1653969160),
-    (dict(lora_rank=16, lora_targets="peft", precision="bf16-mixed"), 3170590984),
-    (dict(lora_rank=16, lora_targets="peft", precision="fp32"), 2542133512),
+    (dict(lora_rank=16, lora_targets="peft-default", precision="bf16-true"), 1653969160),
+    (dict(lora_rank=16, lora_targets="peft-default", precision="bf16-mixed"), 3170590984),
+    (dict(lora_rank=16, lora_targets="peft-default", precision="fp32"), 2542133512),
     (dict(lora_rank=16, lora_targets="attention", precision="bf16-true"), 1673433352),
     (dict(lora_rank=16, lora_targets="q_proj,v_proj,down_proj", precision="bf16-true"),
      1691521288),
-    (dict(lora_rank=16, lora_targets="peft", precision="bf16-true", checkpointing="full"),
+    (dict(lora_rank=16, lora_targets="peft-default", precision="bf16-true", checkpointing="full"),
      1567721736),
-    (dict(qlora=True, lora_targets="peft", precision="bf16-true"), 2118343872),
+    (dict(qlora=True, lora_targets="peft-default", precision="bf16-true"), 2118343872),
     (dict(lora_rank=16, lora_targets="all-linear", lora_dropout=0.1, precision="bf16-true"),
      1753583880),
-    (dict(lora_rank=16, lora_targets="peft", lora_dropout=0.1, precision="bf16-mixed"),
+    (dict(lora_rank=16, lora_targets="peft-default", lora_dropout=0.1, precision="bf16-mixed"),
      3172688136),
     (dict(loss="chunked", precision="bf16-true"), 4125188360),
     (dict(loss="chunked", precision="bf16-mixed"), 8250368264),
-    (dict(loss="fused-linear", precision="bf16-true"), 4125188360),
-    (dict(lora_rank=16, lora_targets="peft", loss="chunked", precision="bf16-true"),
+    (dict(loss="liger", precision="bf16-true"), 4125188360),
+    (dict(lora_rank=16, lora_targets="peft-default", loss="chunked", precision="bf16-true"),
      1292804392),
-    (dict(lora_rank=16, lora_targets="peft", loss="chunked", precision="bf16-mixed"),
+    (dict(lora_rank=16, lora_targets="peft-default", loss="chunked", precision="bf16-mixed"),
      6486913320),
     (dict(lora_rank=8, lora_targets="all-linear", loss="chunked", loss_chunks=4,
           precision="fp32"), 2339992348),
-    (dict(lora_rank=16, lora_targets="peft", loss="fused-linear", precision="bf16-true"),
+    (dict(lora_rank=16, lora_targets="peft-default", loss="liger", precision="bf16-true"),
      889030920),
-    (dict(qlora=True, qlora_stream="16-bit", lora_targets="peft", precision="bf16-true"),
+    (dict(qlora=True, no_kbit_prepare=True, lora_targets="peft-default", precision="bf16-true"),
      1473449152),
-    (dict(qlora=True, qlora_stream="16-bit", lora_targets="all-linear",
+    (dict(qlora=True, no_kbit_prepare=True, lora_targets="all-linear",
           precision="bf16-mixed"), 1515687104),
     (dict(optimizer_in_backward=True, precision="bf16-true"), 3881898248),
     (dict(optimizer_in_backward=True, precision="fp32"), 7763788040),
@@ -124,8 +126,8 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
     kw = dict(lora_rank=16, seq=4096, batch=2, precision="bf16-true")
     phases = {loss: {p.name: p.peak_bytes for p in train("llama-3.2-1b", loss=loss,
                                                           **kw).phases}
-              for loss in ("hf", "chunked", "fused-linear")}
-    assert phases["fused-linear"]["forward"] < phases["chunked"]["forward"] < phases["hf"][
+              for loss in ("hf", "chunked", "liger")}
+    assert phases["liger"]["forward"] < phases["chunked"]["forward"] < phases["hf"][
         "forward"]
     assert phases["chunked"]["backward"] < phases["hf"]["backward"]
 
@@ -138,7 +140,7 @@ def test_chunked_and_fused_losses_hold_less_at_the_loss() -> None:
     dict(checkpointing="full", checkpoint_every=2, lora_rank=8),
     dict(optimizer="paged-adamw", dp=2, zero=1),
     dict(dp=2, fsdp="full", fsdp_version=1, precision="bf16-mixed"),
-    dict(lora_rank=16, lora_targets="o_proj,down_proj"), dict(qlora=True, loss="fused-linear"),
+    dict(lora_rank=16, lora_targets="o_proj,down_proj"), dict(qlora=True, loss="liger"),
 ])
 def test_unmodelled_knobs_are_refused_by_name(opts: dict) -> None:
     opts = dict(opts)

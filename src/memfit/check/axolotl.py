@@ -11,7 +11,7 @@ Trainer's names), ``deepspeed``, ``fsdp``/``fsdp_config``/``fsdp_version``, and 
 Cut Cross-Entropy plugins' ``liger_fused_linear_cross_entropy`` / ``cut_cross_entropy``.
 axolotl loads the model in the 16-bit dtype it trains in (``utils/models.py``), so ``bf16:
 true`` is pure bf16 training (memfit's ``bf16-true``), and it does not upcast QLoRA's
-activations: the 16-bit stream (``--qlora-stream 16-bit``).
+activations: the 16-bit stream (``--no-kbit-prepare``).
 """
 
 from __future__ import annotations
@@ -75,13 +75,15 @@ def _adapter(r: Reader, data: Mapping[str, Any]) -> None:
             raise MemfitError.bad_value("load_in_4bit", data.get("load_in_4bit"),
                                         "true with adapter: qlora")
         r.use("adapter", adapter, "qlora", True)
-        r.t.options["qlora_stream"] = "16-bit"
-        r.t.understood[-1]["option"] += " --qlora-stream 16-bit"
+        r.t.options["no_kbit_prepare"] = True
+        r.t.understood[-1]["option"] += " --no-kbit-prepare"
     if to_bool("lora_target_linear", data.get("lora_target_linear", False)):
         r.use("lora_target_linear", True, "lora_targets", "all-linear")
     elif data.get("lora_target_modules"):
         r.use("lora_target_modules", data["lora_target_modules"], "lora_targets",
               lora_targets(data["lora_target_modules"]))
+    else:  # neither set: peft's LoraConfig without target_modules, its per-model default
+        r.use("lora_target_modules", "(not set)", "lora_targets", "peft-default")
     if data.get("lora_dropout") is not None:
         r.use("lora_dropout", data["lora_dropout"], "lora_dropout",
               to_float("lora_dropout", data["lora_dropout"], 0.0, 0.99))
@@ -134,7 +136,7 @@ def _field(r: Reader, key: str, value: Any, open_ref: Callable[[str], Any] | Non
         r.use(key, value, "fsdp_version", to_int(key, value, 1))
     elif key in ("liger_fused_linear_cross_entropy", "cut_cross_entropy"):
         if to_bool(key, value):
-            r.use(key, value, "loss", "fused-linear")
+            r.use(key, value, "loss", "liger" if key.startswith("liger") else "cce")
         else:
             r.note(key, value, "the model's own cross-entropy")
     elif key in ("flash_attention", "sdp_attention"):

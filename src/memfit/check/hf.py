@@ -206,6 +206,8 @@ def _peft(r: Reader, data: Mapping[str, Any]) -> None:
     if "lora_target_modules" in data and data["lora_target_modules"] is not None:
         r.use("lora_target_modules", data["lora_target_modules"], "lora_targets",
               lora_targets(data["lora_target_modules"]))
+    else:  # TRL's ModelConfig.lora_target_modules = None: peft's default for the model type
+        r.use("lora_target_modules", "(default None)", "lora_targets", "peft-default")
     dropout = data.get("lora_dropout", 0.05)  # ModelConfig.lora_dropout's default
     r.use("lora_dropout", data.get("lora_dropout", "(default 0.05)"), "lora_dropout",
           to_float("lora_dropout", dropout, 0.0, 0.99))
@@ -236,7 +238,7 @@ def apply_hf_field(r: Reader, key: str, value: Any,
     elif key == "deepspeed":
         apply_deepspeed_ref(r, key, value, open_ref)
     elif key == "use_liger_kernel":
-        r.use(key, value, "loss", "fused-linear" if to_bool(key, value) else "hf")
+        r.use(key, value, "loss", "liger" if to_bool(key, value) else "hf")
     elif key in ("max_length", "max_seq_length", "max_seq_len"):
         r.use(key, value, "seq", to_int(key, value, 1))
     elif key == "attn_implementation":

@@ -68,8 +68,8 @@ def _lora(r: Reader, data: Mapping[str, Any]) -> None:
         r.use("quantization_bit", bits, "qlora", True)
         # LLaMA-Factory prepares the model itself (model_utils/checkpointing.py), without
         # peft's fp32 upcast: the 16-bit stream
-        r.t.options["qlora_stream"] = "16-bit"
-        r.t.understood[-1]["option"] += " --qlora-stream 16-bit"
+        r.t.options["no_kbit_prepare"] = True
+        r.t.understood[-1]["option"] += " --no-kbit-prepare"
 
 
 def _precision(r: Reader, data: Mapping[str, Any]) -> None:
@@ -87,7 +87,7 @@ def _field(r: Reader, key: str, value: Any, open_ref: Callable[[str], Any] | Non
     elif key == "disable_gradient_checkpointing":
         r.use(key, value, "checkpointing", "none" if to_bool(key, value) else "full")
     elif key == "enable_liger_kernel":
-        r.use(key, value, "loss", "fused-linear" if to_bool(key, value) else "hf")
+        r.use(key, value, "loss", "liger" if to_bool(key, value) else "hf")
     elif key == "flash_attn":
         r.use(key, value, "attn", "eager" if str(value).lower() == "disabled" else "sdpa")
     elif key == "stage":

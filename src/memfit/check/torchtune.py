@@ -88,8 +88,8 @@ def _model(r: Reader, model: Mapping[str, Any]) -> None:
     r.t.options["lora_dtype"] = r.t.options.get("lora_dtype", "bf16")
     if m["kind"] == "qlora_":
         r.use("model._component_", comp, "qlora", True)
-        r.t.options["qlora_stream"] = "16-bit"
-        r.t.understood[-1]["option"] += " --qlora-stream 16-bit"
+        r.t.options["no_kbit_prepare"] = True
+        r.t.understood[-1]["option"] += " --no-kbit-prepare"
     names = [_MODULES.get(str(x), str(x)) for x in model.get("lora_attn_modules") or ()]
     if to_bool("model.apply_lora_to_mlp", model.get("apply_lora_to_mlp", False)):
         names += ["gate_proj", "up_proj", "down_proj"]

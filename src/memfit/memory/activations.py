@@ -121,6 +121,8 @@ class ActivationSetup:
     lora_dropout: bool = False  # peft lora_dropout > 0: an nn.Dropout on each adapter's input
     dora: bool = False  # peft use_dora: weight-decomposed adapters
     lora_experts: bool = False  # adapters on the fused 3-D expert tensors (target_parameters)
+    # transformers 4's per-expert nn.Linear adapters: (on gate/up, on down) per routed copy
+    lora_expert_linears: tuple[int, int] = (0, 0)
     lora_bytes: int = 4  # the adapters' dtype: fp32 (peft's default) or 16-bit
     qlora: bool = False
     dropout: tuple[bool, bool, bool] = (False, False, False)
@@ -242,7 +244,7 @@ def _adapter_inputs(s: ActivationSetup, width: int, n_proj: int, in_bytes: int) 
     ad = _adapter_input_bytes(s)
     if s.lora_dropout:
         return (ad + 1) * width * n_proj + ad * s.lora_rank * n_proj
-    shared = in_bytes == ad and not s.autocast
+    shared = in_bytes == ad and (not s.autocast or s.lora_bytes == ad)
     return ad * width * (1 if shared else n_proj) + ad * s.lora_rank * n_proj
 
 
@@ -434,8 +436,10 @@ def _std_attention(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, a: int
         # cast; where it is the attention output itself, nothing more. The eager and
         # math kernels' transposed copy (counted above, b q) is then saved by no one.
         ad = _adapter_input_bytes(s)
+        # (under autocast 16-bit adapters read the 16-bit output as it is: no cast)
+        cast = ad != b or (s.autocast and s.lora_bytes != ad)
         attn_bytes += ad * s.lora_rank + (
-            (ad - b) * q if copy_counted else (ad * q if (ad != b or s.autocast) else 0))
+            (ad - b) * q if copy_counted else (ad * q if cast else 0))
     elif lora and copy_counted:
         attn_bytes -= b * q  # a frozen o_proj without an adapter saves no input
     return attn_bytes, probs_cast, s2
@@ -463,6 +467,10 @@ def _transients(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup,
         fwd_t = max(fwd_t, T * (b * I + ((b + 2 * ad) * h if "down" in s.lora_targets
                                         else b * h)))
     bwd_t = T * (3 * b * I + 2 * br * h)  # dL/d(product), d(act), d(up); residual gradients
+    if spec.mlp_gated and not layer.moe and not lora:
+        # the product (saved by down_proj for its weight's gradient) is freed when down_proj's
+        # backward returns, before the product's backward allocates d(act) and d(up)
+        bwd_t -= T * b * I
     attn_bwd = 0
     if s.attn == "eager" or (spec.mla is None and s.attn == "sdpa" and b == 4
                              and not s.autocast and a > a_kv and d <= 256 and not sliding):
@@ -665,6 +673,12 @@ def _moe_saved_per_token(spec: ModelSpec, s: ActivationSetup) -> int:
         router -= router_in
         if not s.lora_experts:
             experts -= k * (be * h + be * I_e)
+        n_gu, n_down = s.lora_expert_linears
+        if n_gu or n_down:
+            # transformers 4: each expert an nn.Linear module that peft wraps by name, as a
+            # dense MLP's projections (their adapters save their inputs, lora_B lora_A's)
+            experts += k * (_adapter_inputs(s, h, n_gu, be) + _adapter_inputs(s, I_e, n_down,
+                                                                               be))
     if spec.model_type in ("deepseek_v2",):
         router += 4 * h  # the gate casts its input to fp32 (F.linear in fp32)
     return router + dispatch + experts

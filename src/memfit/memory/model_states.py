@@ -35,7 +35,7 @@ __all__ = [
     "ZeroConfig", "DEEPSPEED_DEFAULTS", "FsdpConfig",
     "deepspeed_zero2_estimate", "deepspeed_zero3_estimate", "zero_paper_model_states",
     "BNB_BLOCK", "BNB_MIN_8BIT_SIZE", "StateInputs", "StateBytes", "shard_states",
-    "fused_projections",
+    "fused_projections", "V4_EXPERTS", "per_expert_linears",
 ]
 
 
@@ -326,6 +326,54 @@ def _moe_tensors(spec: ModelSpec, tp: int, ep: int) -> list[TensorGroup]:
     if m.shared_expert_gate:
         out.append(TensorGroup("shared_expert_gate", (1, h), 1, "layer", "", True))
     return out
+
+
+#: transformers 4.x MoE blocks whose routed experts are one ``nn.Linear`` module each (what
+#: bitsandbytes quantizes and peft targets by name), by model type: the (gate, up, down)
+#: module names and whether the router is an ``nn.Linear`` too. modeling_mixtral.py 4.57
+#: ``MixtralBlockSparseTop2MLP`` (w1, w3, w2) and ``gate = nn.Linear(h, E)``;
+#: modeling_qwen2_moe.py / modeling_qwen3_moe.py ``Qwen2MoeMLP`` experts and
+#: ``gate = nn.Linear``; modeling_deepseek_v2/v3.py ``DeepseekV2MLP`` experts and ``MoEGate``
+#: (a bare weight Parameter). transformers 5 fuses them into 3-D ``gate_up_proj`` /
+#: ``down_proj`` tensors (``*Experts``); GraniteMoE's ``input_linear``/``output_linear`` and
+#: gpt-oss's experts were 3-D in transformers 4 already (absent here: the same layout).
+V4_EXPERTS: dict[str, tuple[tuple[str, str, str], bool]] = {
+    "mixtral": (("w1", "w3", "w2"), True),
+    "qwen2_moe": (("gate_proj", "up_proj", "down_proj"), True),
+    "qwen3_moe": (("gate_proj", "up_proj", "down_proj"), True),
+    "deepseek_v2": (("gate_proj", "up_proj", "down_proj"), False),
+    "deepseek_v3": (("gate_proj", "up_proj", "down_proj"), False),
+}
+
+
+def per_expert_linears(spec: ModelSpec, groups: tuple[TensorGroup, ...]
+                       ) -> tuple[TensorGroup, ...]:
+    """transformers 4's layout of ``groups``: each fused 3-D expert tensor as ``E`` 2-D
+    ``nn.Linear`` weights (gate and up separate), tagged ``expert_gate`` / ``expert_up`` /
+    ``expert_down`` for the LoRA targets, and an ``nn.Linear`` router tagged ``router``;
+    bytes and elements are unchanged, the shapes are what NF4 quantizes block by block."""
+    names, router_linear = V4_EXPERTS[spec.model_type]
+    out: list[TensorGroup] = []
+    for g in groups:
+        if g.name == "experts.gate_up_proj":
+            e, n, h = g.shape
+            if spec.mlp_gated:
+                out.append(TensorGroup(f"experts.{names[0]}", (n // 2, h), g.count * e,
+                                       g.part, "expert_gate", True))
+                out.append(TensorGroup(f"experts.{names[1]}", (n // 2, h), g.count * e,
+                                       g.part, "expert_up", True))
+            else:
+                out.append(TensorGroup(f"experts.{names[1]}", (n, h), g.count * e, g.part,
+                                       "expert_up", True))
+        elif g.name == "experts.down_proj":
+            e, h, i = g.shape
+            out.append(TensorGroup(f"experts.{names[2]}", (h, i), g.count * e, g.part,
+                                   "expert_down", True))
+        elif g.name == "router" and router_linear:
+            out.append(replace(g, lora="router", linear=True))
+        else:
+            out.append(g)
+    return tuple(out)
 
 
 @lru_cache(maxsize=512)

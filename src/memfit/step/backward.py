@@ -21,13 +21,16 @@ __all__ = ["backward", "layer_extras", "end_extra"]
 BWD_ORDER = (WEIGHTS, STATES, BUFFERS, GRADS, ACTS)
 
 
-def layer_extras(s: Stage, grads_of_kind: list[int]) -> list[int]:
+def layer_extras(s: Stage, grads_of_kind: list[int], step: int = 0) -> list[int]:
     """Each layer kind's backward beyond the running total, given its gradients' bytes: the
     largest of its transient, its attention's backward (the scores' backward comes after the
     MLP's and o_proj's: their gradients exist by then and, under autocast, their 16-bit
     weight copies are gone) and RMSNorm's backward (the second norm's, right after the MLP's:
     four fp32 T x h temporaries beside the MLP's gradients, its saved tensors gone); plus
-    what it recomputes under checkpointing."""
+    what it recomputes under checkpointing (op-level selective checkpointing reuses the mm
+    outputs it kept: ``torch.utils.checkpoint``'s policy stores them, the recomputation does
+    not run them again). ``step``: the optimizer in backward's step of one parameter, which
+    runs when that parameter's gradient is complete, not inside another op's transient."""
     spec = s.spec
     share, mlp_share = s.layout.late, s.layout.mlp
     norm_bwd = 0 if NORM_STYLES.get(spec.model_type, "llama") == "layernorm" else (
@@ -43,8 +46,11 @@ def layer_extras(s: Stage, grads_of_kind: list[int]) -> list[int]:
                   norm_bwd + int(norm_g) - act.saved.get("mlp", 0) - act.saved.get("moe", 0))
         back = (s.ckpt_input if s.recomputed[k] else ckpt_working_set(act)
                 ) if s.o.activation_offload else 0  # unpacked from the host
-        out.append(own + back + (s.kind_total[k] + (c_layer if ac else 0) if s.recomputed[k]
-                                 else act.s2 if ckpt == "selective" else 0))
+        op_kept = (s.kept_of_kind[k] - s.ckpt_input
+                   if s.o.checkpointing == "op-selective" else 0)
+        out.append(max(own, step) + back + (
+            s.kind_total[k] - op_kept + (c_layer if ac else 0) if s.recomputed[k]
+            else act.s2 if ckpt == "selective" else 0))
     return out
 
 
@@ -96,16 +102,16 @@ def backward(s: Stage, p: Program) -> None:
     # the LM head's gradients (tied: the shared table's first partial); its tensors gone
     p.moment((GRADS, s.G_prev if s.accumulating else (0 if oib else g_head) + tied_partial),
              (ACTS, s.A_bwd - s.A_head + s.copies_bwd - s.copies_head))
-    extra = layer_extras(s, [0 if (s.accumulating or oib) else g for g in g_of_kind])
+    step = s.oib_step["layer"] if oib else 0  # a parameter's gradient and step
+    extra = layer_extras(s, [0 if (s.accumulating or oib) else g for g in g_of_kind], step)
     inflight = s.inflight
     runs = s.kind_runs
-    step = s.oib_step["layer"] if oib else 0  # a parameter's gradient and step
     for i in reversed(range(len(runs))):  # the layers, last first
         k, n = runs[i]
         dg = 0 if (s.accumulating or oib) else g_of_kind[k]
         dck = 0 if s.recomputed[k] else s.c_layer  # its casts, kept unless recomputed
-        block = ((ACTS, extra[k] + step),
-                 (ACTS, -(extra[k] + step + inflight * s.kept_of_kind[k] + dck)),
+        block = ((ACTS, extra[k]),
+                 (ACTS, -(extra[k] + inflight * s.kept_of_kind[k] + dck)),
                  (GRADS, dg))
         if i == 0:  # the last layer walked (layer 0): its gradients come with the end
             p.repeat(block, n - 1)

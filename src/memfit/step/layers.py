@@ -53,7 +53,7 @@ def _setup(s: Stage) -> ActivationSetup:
     # QLoRA: bitsandbytes casts each NF4 matmul's output back to its input's dtype, and
     # peft's fp32 embedding makes that fp32: every activation outside the matmuls is fp32
     # (under FSDP2 the policy casts the embedding to 16 bits).
-    s.fp32_stream = fp32_stream = (o.qlora and o.fsdp is None and o.qlora_stream == "fp32")
+    s.fp32_stream = fp32_stream = (o.qlora and o.fsdp is None and not o.no_kbit_prepare)
     # a 16-bit QLoRA base (no kbit prepare) keeps a 16-bit stream even under autocast
     bf16_base = o.qlora and not fp32_stream
     s.residual = 4 if ((s.autocast and not bf16_base) or b == 4 or fp32_stream) else 2
@@ -66,10 +66,17 @@ def _setup(s: Stage) -> ActivationSetup:
                            lora_rank=o.lora_rank or 0, lora_targets=c.lora_targets,
                            lora_dropout=s.lora and o.lora_dropout > 0, dora=s.lora and o.dora,
                            lora_experts=s.lora and o.lora_experts,
+                           lora_expert_linears=_expert_linears(c.lora_targets) if s.lora
+                           else (0, 0),
                            # FSDP2's MixedPrecisionPolicy casts the adapters too
                            lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
                            qlora=o.qlora, dropout=dropout_config(s.spec, c.config),
                            full_seq=o.seq, use_cache=_use_cache(c.config, o))
+
+
+def _expert_linears(targets: frozenset[str]) -> tuple[int, int]:
+    """transformers 4's per-expert adapters: (how many of gate/up, of down) are adapted."""
+    return (("expert_gate" in targets) + ("expert_up" in targets), int("expert_down" in targets))
 
 
 def _kinds(s: Stage) -> None:
@@ -217,7 +224,10 @@ def _copies(s: Stage) -> None:
         # QLoRA's NF4 linears are not autocast ops (bitsandbytes dequantizes them itself)
         lin = 0 if o.qlora else s.linear_el
         n = max(1, L)
-        if s.lora:  # the adapters' fp32 weights are cast too (and cached: they require grad)
+        # the adapters' fp32 weights are cast too (and cached: they require grad); 16-bit
+        # adapters (--lora-dtype bf16) are not cast
+        cast_adapters = s.lora and s.c.lora_bytes == 4
+        if cast_adapters:
             lin += sum(g.elements for g in s.trainable if g.part == "layer")
         s.copy_layer = 2 * lin // n if L else 0
         if s.lora and s.first and s.layers and not o.qlora:
@@ -244,7 +254,8 @@ def _copies(s: Stage) -> None:
     if s.autocast and s.lora and s.ckpt == "full" and s.layers:
         # autocast caches only the casts of tensors that require grad (the adapters'); a
         # checkpointed layer saves nothing, so the frozen base's casts go with each matmul
-        adapters = 2 * sum(g.elements for g in s.trainable if g.part == "layer")
+        adapters = 2 * sum(g.elements for g in s.trainable
+                           if g.part == "layer") if cast_adapters else 0
         s.copies_fwd_loss = adapters + s.copies_head
         s.copies_fwd_mid = adapters + (s.c_layer - adapters // L) + s.copies_head
         s.copies_per_layer = False
@@ -274,8 +285,11 @@ def _edges(s: Stage) -> None:
     if o.loss == "chunked":
         _chunked_loss(s)
         return
-    if o.loss == "fused-linear":
+    if o.loss == "liger":
         _fused_linear_loss(s)
+        return
+    if o.loss == "cce":
+        _cce_loss(s)
         return
     s.upcast = T * V * 4 if (s.last and logit_b != 4) else 0
     if s.last and (s.autocast or s.lora):
@@ -321,6 +335,41 @@ def _fused_linear_loss(s: Stage) -> None:
     s.logits = 0
     s.upcast = T * h * xb + chunk * (V + h) * b + 4 * T + 8 * T
     s.loss_grads = 0
+
+
+def _cce_loss(s: Stage) -> None:
+    """Cut Cross-Entropy (apple/ml-cross-entropy, cut_cross_entropy/cce.py
+    ``LinearCrossEntropyFunction``, as its transformers patch calls it: ``shift=True``,
+    ``filter_eps="auto"``): no logits ever exist. Forward: ``_build_flat_valids``
+    (utils.py) turns the N = B (S - 1) shifted labels into an int64 row index (``nonzero``'s
+    int64 [N, 2], its int32 copy, their sum), ``cce_lse_forward_kernel`` the fp32
+    log-sum-exp (N) and the fp32 per-vocabulary mean logit (V, for the gradient filter),
+    ``indexed_neg_dot_forward_kernel`` the fp32 target logits (N); saved: the hidden state
+    ``e`` (the head's 16-bit input), the lse, the valids, the mean logits. Backward
+    (cce_backward.py ``cce_backward_kernel``): ``argsort`` of the mean logits (int64, to
+    int32), ``de = zeros_like(e)`` (T h), ``dc = zeros_like(c)`` (V h, the head's gradient;
+    none for a frozen head), int32 locks of ``cdiv(rows, 128) x cdiv(h, 64)``; the logits'
+    blocks live in registers. Needs 16-bit ``e`` and ``c`` (its backward asserts them)."""
+    if not s.last:
+        s.upcast = s.loss_grads = 0
+        return
+    o, T, V, h, b = s.o, s.T, s.V, s.spec.hidden_size, s.setup.compute_bytes
+    N = o.batch * (o.seq - 1)  # the shifted labels, all valid
+    head = dict(s.head)
+    head.pop("log_softmax", None)
+    head.pop("labels", None)  # CCE reads the unshifted labels (shift=True): no copy
+    head["lm_head_input"] = T * h * b  # e, saved (also under LoRA's frozen head)
+    head["cce_lse"] = 4 * N
+    head["cce_valids"] = 8 * N
+    head["cce_logit_avg"] = 4 * V
+    s.head = head
+    s.logits = 0
+    # beside what it saves: nonzero's int64 [N, 2] and its int32 copy, before the int64
+    # valids, lse and mean logits exist; then the fp32 target logits (N)
+    s.upcast = max(24 * N - (8 * N + 4 * N + 4 * V), 4 * N)
+    locks = 4 * -(-h // 64) * (-(-N // 128) + (0 if s.lora else -(-V // 128)))
+    grads = T * h * b + (0 if s.lora else V * h * b)
+    s.loss_grads = max(12 * V, 4 * V + grads + locks)
 
 
 def _chunked_loss(s: Stage) -> None:

@@ -13,6 +13,7 @@ from ..memory.model_states import (
     FsdpConfig,
     Recipe,
     StateInputs,
+    V4_EXPERTS,
     TensorGroup,
     fsdp_padded_elements,
     get_optimizer,
@@ -20,6 +21,7 @@ from ..memory.model_states import (
     optimizer_state_bytes,
     optimizer_temporary_bytes,
     paged_state_bytes,
+    per_expert_linears,
     rank_tensors,
     shard_states,
     tensor_elements,
@@ -42,7 +44,7 @@ def weight_bytes(groups: tuple[TensorGroup, ...], recipe: Recipe, qlora: bool,
     model keeps in fp32); QLoRA: base linears in NF4 with double quantization
     (:func:`memfit.dtypes.tensor_bytes`), everything else upcast to fp32 by peft's
     ``prepare_model_for_kbit_training`` (``upcast``), or left in the recipe's dtype without
-    that step (``--qlora-stream 16-bit``: torchtune, Unsloth, axolotl)."""
+    that step (``--no-kbit-prepare``: torchtune, Unsloth, axolotl)."""
     if not qlora:
         return sum(g.elements * (4 if g.fp32 else recipe.weight_bytes) for g in groups)
     from ..dtypes import tensor_bytes
@@ -116,7 +118,7 @@ def _state_inputs(spec: ModelSpec, groups: tuple[TensorGroup, ...], recipe: Reci
     trainable = (_adapters(groups, o.lora_rank or 0, targets, o.dora, o.lora_experts)
                  if lora else groups)
     P = tensor_elements(trainable)
-    W = (weight_bytes(groups, recipe, o.qlora, o.qlora_stream == "fp32")
+    W = (weight_bytes(groups, recipe, o.qlora, not o.no_kbit_prepare)
          + (adapter_bytes * P if lora else 0))
     if first:
         # rotary inv_freq etc.: fp32 buffers; Gemma's embed_scale in the weights' dtype
@@ -151,14 +153,22 @@ def build(s: Stage) -> None:
     if groups is None:
         groups = memo[gkey] = rank_tensors(spec, tp=o.tp, ep=o.ep, dense_layers=s.n_dense,
                                            moe_layers=s.n_moe, first=s.first, last=s.last)
+    if o.transformers == 4 and s.n_moe and spec.model_type in V4_EXPERTS:
+        # transformers 4: one nn.Linear per expert (quantized by bitsandbytes, adapted by name)
+        gkey = (*gkey, 4)
+        v4 = memo.get(gkey)
+        if v4 is None:
+            v4 = memo[gkey] = per_expert_linears(spec, groups)
+        groups = v4
     lora = s.lora
     ab = c.lora_bytes  # adapter weights and gradients: fp32 (peft default) or bf16 (qlora.py)
-    state_b = 4 if lora else recipe.state_bytes
+    # torch.optim's state is zeros_like(param): the adapters' own dtype (fp32 by default)
+    state_b = ab if lora else recipe.state_bytes
     s.grad_b = ab if lora else recipe.grad_bytes
     eff = recipe if not lora else replace(recipe, grad_bytes=ab, step_grad_bytes=ab,
-                                          master_bytes=0, state_bytes=4, extra_grad_bytes=0)
+                                          master_bytes=0, state_bytes=ab, extra_grad_bytes=0)
     s.opt = opt = get_optimizer(o.optimizer, o.optimizer_impl)
-    skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.qlora_stream, o.optimizer,
+    skey = ("states", gkey, recipe, o.lora_rank, o.qlora, o.no_kbit_prepare, o.optimizer,
             o.optimizer_impl,
             len(s.layers), ab, c.lora_targets if lora else None, o.dora, o.lora_experts)
     cached = memo.get(skey)
