@@ -34,7 +34,7 @@ from typing import Any
 
 from .arch import ModelSpec
 from .memory.breakdown import Estimate
-from .memory.weights import model_weights, resolve_weights_option
+from .memory.weights import gguf_layer_bytes, memo, model_weights, resolve_weights_option
 from .workload import InferenceOptions
 
 __all__ = ["ollama_estimate", "ollama_graph_size", "ollama_layers", "OLLAMA_NUM_CTX"]
@@ -71,11 +71,8 @@ def ollama_layers(spec: ModelSpec, rw: Any, free: int, context: int, batch: int,
     """``llm/memory.go EstimateGPULayers`` for one GPU with ``free`` bytes."""
     L = spec.num_layers
     kv_layer = int(context * 2 * spec.head_dim * spec.num_kv_heads * kv_bytes)
-    sizes = [model_weights(spec, rw, start=i, stop=i + 1, first=False, last=False)
-             for i in range(L)]
-    blk = [w.total - w.components.get("buffers", 0) + kv_layer for w in sizes]
-    out_w = model_weights(spec, rw, start=L, stop=L, first=False, last=True)
-    output = out_w.total - out_w.components.get("buffers", 0)
+    weights, output = _layer_sizes(spec, rw)
+    blk = [w + kv_layer for w in weights]
     partial, full = ollama_graph_size(spec, context, batch)
     graph = max(partial, full)
     used = _CUDA_MINIMUM + blk[0]
@@ -101,6 +98,23 @@ def ollama_layers(spec: ModelSpec, rw: Any, free: int, context: int, batch: int,
             "weights": sum(blk) + output, "graph_full": full, "graph_partial": partial,
             "required_partial": used_total, "required_full": used_total + overflow,
             "fully_loaded": loaded}
+
+
+def _layer_sizes(spec: ModelSpec, rw: Any) -> tuple[list[int], int]:
+    """(``blk.i`` bytes of each layer, ``output_norm`` + ``output`` bytes): the GGUF file's
+    per-layer sizes (``use_more_bits`` layers differ), memoised per model and file type."""
+    def build() -> tuple[list[int], int]:
+        L = spec.num_layers
+        if rw.file_type is not None:
+            per = [sum(lw.components.values()) for lw in gguf_layer_bytes(spec, rw)]
+        else:
+            per = []
+            for i in range(L):
+                w = model_weights(spec, rw, start=i, stop=i + 1, first=False, last=False)
+                per.append(w.total - w.components.get("buffers", 0))
+        out_w = model_weights(spec, rw, start=L, stop=L, first=False, last=True)
+        return per, out_w.total - out_w.components.get("buffers", 0)
+    return memo(spec, f"ollama_layers:{rw.name}", build)  # type: ignore[no-any-return]
 
 
 def _fmt(n: int) -> str:
