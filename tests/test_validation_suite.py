@@ -1,9 +1,9 @@
 """memfit against every case of the tracer's validation suite (validation/traced.json).
 
 The acceptance of the inference and training issues (issue 16's "Done when"): each case's
-``peak_bytes`` within 1% of the traced peak, and the median |error| per mode within 0.1%. No torch needed: the traces are
-stored; ``validation/generate.py`` regenerates them (and ``benchmarks/accuracy.py`` prints the
-table).
+``peak_bytes`` within 1% of the traced peak, and the median |error| per mode within 0.1%. No
+torch needed: the traces are stored; ``validation/generate.py`` regenerates them (and
+``benchmarks/accuracy.py`` prints the table).
 """
 
 from __future__ import annotations

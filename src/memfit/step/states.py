@@ -10,10 +10,10 @@ from typing import Any
 from ..arch import ModelSpec
 from ..memory.model_states import (
     DEEPSPEED_DEFAULTS,
+    V4_EXPERTS,
     FsdpConfig,
     Recipe,
     StateInputs,
-    V4_EXPERTS,
     TensorGroup,
     fsdp_padded_elements,
     get_optimizer,
@@ -148,7 +148,7 @@ def build(s: Stage) -> None:
     s.P (trainable elements), s.N (shards), s.parts, s.linear_el, s.padded_layers."""
     c, o, spec, recipe = s.c, s.o, s.spec, s.recipe
     memo = memo_table(spec)
-    gkey = ("groups", o.tp, o.ep, s.n_dense, s.n_moe, s.first, s.last)
+    gkey: tuple[Any, ...] = ("groups", o.tp, o.ep, s.n_dense, s.n_moe, s.first, s.last)
     groups = memo.get(gkey)
     if groups is None:
         groups = memo[gkey] = rank_tensors(spec, tp=o.tp, ep=o.ep, dense_layers=s.n_dense,
