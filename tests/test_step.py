@@ -235,3 +235,68 @@ def test_fit_train_says_which_change_makes_it_fit() -> None:
     r = fit_train("llama-3.1-8b", "h100", gpus=1, seq=8192, batch=1, precision="bf16-true")
     if not r.layouts:
         assert any(n.startswith("fits with --") for n in r.notes)
+
+
+# -- issue 16: --loss cce, --transformers 4 ---------------------------------------------------
+
+def test_cce_keeps_less_than_liger_at_the_loss_by_its_saved_tensors() -> None:
+    """Cut Cross-Entropy (cut_cross_entropy/cce.py ``LinearCrossEntropyFunction``) against
+    Liger's fused linear cross-entropy, at the forward's loss moment, from the two sources:
+    Liger keeps ``grad_input`` (T h) and ``grad_weight`` (V h) from its forward and holds the
+    hidden state, one chunk's logits and gradient slice (chunk (V + h)), the fp32 loss and
+    labels (12 T); CCE saves ``e`` (T h), the fp32 lse and int64 valids over the N = B (S-1)
+    shifted labels (12 N) and the fp32 mean logits (4 V), beside ``nonzero``'s transients
+    (24 N, less what is not yet allocated) or the fp32 target logits (4 N)."""
+    def fwd(loss: str) -> int:
+        e = train("llama-3.2-1b", precision="bf16-true", batch=4, seq=2048, loss=loss)
+        return next(p.peak_bytes for p in e.phases if p.name == "forward")
+
+    T, h, V, N, b = 4 * 2048, 2048, 128256, 4 * 2047, 2
+    chunk = 256  # next_power_of_2(cdiv(T, cdiv(V, h))) = next_power_of_2(131)
+    liger = 2 * T * h * b + V * h * b + chunk * (V + h) * b + 12 * T
+    cce = T * h * b + 12 * N + 4 * V + max(24 * N - (12 * N + 4 * V), 4 * N)
+    assert fwd("liger") - fwd("cce") == liger - cce
+
+
+@pytest.mark.parametrize("opts", [dict(loss="cce"), dict(loss="cce", precision="fp32")])
+def test_cce_needs_a_16_bit_head(opts: dict) -> None:
+    """CCE's backward asserts bf16/fp16 ``e`` and ``c`` (cce_backward.py): autocast's fp32
+    weights and fp32 training are refused by name."""
+    with pytest.raises(MemfitError, match="loss"):
+        train("llama-3.2-1b", seq=512, **opts)
+
+
+def test_transformers_4_quantizes_and_adapts_mixtral_experts_by_module() -> None:
+    """transformers 4's Mixtral (modeling_mixtral.py, ``MixtralBlockSparseTop2MLP``: w1, w3
+    = Linear(h, I), w2 = Linear(I, h); the router ``gate = Linear(h, E)``): bitsandbytes
+    quantizes every expert and the router; peft's all-linear adapts them. transformers 5's
+    fused 3-D experts stay 16-bit, upcast to fp32 by prepare_model_for_kbit_training."""
+    from memfit.dtypes import tensor_bytes
+
+    kw = dict(qlora=True, precision="bf16-true", seq=512)
+    v5 = train("mixtral-8x7b", **kw)
+    v4 = train("mixtral-8x7b", transformers=4, **kw)
+    L, E, h, I, r = 32, 8, 4096, 14336, 16
+    nf4 = 2 * tensor_bytes((I, h), "nf4-dq") + tensor_bytes((h, I), "nf4-dq")
+    experts = L * (E * (3 * I * h * 4 - nf4) + (E * h * 4 - tensor_bytes((E, h), "nf4-dq")))
+    attn = r * (2 * (h + h) + 2 * (h + 1024))  # q, o; k, v (8 KV heads of 128)
+    per_layer = attn + E * 3 * r * (h + I) + r * (h + E)
+    assert v4.assumptions["trainable_params_on_rank"] == L * per_layer
+    assert v5.assumptions["trainable_params_on_rank"] == L * attn
+    adapters = 4 * (L * per_layer - L * attn)  # fp32 adapters
+    assert v5.components["weights"] - v4.components["weights"] == experts - adapters
+    assert "experts.w1" in v4.assumptions["lora"]
+    assert "gate_proj" not in v5.assumptions["lora"]  # Mixtral has no dense MLP
+
+
+def test_transformers_4_knobs_refused_where_not_modelled() -> None:
+    with pytest.raises(MemfitError, match="lora-experts"):
+        train("mixtral-8x7b", lora_rank=8, lora_experts=True, transformers=4,
+              precision="bf16-true")
+    with pytest.raises(MemfitError, match="not modelled yet"):
+        train("mixtral-8x7b", qlora=True, transformers=4)  # bf16-mixed: autocast experts
+    with pytest.raises(MemfitError, match="lora-targets"):
+        train("mixtral-8x7b", lora_rank=8, lora_targets="mlp")  # no dense MLP, fused experts
+    dense = dict(lora_rank=8, seq=512)
+    assert train("llama-3.2-1b", transformers=4, **dense).peak_bytes == train(
+        "llama-3.2-1b", **dense).peak_bytes  # a dense model: the same modules

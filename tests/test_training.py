@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -354,3 +355,52 @@ def test_qlora_under_fsdp_is_lighter_than_lora_under_fsdp_and_than_one_gpu() -> 
     qlora_one = train("llama-3.1-8b", qlora=True).peak_bytes
     assert qlora_fsdp < lora_fsdp
     assert qlora_fsdp < qlora_one
+
+
+# -- the web page: every issue-16 knob is a control of the form and a field of the API ------
+
+ISSUE16_KNOBS = [
+    {"lora_rank": 16, "lora_targets": "peft-default", "lora_dropout": 0.05,
+     "precision": "bf16-true"},
+    {"lora_rank": 16, "lora_dtype": "bf16", "dora": True, "precision": "bf16-true"},
+    {"qlora": True, "no_kbit_prepare": True, "precision": "bf16-true"},
+    {"qlora": True, "transformers": 4, "precision": "bf16-true", "model": "mixtral-8x7b"},
+    {"lora_rank": 8, "lora_experts": True, "precision": "bf16-true", "model": "mixtral-8x7b"},
+    {"loss": "chunked", "loss_chunks": 16},
+    {"loss": "liger", "precision": "bf16-true"},
+    {"loss": "cce", "precision": "bf16-true"},
+    {"checkpointing": "op-selective", "checkpoint_every": 2, "precision": "bf16-true"},
+    {"activation_offload": True, "precision": "bf16-true"},
+    {"optimizer": "paged-adamw-8bit", "optimizer_in_backward": True, "precision": "bf16-true"},
+    {"dp": 8, "fsdp": "full", "fsdp_version": 1, "precision": "bf16-true"},
+    {"dp": 8, "fsdp": "full", "offload": "params"},
+]
+
+
+def test_web_form_and_api_carry_every_training_knob() -> None:
+    """The page builds its form from GET /api/options (src/memfit/web/static/app.js
+    ``optionControl``: no field is listed by hand), so each option of TrainingOptions is a
+    control; POST /api/train takes each issue-16 knob and answers the Python estimate."""
+    import json
+    from dataclasses import fields
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from memfit.web import create_app
+    from memfit.workload import TrainingOptions
+
+    client = TestClient(create_app())
+    described = {o["name"]: o for o in client.get("/api/options").json()["train"]}
+    assert {f.name for f in fields(TrainingOptions)} <= set(described)
+    assert described["loss"]["choices"] == ["hf", "chunked", "liger", "cce"]
+    assert described["transformers"]["choices"] == [4, 5]
+    assert described["lora_targets"]["default"] == "all-linear"
+    page = (Path(__file__).resolve().parents[1] / "src/memfit/web/static/app.js").read_text()
+    assert "api/options" in page and "lora_targets" not in page  # generated, not by hand
+    for knobs in ISSUE16_KNOBS:
+        opts = {k: v for k, v in knobs.items() if k != "model"}
+        model = knobs.get("model", "llama-3.2-1b")
+        r = client.post("/api/train", json={"model": model, "options": {**opts, "seq": 512}})
+        assert r.status_code == 200, (knobs, r.text)
+        assert r.json() == json.loads(json.dumps(train(model, seq=512, **opts).to_dict()))
