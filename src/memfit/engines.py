@@ -1030,6 +1030,8 @@ def _llamacpp_layout(spec: ModelSpec, o: InferenceOptions,
     start = L - on_gpu
     output_on_gpu = ngl > L
     shares = _tensor_split(o.tensor_split)
+    if o.split_mode == "none":  # -sm none: every offloaded layer on the main GPU
+        shares = [1.0]
     devs = _llamacpp_devices(L, start, max(1, min(ngl, L + 1)), shares)
     cut = min(o.n_cpu_moe, L) if spec.moe is not None else 0
     gpus: list[dict[str, Any]] = []
@@ -1052,6 +1054,38 @@ def _llamacpp_layout(spec: ModelSpec, o: InferenceOptions,
             "gpus": gpus, "host_total": host_total, "experts_on_cpu": moved}
 
 
+def _llamacpp_context(spec: ModelSpec, o: InferenceOptions, d: LlamaCppDefaults,
+                      notes: list[str]) -> tuple[int, int, int, list[str]]:
+    """(n_ctx, n_batch, n_ubatch, warnings) as ``llama_context::llama_context``
+    (``src/llama-context.cpp``, llama.cpp b7000+) sets them: ``n_ctx = -c`` (0: the model's
+    ``n_ctx_train``), ``n_batch = min(n_ctx, -b)``, ``n_ubatch = min(n_batch, -ub)``, then
+    ``n_ctx = GGML_PAD(n_ctx, 256)``; the compute graph is reserved for ``min(n_ctx,
+    n_ubatch)`` tokens (``sched_reserve``). Without ``--ctx-size`` the window is the request's
+    own ``batch x (prompt + generate)`` cells. A request beyond the window is a warning:
+    llama.cpp starts (its memory is the window's), but cannot serve it as asked."""
+    need = o.batch * (o.prompt + o.generate)
+    raw = need if o.ctx_size is None else o.ctx_size
+    if raw == 0:  # -c 0: the training context from the GGUF metadata
+        raw = spec.max_position_embeddings or 0
+        if not raw:
+            raise MemfitError.bad_value("ctx-size", 0, "a positive window: the model states "
+                                        "no training context (max_position_embeddings)")
+        notes.append(f"--ctx-size 0: the model's training context, {raw} cells")
+    n_ctx = -(-raw // d.ctx_pad) * d.ctx_pad
+    n_batch = min(raw, o.batch_size)
+    n_ub = min(n_batch, o.ubatch_size)
+    warnings = []
+    if o.ctx_size is not None and need > n_ctx:
+        warnings.append(f"batch x (prompt + generate) = {need} cells is above the context "
+                        f"window n_ctx {n_ctx} (--ctx-size): llama.cpp starts, but llama-server "
+                        "refuses a prompt beyond its context and stops generating at its end")
+    limit = spec.max_position_embeddings
+    if o.ctx_size is not None and limit and raw > limit:
+        notes.append(f"n_ctx {raw} > n_ctx_train {limit}: llama.cpp warns \"possible training "
+                     "context overflow\" and allocates the window anyway")
+    return n_ctx, n_batch, n_ub, warnings
+
+
 def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
                       config: Mapping[str, Any] | None = None) -> Estimate:
     """llama.cpp (the build of late 2025: ``-fa auto``, ``--n-cpu-moe``) with ``n_gpu_layers``
@@ -1065,6 +1099,14 @@ def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
                      "tp/pp/ep are not its options and are ignored")
     if o.n_cpu_moe and spec.moe is None:
         notes.append("--n-cpu-moe ignored: the model has no MoE experts")
+    if o.split_mode == "row":
+        raise MemfitError.bad_value(
+            "split-mode", "row", "layer or none (row split, each matrix's rows spread over the "
+            "GPUs by ggml-cuda's split buffer with the KV cache and compute buffer on the main "
+            "GPU, is not modelled yet)")
+    if o.split_mode == "none" and o.tensor_split is not None:
+        notes.append("--tensor-split ignored: --split-mode none keeps every offloaded layer on "
+                     "the main GPU (llama.cpp src/llama.cpp llama_model_load_from_file_impl)")
     rw = resolve_weights_option(spec, o.weights, "llamacpp")
     kt, vt = _llamacpp_kv_types(o)
     fa = o.flash_attn != "off"  # auto: on where the backend supports it (CUDA, Metal)
@@ -1073,8 +1115,7 @@ def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
         blockers.append(f"a quantized V cache (-ctv {vt.name}) needs flash attention: "
                         "llama.cpp refuses to create the context with -fa off")
     lay = _llamacpp_layout(spec, o, rw)
-    n_ctx = -(-(o.batch * (o.prompt + o.generate)) // d.ctx_pad) * d.ctx_pad
-    n_ub = min(o.ubatch_size, n_ctx)
+    n_ctx, n_batch, n_ub, warnings = _llamacpp_context(spec, o, d, notes)
     for g in lay["gpus"]:
         g["kv"] = _llamacpp_kv(spec, kt, vt, n_ctx, g["start"], g["stop"], n_ub, d)
         # every GPU with work holds a compute buffer; at -ngl 0 the first one still does
@@ -1085,6 +1126,8 @@ def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
         g["total"] = g["weights"] + g["kv"] + g["compute"]
     top = max(lay["gpus"], key=lambda g: g["total"])
     kv_host = _llamacpp_kv(spec, kt, vt, n_ctx, 0, lay["start"], n_ub, d)
+    lay["context"] = {"n_batch": n_batch, "ctx_size": o.ctx_size, "split_mode": o.split_mode,
+                      "warnings": warnings, "serves_request": not warnings}
     return _llamacpp_result(spec, o, rw, lay, top, kt, vt, n_ctx, n_ub, fa, kv_host, notes,
                             blockers)
 
@@ -1130,7 +1173,7 @@ def _llamacpp_result(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights,
                            "output_layer": g["output"], "model_buffer_bytes": g["weights"],
                            "kv_buffer_bytes": g["kv"], "compute_buffer_bytes": g["compute"]}
                           for g in lay["gpus"]],
-              "blockers": blockers,
+              "blockers": blockers, **lay["context"],
               "component_words": {"weights": "model buffer", "kv_cache": "KV buffer",
                                   "activations": "compute buffer"}}
     if len(lay["gpus"]) > 1:

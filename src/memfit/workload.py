@@ -51,6 +51,7 @@ OLLAMA_VERSIONS = ("0.5", "0.12")
 VLLM_VERSIONS = ("0.12", "0.21")
 VLLM_ENTRYPOINTS = ("serve", "llm")
 FLASH_ATTN = ("auto", "on", "off")
+SPLIT_MODES = ("layer", "row", "none")  # llama.cpp -sm (common/arg.cpp); row is refused
 FSDP_MODES = ("full", "grad-op", "hybrid")
 OFFLOAD = ("none", "optimizer", "params")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -292,6 +293,18 @@ class InferenceOptions:
     tensor_split: str | None = _opt(None, "llamacpp: split the offloaded layers over GPUs in "
                                     "these shares (--tensor-split 3,1; split-mode layer); "
                                     "default one GPU", nullable=True, aliases=("-ts",))
+    split_mode: str = _opt("layer", "llamacpp: how the GPUs share the model (-sm): layer "
+                           "(whole layers per GPU, --tensor-split shares), none (one GPU); row "
+                           "(matrix rows across GPUs) is not modelled yet", choices=SPLIT_MODES,
+                           aliases=("-sm",))
+    ctx_size: int | None = _opt(None, "llamacpp: context window in KV cells (-c; 0 = the model's "
+                                "training context, as llama.cpp reads 0); the KV cache and the "
+                                "KQ mask are sized for it and batch x (prompt + generate) must "
+                                "fit in it; default: exactly that request", min=0,
+                                max=MAX_COUNT, nullable=True, aliases=("-c",))
+    batch_size: int = _opt(2048, "llamacpp: logical batch (-b); only bounds the compute graph's "
+                           "n_ubatch = min(--ubatch-size, --batch-size, context)", min=1,
+                           max=1 << 20)
     mem_fraction_static: float | None = _opt(
         None, "sglang: fraction of the GPU's free memory for weights + KV pool "
         "(--mem-fraction-static); default SGLang's rule by GPU memory and TP", min=0.01,
