@@ -126,7 +126,12 @@ def test_sglang_options_only_with_sglang() -> None:
 
 
 def test_ollama_defaults_and_context() -> None:
-    assert OLLAMA_NUM_CTX == {"0.5": 2048, "0.12": 4096}
+    assert OLLAMA_NUM_CTX == {"0.5": 2048, "0.9": 4096}
+    # the newest releases: by VRAM (4k below 24 GiB, 32k below 48 GiB, else 256k)
+    for gpu, ctx in (("rtx-3060", 4096), ("rtx-4090", 4096),  # 23.99 GiB: below 24
+                     ("rtx-5090", 32768), ("l40s", 32768), ("h100", 262144)):
+        assert infer("llama-3.1-8b", engine="ollama", gpu=gpu,
+                     ollama_version="0.34").extras["num_ctx"] == ctx
     e = infer("llama-3.1-8b", engine="ollama", gpu="rtx-3060")
     x = e.extras
     # Q4_K_M (the library's default tag), 4096 cells, f16 cache: 32 * 4096 * 1024 * 2 * 2

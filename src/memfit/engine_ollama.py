@@ -2,12 +2,14 @@
 
 Modelled on Ollama's ``llm/memory.go EstimateGPULayers`` and ``fs/ggml/ggml.go GraphSize``
 (the releases whose ``GraphSize(context, batch, numParallel, kvCacheType)`` sizes the graph,
-0.5 - 0.12; the newer "Ollama engine" runner that sizes by a trial allocation is not
+0.5 - 0.9; the newer "Ollama engine" runner that sizes by a trial allocation is not
 modelled):
 
 * the context of one model load is ``num_ctx * num_parallel`` cells (``GraphSize``:
-  ``context *= numParallel``): ``num_ctx`` defaults to 2048 in 0.5 (``api.DefaultOptions``)
-  and 4096 in 0.12 (``envconfig.ContextLength``), ``OLLAMA_NUM_PARALLEL`` to 1;
+  ``context *= numParallel``): ``num_ctx`` defaults to 2048 in 0.5 (``api.DefaultOptions``),
+  4096 in 0.9 (``envconfig.ContextLength``) and, in the newest releases (0.34:
+  ``ContextLength`` 0, "default: 4k/32k/256k based on VRAM", docs.ollama.com/context-length),
+  4096 below 24 GiB of VRAM, 32768 below 48 GiB, else 262144; ``OLLAMA_NUM_PARALLEL`` 1;
   ``num_batch`` (the llama.cpp ``n_batch``/``n_ubatch``) to 512;
 * flash attention only with ``OLLAMA_FLASH_ATTENTION=1`` (``--flash-attn on``), and the KV
   type of ``OLLAMA_KV_CACHE_TYPE`` (``-ctk``; q8_0 / q4_0) only with flash attention, else
@@ -37,14 +39,26 @@ from .memory.breakdown import Estimate
 from .memory.weights import gguf_layer_bytes, memo, model_weights, resolve_weights_option
 from .workload import InferenceOptions
 
-__all__ = ["ollama_estimate", "ollama_graph_size", "ollama_layers", "OLLAMA_NUM_CTX"]
+__all__ = ["ollama_estimate", "ollama_graph_size", "ollama_layers", "default_num_ctx",
+           "OLLAMA_NUM_CTX", "OLLAMA_VRAM_CTX"]
 
 MiB = 2**20
 #: num_ctx by release: api.DefaultOptions NumCtx 2048 (0.5); envconfig.ContextLength 4096
-OLLAMA_NUM_CTX = {"0.5": 2048, "0.12": 4096}
+OLLAMA_NUM_CTX = {"0.5": 2048, "0.9": 4096}
+#: the newest releases: (VRAM below, num_ctx) steps, else 262144 (docs.ollama.com/context-length)
+OLLAMA_VRAM_CTX = ((24 * 2**30, 4096), (48 * 2**30, 32768))
 _CUDA_MINIMUM = 457 * MiB  # discover/gpu.go: CudaMinimumMemory / rocmMinimumMemory
 _DRIVER_RESERVED = 480 * MiB  # memory a fresh card reports used (engines.VLLMDefaults)
 _KV_BYTES = {"q8_0": 1.0, "q4_0": 0.5}  # ggml.go kvCacheBytesPerElement; f16: 2
+
+
+def default_num_ctx(version: str, card: Any) -> int:
+    """Ollama's default context for ``version``: fixed before 0.34, by the GPU's memory after
+    (no GPU: the smallest step)."""
+    if version in OLLAMA_NUM_CTX:
+        return OLLAMA_NUM_CTX[version]
+    vram = card.memory_bytes if card is not None else 0
+    return next((ctx for below, ctx in OLLAMA_VRAM_CTX if vram < below), 262144)
 
 
 def ollama_graph_size(spec: ModelSpec, context: int, batch: int) -> tuple[int, int]:
@@ -130,7 +144,8 @@ def ollama_estimate(spec: ModelSpec, o: InferenceOptions,
     """Ollama with its defaults on ``--gpu``: its layer choice, then llama.cpp's buffers."""
     from . import engines as E
 
-    num_ctx = o.num_ctx or OLLAMA_NUM_CTX[o.ollama_version]
+    card = E._card(o)
+    num_ctx = o.num_ctx or default_num_ctx(o.ollama_version, card)
     context = num_ctx * o.num_parallel
     fa = o.flash_attn == "on"  # OLLAMA_FLASH_ATTENTION, off unless set
     notes: list[str] = []
@@ -141,7 +156,6 @@ def ollama_estimate(spec: ModelSpec, o: InferenceOptions,
         kv_type = None
     weights = o.weights or "Q4_K_M"
     rw = resolve_weights_option(spec, weights, "llamacpp", config)
-    card = E._card(o)
     layers = None
     ngl = o.n_gpu_layers
     if card is not None:

@@ -9,6 +9,7 @@ transformers on PyTorch gets (see ``shared/CONTRACT.md``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "TRANSFORMERS_VERSIONS",
     "ADAPTER_DTYPES",
     "option_fields",
+    "vllm_regime",
     "make_options",
     "default_within",
 ]
@@ -47,8 +49,8 @@ ENGINES = ("hf", "vllm", "llamacpp", "sglang", "ollama")
 ENGINE_SPELLINGS = {"llamacpp": "llamacpp", "vllm": "vllm", "hf": "hf", "transformers": "hf",
                     "huggingface": "hf", "hftransformers": "hf", "sglang": "sglang",
                     "ollama": "ollama"}
-OLLAMA_VERSIONS = ("0.5", "0.12")
-VLLM_VERSIONS = ("0.12", "0.21")
+OLLAMA_VERSIONS = ("0.5", "0.9", "0.34")
+VLLM_VERSIONS = ("0.12", "0.21")  # the memory accountings modelled (see vllm_regime)
 VLLM_ENTRYPOINTS = ("serve", "llm")
 FLASH_ATTN = ("auto", "on", "off")
 SPLIT_MODES = ("layer", "row", "none")  # llama.cpp -sm (common/arg.cpp); row is refused
@@ -206,6 +208,26 @@ def _default(cls: type, attr: str) -> Any:
     return getattr(cls, attr)
 
 
+def vllm_regime(version: str) -> str:
+    """The modelled accounting (one of ``VLLM_VERSIONS``) of vLLM release ``version`` ("0.10.1",
+    "0.21", "v0.11.0rc1"): "0.21" from v0.21.0 on (the profiler's CUDA-graph estimate
+    ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` on by default), "0.12" before."""
+    regime = _VLLM_REGIMES.get(version) if isinstance(version, str) else None
+    if regime is None:
+        m = _VLLM_RELEASE.fullmatch(version.strip()) if isinstance(version, str) else None
+        if m is None:
+            raise MemfitError.bad_value("vllm-version", version, "a vLLM release X.Y or X.Y.Z "
+                                        "(e.g. 0.10.1, 0.21.0)")
+        regime = "0.21" if (int(m[1]), int(m[2])) >= (0, 21) else "0.12"
+        if len(_VLLM_REGIMES) < 256:
+            _VLLM_REGIMES[version] = regime
+    return regime
+
+
+_VLLM_REGIMES: dict[str, str] = {v: v for v in VLLM_VERSIONS}
+_VLLM_RELEASE = re.compile(r"v?(\d{1,4})\.(\d{1,4})(?:\.\d{1,4})?(?:[.+-]?(?:rc|post|dev)\w*)?")
+
+
 def default_within(options: Any, name: str, limit: int | None, reserve: int = 0,
                    why: str = "") -> tuple[Any, str | None]:
     """Shrink option ``name`` to ``limit - reserve`` when the user left it at its default
@@ -268,9 +290,10 @@ class InferenceOptions:
         "(vllm serve: 8192 on >= 70 GiB cards but A100, else 2048)", min=1, max=MAX_COUNT,
         nullable=True)
     enforce_eager: bool = _opt(False, "vllm: no CUDA graphs (--enforce-eager)", flag=True)
-    vllm_version: str = _opt("0.21", "vllm: release whose memory accounting is modelled: 0.21+ "
-                             "reserves CUDA-graph memory inside the KV budget; 0.12 captures "
-                             "graphs after sizing the pool", choices=VLLM_VERSIONS)
+    vllm_version: str = _opt("0.21", "vllm: release, X.Y or X.Y.Z (0.10.1); modelled with the "
+                             "accounting of 0.21 (0.21 and later reserve CUDA-graph memory "
+                             "inside the KV budget) or of 0.12 (earlier releases capture graphs "
+                             "after sizing the pool)")
     vllm_entrypoint: str = _opt("serve", "vllm: `vllm serve` (OpenAI server) or the LLM class "
                                 "(python), which set different batch defaults",
                                 choices=VLLM_ENTRYPOINTS)
@@ -328,8 +351,9 @@ class InferenceOptions:
                                min=1, max=MAX_COUNT, nullable=True)
     num_parallel: int = _opt(1, "ollama: parallel requests (OLLAMA_NUM_PARALLEL); the context "
                              "is num_ctx x num_parallel", min=1, max=1 << 10)
-    ollama_version: str = _opt("0.12", "ollama: release whose defaults are modelled: 0.12 "
-                               "(default context 4096) or 0.5 (2048)", choices=OLLAMA_VERSIONS)
+    ollama_version: str = _opt("0.9", "ollama: release whose default context is modelled: 0.5 "
+                               "(2048), 0.9 (4096), 0.34 (by VRAM: 4k below 24 GiB, 32k below "
+                               "48 GiB, else 256k)", choices=OLLAMA_VERSIONS)
 
     def __post_init__(self) -> None:
         _check(self)
@@ -338,6 +362,8 @@ class InferenceOptions:
     def _rules(self, given: Any = None) -> None:
         """The rules between options (after each option's own check)."""
         _check_engine_owned(self, given)
+        if self.vllm_version is not _default(InferenceOptions, "vllm_version"):
+            vllm_regime(self.vllm_version)  # a release number, or the error naming it
         if self.engine in ("llamacpp", "ollama"):  # layers split across GPUs, not TP/PP/EP
             for name in ("tp", "pp", "ep"):
                 if getattr(self, name) > 1:

@@ -258,7 +258,7 @@ def _ollama_env(r: Reader, env: dict[str, str]) -> Translation:
                "--engine ollama; newer releases turn it on per model)")
     t = r.done()
     if "num_ctx" not in t.options:
-        r.note("num_ctx", "(not given)", "Ollama's default context (4096 cells in 0.12, "
+        r.note("num_ctx", "(not given)", "Ollama's default context (4096 cells in 0.9, "
                "2048 in 0.5: --ollama-version; newer releases pick it by the GPU's memory)")
     if "n_gpu_layers" not in t.options:
         r.note("num_gpu", "(not given)", "Ollama's own choice of the layers that fit "
