@@ -15,8 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_ENTRIES", "cache_dir", "get", "key_of", "put"]
+__all__ = ["FORMAT", "MAX_ENTRIES", "cache_dir", "get", "key_of", "put"]
 
+#: Bumped when the plan or the summaries change meaning: older entries are then never read.
+FORMAT = 2
 #: At most this many cached results (each a few hundred bytes: about 2 MB in all).
 MAX_ENTRIES = 4096
 
@@ -29,8 +31,8 @@ def cache_dir() -> Path:
 
 
 def key_of(*parts: Any) -> str:
-    """A stable hex key for JSON-able ``parts`` (dict keys sorted)."""
-    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    """A stable hex key for JSON-able ``parts`` (dict keys sorted) and :data:`FORMAT`."""
+    text = json.dumps([FORMAT, *parts], sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

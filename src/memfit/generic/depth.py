@@ -7,8 +7,9 @@ kind. So each phase's peak is linear in the number of blocks of each kind once t
 blocks' own effects are counted (the first block differs: it reads the embeddings' output).
 The plan therefore traces:
 
-- ``base``: the first two blocks of each distinct kind, in their model order;
-- ``base + t``: the base plus the third block of kind ``t``, for each kind with three or more;
+- ``base``: the last two blocks of each distinct kind, in their model order;
+- ``base + t``: the base plus the third-last block of kind ``t``, for each kind with three
+  or more;
 
 and extrapolates each phase peak ``P`` as
 ``P(full) = P(base) + sum_t (n_t - 2) * (P(base + t) - P(base))``, ``n_t`` the blocks of kind
@@ -149,15 +150,21 @@ def _signatures(model: Any, text_cfg: Any,
 
 
 def _choose(kinds: list[int]) -> dict[str, tuple[int, ...]]:
-    """The runs: the first two blocks of each kind; plus each kind's third block."""
+    """The runs: the last two blocks of each kind; plus each kind's third-last block.
+
+    The last ones, so the reduced model ends as the full one does: a peak inside the last
+    block of a kind (prefill's largest transient sits in the last sliding-window layer of
+    Cohere 2, with every earlier layer's cache live) then has blocks of every kind before
+    it, in the reduced model as in the full one.
+    """
     seen: dict[int, list[int]] = {}
     for i, k in enumerate(kinds):
         seen.setdefault(k, []).append(i)
-    base = sorted(i for idx in seen.values() for i in idx[:2])
+    base = sorted(i for idx in seen.values() for i in idx[-2:])
     runs = {"base": tuple(base)}
     for k, idx in seen.items():
         if len(idx) >= 3:
-            runs[f"kind{k}"] = tuple(sorted(base + [idx[2]]))
+            runs[f"kind{k}"] = tuple(sorted(base + [idx[-3]]))
     return runs
 
 
