@@ -234,8 +234,9 @@ def test_pydantic_errors_name_field_value_allowed(client: TestClient, path: str,
 
 
 def test_unknown_option_lists_the_valid_ones(client: TestClient) -> None:
-    err = only(client.post("/api/infer", json={"model": SMALL, "options": {"batch_size": 4}}))
-    assert err["loc"] == ["body", "options", "batch_size"] and err["input"] == 4
+    # (batch_size is llama.cpp's --batch-size since the contract's second round)
+    err = only(client.post("/api/infer", json={"model": SMALL, "options": {"batchsize": 4}}))
+    assert err["loc"] == ["body", "options", "batchsize"] and err["input"] == 4
     assert "batch" in err["allowed"] and "kv_dtype" in err["allowed"]
 
 

@@ -62,7 +62,7 @@ from .memory.weights import (
 )
 from .parallel import stage_layers
 from .solve import largest_true
-from .workload import InferenceOptions
+from .workload import InferenceOptions, vllm_regime
 
 __all__ = ["VLLM_DEFAULTS", "LLAMACPP_DEFAULTS", "hf_estimate", "vllm_estimate",
            "llamacpp_estimate", "ENGINE_FUNCS", "vllm_derived_max_len"]
@@ -714,7 +714,7 @@ def _vllm_budget(o: InferenceOptions, gpu_bytes: int, world: int, d: VLLMDefault
     non_torch = d.non_torch_bytes + d.nccl_peer_bytes * min(world - 1, 2)
     graphs = 0 if o.enforce_eager else d.cuda_graph_bytes
     return {"requested": requested, "free_at_start": free, "non_torch": non_torch,
-            "graphs": graphs, "graphs_inside": o.vllm_version >= "0.21" and graphs > 0}
+            "graphs": graphs, "graphs_inside": vllm_regime(o.vllm_version) == "0.21" and graphs > 0}
 
 
 def _vllm_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: KVDtype,
@@ -770,8 +770,15 @@ def vllm_estimate(spec: ModelSpec, o: InferenceOptions,
     notes.extend(v["notes"])
     if rw.note:
         notes.append(rw.note)
+    regime = vllm_regime(o.vllm_version)
+    if regime != o.vllm_version:
+        notes.append(f"vLLM {o.vllm_version} modelled with the memory accounting of {regime} ("
+                     + ("CUDA graphs inside the KV budget, as from v0.21.0)" if regime == "0.21"
+                        else "CUDA graphs captured after the KV pool is sized, as before "
+                        "v0.21.0)"))
     assumptions = {"engine": f"vllm {o.vllm_version} (V1, paged KV cache, `vllm "
                              f"{'serve' if o.vllm_entrypoint == 'serve' else 'LLM class'}`)",
+                   "vllm_accounting": regime,
                    "weights": rw.name, "weights_source": rw.source, "kv_dtype": kvdt.name,
                    "gpu_memory_utilization": o.gpu_memory_utilization,
                    "most_loaded_stage": stage, "notes": notes}
