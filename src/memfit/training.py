@@ -175,9 +175,11 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
     if o.lora_rank is not None:
         assumptions["lora"] = (
             f"rank {o.lora_rank} on {', '.join(target_names(spec, targets))} "
-            f"(--lora-targets {o.lora_targets}); adapters and their gradients in {lora_dtype}, "
-            "optimizer state fp32" + (f"; dropout {o.lora_dropout} on each adapter's input"
-                                      if o.lora_dropout else ""))
+            f"(--lora-targets {o.lora_targets}); adapters, their gradients and optimizer "
+            f"state in {lora_dtype} (torch.optim's state is zeros_like(param))"
+            + (f"; dropout {o.lora_dropout} on each adapter's input" if o.lora_dropout else "")
+            + ("; transformers 4's per-expert nn.Linear layout" if o.transformers == 4
+               and spec.moe is not None else ""))
     return Estimate(mode="train", model=spec.name, options=_options_dict(o, extra),
                     phases=best["phases"], overheads={t.name: t.bytes for t in overheads},
                     terms=LazyTerms(lambda: (*best["terms"](), *overheads)),
