@@ -284,6 +284,8 @@ def test_check_json_is_the_equivalent_call(capsys, argv: list[str]) -> None:
     same = getattr(memfit, d["mode"])(d["model"], **_equivalent(d)).to_dict()
     for key in ("peak_bytes", "total_bytes", "components", "fits"):
         assert same[key] == d[key], key
+    if d["options"]["engine"] == "llamacpp":  # -c is llama.cpp's window: 4096 KV cells
+        assert d["extras"]["n_ctx"] == 4096
 
 
 def test_check_json_training_file(capsys, tmp_path) -> None:
@@ -413,3 +415,38 @@ def test_errors_exit_2_with_one_line_naming_the_field(capsys, argv: list[str],
     assert code == 2 and not out
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert field in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# the checkpoint's own format, trace, serve
+# ---------------------------------------------------------------------------------------------
+
+def test_without_weights_the_checkpoints_own_format(tmp_path) -> None:
+    from memfit.catalog import get_entry
+
+    config = dict(get_entry(SMALL).config)
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128,
+                                     "version": "gemm", "zero_point": True}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    own = memfit.infer(str(tmp_path))
+    assert own.to_dict()["assumptions"]["weights"] == "awq-int4-g128"
+    assert own.components["weights"] == memfit.infer(
+        SMALL, weights="awq-int4-g128").components["weights"]
+    assert own.components["weights"] < memfit.infer(SMALL).components["weights"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, extra", [("infer", ["--prompt", "16", "--generate", "2"]),
+                                         ("train", ["--seq", "16"])])
+def test_trace_json(capsys, mode: str, extra: list[str]) -> None:
+    pytest.importorskip("torch")
+    code, out, err = run(capsys, "trace", SMALL, mode, *extra, "--json")
+    assert code == 0, err
+    check_schema(json.loads(out))
+
+
+def test_serve_flags(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--host" in out and "--port" in out and "127.0.0.1" in out and "8000" in out
