@@ -404,3 +404,41 @@ def test_web_form_and_api_carry_every_training_knob() -> None:
         r = client.post("/api/train", json={"model": model, "options": {**opts, "seq": 512}})
         assert r.status_code == 200, (knobs, r.text)
         assert r.json() == json.loads(json.dumps(train(model, seq=512, **opts).to_dict()))
+
+
+def test_cli_spellings_of_the_renamed_knobs(capsys) -> None:
+    """`--loss fused-linear` (the old name) is Liger's loss; `--no-kbit-prepare` is the 16-bit
+    QLoRA stream; `--transformers 4` the per-expert MoE layout."""
+    import json
+
+    from memfit.cli import main
+
+    def peak(*argv: str) -> int:
+        assert main(["train", *argv, "--json"]) == 0
+        return int(json.loads(capsys.readouterr().out)["peak_bytes"])
+
+    kw = ("llama-3.2-1b", "--precision", "bf16-true", "--seq", "512")
+    assert peak(*kw, "--loss", "fused-linear") == peak(*kw, "--loss", "liger") == train(
+        "llama-3.2-1b", precision="bf16-true", seq=512, loss="liger").peak_bytes
+    assert peak(*kw, "--qlora", "--no-kbit-prepare") == train(
+        "llama-3.2-1b", precision="bf16-true", seq=512, qlora=True,
+        no_kbit_prepare=True).peak_bytes
+    assert peak("mixtral-8x7b", "--qlora", "--precision", "bf16-true", "--seq", "512",
+                "--transformers", "4") == train("mixtral-8x7b", qlora=True, seq=512,
+                                                precision="bf16-true", transformers=4).peak_bytes
+
+
+def test_a_peft_config_without_target_modules_is_peft_default(tmp_path: Path, capsys) -> None:
+    """TRL's ModelConfig.lora_target_modules = None: peft's per-model default (q_proj, v_proj
+    for Llama), memfit's --lora-targets peft-default (the option's own default is all-linear)."""
+    import json
+
+    from memfit.cli import main
+
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text("model_name_or_path: meta-llama/Llama-3.2-1B\nuse_peft: true\nlora_r: 16\n"
+                   "bf16: true\nper_device_train_batch_size: 2\nmax_length: 1024\n")
+    assert main(["check", str(cfg), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "peft-default" in json.dumps(data)
+    assert "q_proj, v_proj" in json.dumps(data)
