@@ -103,6 +103,8 @@ def _other_value(f: dataclasses.Field[Any]) -> Any:
         if isinstance(lo, float) or isinstance(f.default, float):
             return 0.5
         return lo + 1 if f.default == lo else lo
+    if f.name == "vllm_version":
+        return "0.10.1"  # a release number (any X.Y[.Z])
     return "q8_0"  # a free-form name, resolved later
 
 
