@@ -95,33 +95,31 @@ COMMANDS = [
     # llama.cpp README, "Obtaining and quantizing models": -hf repo:quant, the model's context
     (["--model", "gemma-3-1b", "--gpu", "t4", "--", "llama-server", "-hf",
       "ggml-org/gemma-3-1b-it-GGUF:Q4_K_M", "-c", "0", "-np", "4"],
-     ["infer", "gemma-3-1b", "--engine", "llamacpp", "--weights", "Q4_K_M", "--batch", "1",
-      "--generate", "0", "--prompt", "32768", "--gpu", "t4"],
-     {"--hf-repo", "--parallel", "--ctx-size", "(context not given)"}, {"--hf-repo"}),
+     ["infer", "gemma-3-1b", "--engine", "llamacpp", "--weights", "Q4_K_M", "--ctx-size", "0",
+      "--gpu", "t4"],
+     {"--hf-repo", "--parallel", "--ctx-size"}, {"--hf-repo"}),
     # llama.cpp tools/server/README.md: a local GGUF, given beside as a catalog model
     (["--model", "llama-3.1-8b", "--weights", "Q4_K_M", "--gpu", "rtx-4090", "--",
       "llama-server", "-m", "models/7B/ggml-model.gguf", "-c", "16384", "-ngl", "99",
       "-fa", "on", "-ctk", "q8_0", "-ctv", "q8_0", "--port", "8080"],
-     ["infer", "llama-3.1-8b", "--engine", "llamacpp", "--prompt", "16384",
+     ["infer", "llama-3.1-8b", "--engine", "llamacpp", "--ctx-size", "16384",
       "--n-gpu-layers", "99", "--flash-attn", "on", "--cache-type-k", "q8_0",
-      "--cache-type-v", "q8_0", "--batch", "1", "--generate", "0", "--weights", "Q4_K_M",
-      "--gpu", "rtx-4090"],
+      "--cache-type-v", "q8_0", "--weights", "Q4_K_M", "--gpu", "rtx-4090"],
      {"--ctx-size", "--gpu-layers", "--flash-attn", "--cache-type-k", "--cache-type-v"},
      {"--port", "MODEL"}),
     # llama.cpp tools/main/README.md: conversation mode with part of the layers offloaded
     (["--model", "llama-3.2-3b", "--", "llama-cli", "-m", "my_model.gguf", "-c", "4096",
       "-ngl", "20", "-cnv", "-ub", "256"],
-     ["infer", "llama-3.2-3b", "--engine", "llamacpp", "--prompt", "4096", "--n-gpu-layers",
-      "20", "--ubatch-size", "256", "--batch", "1", "--generate", "0"],
+     ["infer", "llama-3.2-3b", "--engine", "llamacpp", "--ctx-size", "4096",
+      "--n-gpu-layers", "20", "--ubatch-size", "256"],
      {"--ctx-size", "--gpu-layers", "--ubatch-size"}, {"--conversation", "MODEL"}),
     # llama.cpp README, "llama-cli": a prompt and a token budget, llama.cpp's default context
     # (the model's own: Llama 2's 4,096 positions)
     (["--model", "llama-2-7b", "--weights", "Q4_0", "--", "llama-cli", "-m",
       "models/7B/ggml-model-q4_0.gguf", "-p", "Building a website can be done in 10 steps:",
       "-n", "400", "--no-kv-offload"],
-     ["infer", "llama-2-7b", "--engine", "llamacpp", "--batch", "1", "--generate", "0",
-      "--prompt", "4096", "--weights", "Q4_0"],
-     {"(context not given)"}, {"--prompt", "--n-predict", "--no-kv-offload"}),
+     ["infer", "llama-2-7b", "--engine", "llamacpp", "--ctx-size", "0", "--weights", "Q4_0"],
+     {"--ctx-size"}, {"--prompt", "--n-predict", "--no-kv-offload"}),
 ]
 
 
@@ -148,7 +146,7 @@ def test_tensor_split_over_two_gpus(capsys) -> None:
                      "-ts", "3,1", "-sm", "layer", "-c", "4096", "--main-gpu", "0")
     assert "--main-gpu" in fields_of(got["ignored"])
     same_as(capsys, got, ["infer", "llama-3.1-8b", "--engine", "llamacpp", "--tensor-split",
-                          "3,1", "--prompt", "4096", "--batch", "1", "--generate", "0"])
+                          "3,1", "--split-mode", "layer", "--ctx-size", "4096"])
 
 
 def test_standard_input(capsys, monkeypatch) -> None:
@@ -163,9 +161,8 @@ def test_cpu_moe_is_every_layer(capsys) -> None:
     got = check_json(capsys, "--model", "qwen3-30b-a3b", "--weights", "Q4_K_M", "--",
                      "llama-server", "-m", "q.gguf", "--cpu-moe", "-c", "8192")
     assert got["options"]["n_cpu_moe"] == 48  # qwen3-30b-a3b's num_hidden_layers
-    same_as(capsys, got, ["infer", "qwen3-30b-a3b", "--engine", "llamacpp", "--prompt", "8192",
-                          "--batch", "1", "--generate", "0", "--weights", "Q4_K_M",
-                          "--n-cpu-moe", "48"])
+    same_as(capsys, got, ["infer", "qwen3-30b-a3b", "--engine", "llamacpp", "--ctx-size",
+                          "8192", "--weights", "Q4_K_M", "--n-cpu-moe", "48"])
 
 
 def test_one_string_command_and_script_file(tmp_path: Path) -> None:

@@ -223,8 +223,8 @@ def _options_class(mode: str) -> type:
 
 def complete(t: Translation, beside: Mapping[str, Any]) -> Translation:
     """Add the options given beside the artefact (they win over the artefact's own, which
-    then go to ``ignored``), the distributed defaults, and the model's own context where
-    the engine defaults to it."""
+    then go to ``ignored``), the launcher's world size, the distributed defaults, and the
+    options that are a property of the model (``--cpu-moe``)."""
     names = {f.name for f in fields(_options_class(t.mode))}
     for key, value in beside.items():
         if value is None:
@@ -251,7 +251,7 @@ def complete(t: Translation, beside: Mapping[str, Any]) -> Translation:
     if t.options.get("dp", 1) > 1:
         for key, value in t.when_distributed.items():
             t.options.setdefault(key, value)
-    if t.context == "model" or t.per_model:
+    if t.per_model:
         _from_model(t)
     return t
 
@@ -278,24 +278,14 @@ def _world(t: Translation, gpus: int, by: str = "given beside") -> None:
 
 
 def _from_model(t: Translation) -> None:
-    """Options the artefact sets as a property of the model: every layer (``--cpu-moe``),
-    the model's own context (vLLM's and llama.cpp's ``-c 0`` default)."""
+    """Options the artefact sets as a property of the model: every layer (``--cpu-moe``).
+    (Context defaults that are the model's own are the engines' own defaults: vLLM's
+    ``--max-model-len``, SGLang's ``--context-length``, llama.cpp's ``--ctx-size 0``.)"""
     from ..catalog import resolve_model
 
     spec, _ = resolve_model(t.model)  # type: ignore[arg-type]
     for option, attr in t.per_model.items():
         t.options.setdefault(option, getattr(spec, attr))
-    if t.context != "model":
-        return
-    n = spec.learned_positions or spec.max_position_embeddings
-    if not n:
-        raise MemfitError.bad_value("max-model-len", None, "a context length (the model's "
-                                    "config states none)")
-    if "prompt" not in t.options:
-        t.options["prompt"] = n
-        t.understood.append({"field": "(context not given)", "value": None,
-                             "option": f"--prompt {n} (the model's max_position_embeddings, "
-                                       "the engine's default)"})
 
 
 def equivalent_argv(t: Translation) -> list[str]:

@@ -23,9 +23,7 @@ class Translation:
     path) or None when it names none; ``options``: memfit option name -> value (the
     keyword arguments of :func:`memfit.infer` / :func:`memfit.train`); ``understood``: one
     ``{field, value, option}`` per field used (``option`` is the memfit flag and value it
-    became); ``ignored``: one ``{field, value, why}`` per field not used; ``context``:
-    "model" when the engine's context defaults to the model's own (vLLM, SGLang, ``-c 0``),
-    to be filled from its config once the model is resolved; ``when_distributed``:
+    became); ``ignored``: one ``{field, value, why}`` per field not used; ``when_distributed``:
     options that hold only when the world size given beside is more than one GPU.
     """
 
@@ -35,7 +33,6 @@ class Translation:
     options: dict[str, Any] = field(default_factory=dict)
     understood: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[dict[str, Any]] = field(default_factory=list)
-    context: str | None = None
     # options that apply when the run has more than one data-parallel rank (torchtune's and
     # torchtitan's distributed recipes shard with FSDP2 whatever the config says)
     when_distributed: dict[str, Any] = field(default_factory=dict)

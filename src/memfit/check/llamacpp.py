@@ -60,7 +60,6 @@ _IGNORED = {
     "model-draft": "a draft model's weights and cache, not counted",
     "main-gpu": "which GPU holds the output and scratch buffers; memfit reports the most "
                 "loaded GPU",
-    "batch-size": "the logical batch; the compute buffer follows --ubatch-size",
     "embedding": "embedding mode: no generation, a smaller compute buffer",
 }
 
@@ -100,15 +99,14 @@ def read_llamacpp(program: str, argv: list[str]) -> Translation:
     words, pairs = long_options(argv, _SWITCHES, _SHORT)
     for extra in words:
         r.ignore("argument", extra, f"a positional word {program} does not take")
-    ctx = 0  # common_params::n_ctx: 0 = the model's training context (4096 before late 2025)
     for name, value in pairs:
         flag = f"--{name}"
         if name == "model":
             r.model(flag, value)
-        elif name == "ctx-size":
-            ctx = to_int(name, value, 0)
-            r.use(flag, value, "prompt", ctx) if ctx else r.note(
-                flag, value, "the model's training context")
+        elif name == "ctx-size":  # 0: the model's training context, as llama.cpp reads it
+            r.use(flag, value, "ctx_size", to_int(name, value, 0))
+        elif name == "batch-size":
+            r.use(flag, value, "batch_size", to_int(name, value, 1))
         elif name == "gpu-layers":
             ngl = str(value).lower()
             if ngl in ("all", "auto", "-1"):
@@ -120,11 +118,7 @@ def read_llamacpp(program: str, argv: list[str]) -> Translation:
         elif name == "tensor-split":
             r.use(flag, value, "tensor_split", str(value))
         elif name == "split-mode":
-            if str(value).lower() != "layer":
-                r.ignore(flag, value, "memfit models llama.cpp's layer split (the default); "
-                         "row split and none are not modelled")
-            else:
-                r.note(flag, value, "layer split, as memfit models it")
+            r.use(flag, value, "split_mode", str(value).lower())
         elif name == "n-cpu-moe":
             r.use(flag, value, "n_cpu_moe", to_int(name, value, 0))
         elif name == "cpu-moe" and value is True:
@@ -145,13 +139,14 @@ def read_llamacpp(program: str, argv: list[str]) -> Translation:
         else:
             r.ignore(flag, value, f"not an option memfit reads for {program}; if it changes "
                      "memory, the estimate does not include it")
-    t = r.done()
-    if ctx == 0:
-        t.context = "model"
-    else:
-        t.options["prompt"] = ctx
-    t.options["batch"], t.options["generate"] = 1, 0
-    return t
+    if "ctx_size" not in r.t.options:  # common_params::n_ctx = 0 (4096 before late 2025)
+        r.use("--ctx-size", "(not given)", "ctx_size", 0)
+        r.t.understood[-1]["option"] += " (llama.cpp's default: the model's training context)"
+    ctx = r.t.options["ctx_size"]
+    if 0 < ctx < 1024 + 128:  # a short window: a request that fits in it
+        r.t.options["prompt"] = max(1, ctx - 128) if ctx > 128 else ctx
+        r.t.options["generate"] = 128 if ctx > 128 else 0
+    return r.done()
 
 
 # Ollama library tags -> (memfit catalog name, GGUF file type of the tag's default file),
