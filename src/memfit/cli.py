@@ -99,7 +99,6 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> MemfitError:
 # Names users bring from elsewhere that are no memfit option, by meaning (key: the name
 # without dashes; a dict value: per command)
 _MEANINGS: dict[str, Any] = {
-    "num-ctx": "Ollama's context is --prompt N --generate 0 with --engine llamacpp",
     "context-length": {"infer": "--max-model-len (vllm) or --prompt and --generate",
                        "train": "--seq"},
     "max-length": {"infer": "--prompt and --generate", "train": "--seq"},
