@@ -378,7 +378,7 @@ ERRORS = [
     (["infer", SMALL, "--logits", "some"], "logits"),
     (["infer", SMALL, "--engine", "tensorrt"], "engine"),
     (["infer", SMALL, "--gpu", "h1000"], "gpu"),
-    (["infer", SMALL, "--gpu", "-24GiB"], "gpu"),
+    (["infer", SMALL, "--gpu", "0GiB"], "gpu"),
     (["infer", SMALL, "--engine", "vllm", "--vllm-version", "banana"], "vllm-version"),
     (["infer", SMALL, "--engine", "vllm", "--gpu-memory-utilization", "1.5"],
      "gpu-memory-utilization"),
@@ -415,6 +415,8 @@ def test_errors_exit_2_with_one_line_naming_the_field(capsys, argv: list[str],
     assert code == 2 and not out
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert field in err, err
+    if not argv[-1].startswith("--"):  # the value given, then what is allowed
+        assert argv[-1] in err and ("allowed" in err or "only with" in err), err
 
 
 # ---------------------------------------------------------------------------------------------
