@@ -168,6 +168,8 @@ def ollama_estimate(spec: ModelSpec, o: InferenceOptions,
                     weights=weights, flash_attn="on" if fa else "off",
                     cache_type_k=kv_type, cache_type_v=kv_type, kv_dtype=None,
                     n_gpu_layers=ngl, num_ctx=None, num_parallel=1,
+                    # num_batch sets n_batch and n_ubatch alike (llm/server.go)
+                    batch_size=o.ubatch_size,
                     ollama_version=InferenceOptions.ollama_version)  # the default object
     est = E.llamacpp_estimate(spec, inner, config)
     return _wrap(spec, o, est, layers, num_ctx, context, fa, kv_type, weights, notes)
