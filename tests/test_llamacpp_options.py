@@ -130,3 +130,9 @@ def test_cli_spellings(capsys) -> None:
     assert a == b and a["extras"]["n_ctx"] == 4096 and a["options"]["ctx_size"] == 4096
     assert run("-sm", "none")["extras"]["split_mode"] == "none"
     assert run("--batch-size", "128")["extras"]["n_ubatch"] == 128
+
+
+def test_ollama_num_batch_is_n_batch_too() -> None:
+    # Ollama passes num_batch as both n_batch and n_ubatch: -b's clamp never cuts it
+    e = memfit.infer(SMALL, engine="ollama", ubatch_size=4096, num_ctx=8192)
+    assert e.extras["n_ubatch"] == 4096
