@@ -117,13 +117,24 @@ def _act_bytes(dtype: str) -> int:
 
 def _shapes(spec: ModelSpec, B: int, P: int, b: int, tp: int, n_layers: int,
             softcap: tuple[bool, bool]) -> Shapes:
-    m = spec.mla
-    d = m.qk_head_dim if m is not None else spec.head_dim
-    d_v = m.v_head_dim if m is not None else spec.head_dim
-    return Shapes(B=B, P=P, b=b, h=spec.hidden_size, V=-(-spec.vocab_size // tp),
-                  heads=spec.num_heads // tp, kv_heads=max(1, spec.num_kv_heads // tp), d=d,
-                  d_v=d_v, rope_dim=spec.rope_dim, I=-(-spec.intermediate_size // tp),
-                  layers=n_layers, softcap_attn=softcap[0], softcap_logits=softcap[1])
+    global _LAST_SHAPES
+    key = (b, tp, n_layers, softcap)
+    last = _LAST_SHAPES
+    if last[0] is spec and last[1] == key:
+        rest = last[2]
+    else:  # Shapes' fields after B and P depend on the model and layout only
+        m = spec.mla
+        d = m.qk_head_dim if m is not None else spec.head_dim
+        d_v = m.v_head_dim if m is not None else spec.head_dim
+        rest = (b, spec.hidden_size, -(-spec.vocab_size // tp), spec.num_heads // tp,
+                max(1, spec.num_kv_heads // tp), d, d_v, spec.rope_dim,
+                -(-spec.intermediate_size // tp), n_layers, softcap[0], softcap[1])
+        _LAST_SHAPES = (spec, key, rest)
+    return Shapes(B, P, *rest)  # positional: B, P, b, h, V, heads, kv_heads, d, d_v, ...
+
+
+# the last model's Shapes fields besides B and P (one atomically swapped tuple)
+_LAST_SHAPES: tuple[Any, Any, Any] = (None, None, None)
 
 
 def _moe_width(spec: ModelSpec, tp: int, ep: int) -> tuple[int, int, int]:
@@ -135,12 +146,15 @@ def _moe_width(spec: ModelSpec, tp: int, ep: int) -> tuple[int, int, int]:
     return m.top_k, width, -(-m.shared_intermediate_size // tp)
 
 
-def _stages(spec: ModelSpec, pp: int) -> list[tuple[int, int]]:
-    bounds, start = [], 0
-    for n in stage_layers(spec.num_layers, pp):
-        bounds.append((start, start + n))
-        start += n
-    return bounds
+def _stages(spec: ModelSpec, pp: int) -> tuple[tuple[int, int], ...]:
+    """Each pipeline stage's layers ``(start, stop)`` (memoised per model)."""
+    def build() -> tuple[tuple[int, int], ...]:
+        bounds, start = [], 0
+        for n in stage_layers(spec.num_layers, pp):
+            bounds.append((start, start + n))
+            start += n
+        return tuple(bounds)
+    return memo(spec, ("stages", pp), build)  # type: ignore[no-any-return]
 
 
 def _kind_positions(spec: ModelSpec) -> dict[LayerSpec, list[int]]:

@@ -82,12 +82,19 @@ class LazyTerms(Sequence[Term]):
         return (tuple, (self._get(),))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Phase:
     """What is live at one phase's own peak, by component (bytes)."""
 
     name: str
     components: Mapping[str, int]
+
+    def __init__(self, name: str, components: Mapping[str, int]) -> None:
+        # the generated frozen __init__ costs an object.__setattr__ per field; an estimate
+        # builds three or more phases
+        d = self.__dict__
+        d["name"] = name
+        d["components"] = components
 
     @property
     def peak_bytes(self) -> int:
