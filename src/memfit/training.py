@@ -256,11 +256,13 @@ class FitResult:
     layouts: tuple[LayoutFit, ...] = field(default_factory=tuple)
     notes: tuple[str, ...] = ()
     """What the sweep left out (a GPU count with too many layouts to try them all)."""
+    min_gpus: int | None = None
+    """The fewest GPUs with a layout that fits the options (DP free; None past 65,536)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "gpu": self.gpu, "gpus": self.gpus,
-                "gpu_memory_bytes": self.gpu_memory_bytes, "max_batch": self.max_batch,
-                "max_seq": self.max_seq,
+                "gpu_memory_bytes": self.gpu_memory_bytes, "min_gpus": self.min_gpus,
+                "max_batch": self.max_batch, "max_seq": self.max_seq,
                 "estimate": self.estimate.to_dict() if self.estimate else None,
                 "layouts": [x.to_dict() for x in self.layouts], "notes": list(self.notes)}
 
@@ -436,19 +438,26 @@ def _gpu_count(spec: ModelSpec, config: Mapping[str, Any] | None, opts: dict[str
         return gpus, []
     if any(k in opts for k in ("dp", "tp", "pp", "cp")):
         return make_options(TrainingOptions, **opts).world_size, []
-    base, given = make_options(TrainingOptions, **opts), frozenset(opts)
-    fewest = _fewest_gpus(spec, config, base, extra, given)
+    fewest = _min_gpus(spec, config, opts, extra)
     if fewest is None:
         return 1, ["no layout fits on up to 65,536 GPUs"]
     notes = [f"fewest GPUs: {fewest} (the smallest count with a layout that fits without "
              "offloading; powers of two, then multiples of 8)"]
-    if "offload" not in given and fewest > 1:
-        off = _fewest_gpus(spec, config, replace(base, offload="optimizer"), extra,
-                           given | {"offload"})
+    if "offload" not in opts and fewest > 1:
+        off = _min_gpus(spec, config, {**opts, "offload": "optimizer"}, extra)
         if off is not None and off < fewest:
             notes.append(f"with --offload optimizer (CPU offload of the optimizer state, "
                          f"FSDP's CPUOffloadPolicy or ZeRO-Offload): {off} GPUs")
     return fewest, notes
+
+
+def _min_gpus(spec: ModelSpec, config: Mapping[str, Any] | None, opts: dict[str, Any],
+              extra: Mapping[str, Any]) -> int | None:
+    """The fewest GPUs with a lean layout that fits the user's options, the data-parallel
+    degree left free (tp/pp/cp/ep and the other options as given)."""
+    free = {k: v for k, v in opts.items() if k != "dp"}
+    return _fewest_gpus(spec, config, make_options(TrainingOptions, **free), extra,
+                        frozenset(free))
 
 
 def fit_train(model: ModelLike, gpu: str, gpus: int | None = None, *, max_layouts: int = 20,
@@ -467,7 +476,9 @@ def fit_train(model: ModelLike, gpu: str, gpus: int | None = None, *, max_layout
     g = get_gpu(gpu)
     opts, extra = _split_options(dict(options))
     opts["gpu"] = g.name
+    counted = gpus is None and not any(k in opts for k in ("dp", "tp", "pp", "cp"))
     gpus, notes = _gpu_count(spec, config, opts, extra, gpus)
+    counted = counted and not any("no layout fits" in n for n in notes)
     if "dp" not in opts and gpus > 1 and all(k not in opts for k in ("tp", "pp", "cp")):
         opts["dp"] = gpus
     base = make_options(TrainingOptions, **opts)
@@ -491,6 +502,8 @@ def fit_train(model: ModelLike, gpu: str, gpus: int | None = None, *, max_layout
     notes += more
     if not layouts:
         notes += _rescues(spec, config, base, extra, gpus)
+    min_gpus = gpus if counted else _min_gpus(spec, config, opts, extra)
     return FitResult(model=spec.name, gpu=g.name, gpus=gpus, gpu_memory_bytes=g.usable_bytes,
                      max_batch=max_batch, max_seq=max_seq, estimate=est,
-                     layouts=tuple(layouts[:max_layouts]), notes=tuple(notes))
+                     layouts=tuple(layouts[:max_layouts]), notes=tuple(notes),
+                     min_gpus=min_gpus)
