@@ -49,6 +49,10 @@ except ImportError:  # pragma: no cover - depends on the tree
 
 INFER_FIELDS = {f.name for f in fields(InferenceOptions)}
 TRAIN_FIELDS = {f.name for f in fields(TrainingOptions)}
+# A stored case lists every option, defaults included; passing a default back would count as
+# "given" (engine-specific options are refused with another engine), so defaults are dropped.
+DEFAULTS = {"infer": {f.name: f.default for f in fields(InferenceOptions)},
+            "train": {f.name: f.default for f in fields(TrainingOptions)}}
 
 # Cases traced on the fly with --live (the validation suite's shapes).
 LIVE_CASES: list[dict[str, Any]] = [
@@ -89,7 +93,10 @@ def read_cases(path: Path) -> Iterator[dict[str, Any]]:
         model = _first(c.get("model"), c.get("config"), sc.get("model"), sc.get("config"))
         allowed = INFER_FIELDS if mode == "infer" else TRAIN_FIELDS
         opts = c.get("options") or {k: v for k, v in sc.items() if k in allowed}
-        opts = {k: v for k, v in opts.items() if k in allowed}
+        defaults = DEFAULTS.get(mode, {})
+        opts = {k: v for k, v in opts.items()
+                if k in allowed and not (k in defaults and v == defaults[k]
+                                         and type(v) is type(defaults[k]))}
         yield {
             "id": _first(c.get("id"), c.get("name"), f"case{i}"),
             "mode": mode, "model": model, "options": opts,
