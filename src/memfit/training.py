@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,11 @@ from .errors import MemfitError
 from .memory.activations import NO_SDPA
 from .memory.breakdown import Estimate, LazyTerms
 from .memory.model_states import Recipe, get_recipe
-from .memory.overhead import overhead_terms
+from .memory.overhead import overhead_bytes, overhead_terms
 from .memory.weights import memo_table
 from .parallel import ParallelPlan, stage_layers
 from .solve import largest_true
-from .step import Ctx, stage_estimate
+from .step import Ctx, stage_base, stage_run
 from .step.knobs import check_knobs, target_names
 from .step.states import LORA_TARGETS
 from .workload import MAX_COUNT, TrainingOptions, default_within, make_options
@@ -56,6 +57,13 @@ _API_OPTIONS = ("states_convention", "gpus_per_node")
 
 def _validate(spec: ModelSpec, o: TrainingOptions) -> ParallelPlan:
     """The layout rules beyond each option's own range; errors name the field."""
+    plan = _validate_layout(spec, o)
+    _validate_seq(spec, o)
+    return plan
+
+
+def _validate_layout(spec: ModelSpec, o: TrainingOptions) -> ParallelPlan:
+    """:func:`_validate`'s rules that do not read the sequence length."""
     plan = ParallelPlan(tp=o.tp, pp=o.pp, dp=o.dp, cp=o.cp, ep=o.ep, sp=o.sp)
     try:
         plan.validate(spec)
@@ -74,12 +82,16 @@ def _validate(spec: ModelSpec, o: TrainingOptions) -> ParallelPlan:
     if o.offload == "params" and o.zero in (1, 2):
         raise MemfitError.bad_value("offload", o.offload, "optimizer or none with --zero "
                                     f"{o.zero} (offloading parameters needs ZeRO-3 or FSDP)")
+    return plan
+
+
+def _validate_seq(spec: ModelSpec, o: TrainingOptions) -> None:
+    """:func:`_validate`'s rules on the sequence length (checked on every call)."""
     if o.cp > 1 and o.seq % o.cp:
         raise MemfitError.bad_value("seq", o.seq, f"a multiple of --cp={o.cp}")
     if spec.learned_positions and o.seq > spec.learned_positions:
         raise MemfitError.bad_value("seq", o.seq, f"<= {spec.learned_positions} (the model's "
                                     "learned position table n_positions)")
-    return plan
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,11 +126,24 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return options, extra
 
 
-def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOptions,
-              extra: Mapping[str, Any]) -> Estimate:
-    o, seq_note = default_within(o, "seq", spec.learned_positions, 0,
-                                 "the learned position table (n_positions)")
-    plan = _validate(spec, o)
+class _Plan:
+    """What an estimate needs that does not depend on the batch or the sequence (memoised per
+    model and options other than ``batch``/``seq``): the scenario, each stage's model states,
+    the assumptions' fixed entries."""
+
+    __slots__ = ("ctx", "bases", "world_size", "assumptions", "gpu_name", "gpu_bytes")
+
+    def __init__(self, ctx: Ctx, bases: list[Any], world_size: int,
+                 assumptions: dict[str, Any], gpu_name: str | None,
+                 gpu_bytes: int | None) -> None:
+        self.ctx, self.bases, self.world_size = ctx, bases, world_size
+        self.assumptions, self.gpu_name, self.gpu_bytes = assumptions, gpu_name, gpu_bytes
+
+
+def _make_plan(spec: ModelSpec, o: TrainingOptions, extra: Mapping[str, Any],
+               world_size: int) -> _Plan:
+    """The scenario resolved (recipe, runtime, knobs), each stage's model states and the
+    assumptions' fixed entries, for ``o`` (its layout and sequence already validated)."""
     recipe = get_recipe(o.precision, extra.get("states_convention"))
     recipe, runtime = _runtime(o, recipe)
     gpn = extra.get("gpus_per_node", 8)
@@ -129,21 +154,25 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
     if o.lora_dtype is not None and o.lora_rank is None:
         raise MemfitError.bad_value("lora-dtype", lora_dtype, "only with --lora-rank or --qlora")
     targets = check_knobs(spec, o)
-    c = Ctx(spec, config, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2,
+    c = Ctx(spec, None, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2,
             targets)
     counts = stage_layers(spec.num_layers, o.pp)
     stages = [0] if o.pp == 1 else sorted({0, o.pp - 1})
-    results = [stage_estimate(c, s, counts) for s in stages]
-    peaks = [max(p.peak_bytes for p in r["phases"]) for r in results]
-    peak = max(peaks)
-    best = results[peaks.index(peak)]
-    overheads = overhead_terms(peak, world_size=plan.world_size, mode="train")
+    bases = [stage_base(c, s, counts) for s in stages]
     gpu_name = gpu_bytes = None
     if o.gpu is not None:
         from .hardware import get_gpu
 
         g = get_gpu(o.gpu)
         gpu_name, gpu_bytes = g.name, g.usable_bytes
+    return _Plan(c, bases, world_size, _assumptions(spec, o, recipe, runtime, attn, targets,
+                                                    lora_dtype), gpu_name, gpu_bytes)
+
+
+def _assumptions(spec: ModelSpec, o: TrainingOptions, recipe: Recipe, runtime: str, attn: str,
+                 targets: frozenset[str], lora_dtype: str) -> dict[str, Any]:
+    """The assumptions of every estimate of a plan, in the report's order (the stage's
+    entries, filled in per estimate, as None)."""
     assumptions = {
         "precision_recipe": recipe.name,
         "model_states_convention": recipe.convention,
@@ -158,11 +187,11 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
                          if attn != o.attn else "")),
         "checkpointing": o.checkpointing,
         "steady_state": "optimizer state exists; zero_grad(set_to_none=True)",
-        "most_loaded_stage": best["stage"],
-        "layers_on_rank": best["layers"],
-        "shards": best["shards"],
-        "trainable_params_on_rank": best["trainable"],
-        "notes": list(best["notes"]) + ([seq_note] if seq_note else []),
+        "most_loaded_stage": None,
+        "layers_on_rank": None,
+        "shards": None,
+        "trainable_params_on_rank": None,
+        "notes": None,
     }
     if o.fsdp is not None and o.fsdp_version == 1:
         assumptions["fsdp_version"] = (
@@ -180,12 +209,63 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
             + (f"; dropout {o.lora_dropout} on each adapter's input" if o.lora_dropout else "")
             + ("; transformers 4's per-expert nn.Linear layout" if o.transformers == 4
                and spec.moe is not None else ""))
+    return assumptions
+
+
+def _plan_of(spec: ModelSpec, o: TrainingOptions, extra: Mapping[str, Any]) -> _Plan:
+    """The plan of ``o`` (memoised per spec object and options other than batch and
+    sequence; errors are raised as :func:`_validate` and :func:`_make_plan` raise them, in
+    the same order, and never memoised)."""
+    sc, gpn = extra.get("states_convention"), extra.get("gpus_per_node", 8)
+    key = ("train-plan", _STRUCTURE(o.__dict__), type(sc), sc, type(gpn), gpn)
+    memo = memo_table(spec)
+    try:
+        plan = memo.get(key)
+    except TypeError:  # an unhashable extra option: no memo (the plan refuses it)
+        key, plan = None, None
+    if plan is not None:
+        _validate_seq(spec, o)
+        return plan  # type: ignore[no-any-return]
+    layout = _validate(spec, o)
+    plan = _make_plan(spec, o, extra, layout.world_size)
+    if key is not None:
+        memo[key] = plan
+    return plan
+
+
+def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOptions,
+              extra: Mapping[str, Any]) -> Estimate:
+    o, seq_note = default_within(o, "seq", spec.learned_positions, 0,
+                                 "the learned position table (n_positions)")
+    plan = _plan_of(spec, o, extra)
+    c = object.__new__(Ctx)  # the plan's scenario with this call's options and config
+    c.__dict__.update(plan.ctx.__dict__)
+    c.o, c.config = o, config
+    results = [stage_run(base, c) for base in plan.bases]
+    if len(results) == 1:
+        best = results[0]
+        peak = max(p.peak_bytes for p in best["phases"])
+    else:
+        peaks = [max(p.peak_bytes for p in r["phases"]) for r in results]
+        peak = max(peaks)
+        best = results[peaks.index(peak)]
+    world_size = plan.world_size
+    assumptions = plan.assumptions.copy()
+    assumptions["bytes_per_param"] = dict(assumptions["bytes_per_param"])
+    assumptions["most_loaded_stage"] = best["stage"]
+    assumptions["layers_on_rank"] = best["layers"]
+    assumptions["shards"] = best["shards"]
+    assumptions["trainable_params_on_rank"] = best["trainable"]
+    assumptions["notes"] = list(best["notes"]) + ([seq_note] if seq_note else [])
+    stage_terms = best["terms"]
     return Estimate(mode="train", model=spec.name, options=_options_dict(o, extra),
-                    phases=best["phases"], overheads={t.name: t.bytes for t in overheads},
-                    terms=LazyTerms(lambda: (*best["terms"](), *overheads)),
+                    phases=best["phases"],
+                    overheads=overhead_bytes(peak, world_size=world_size, mode="train"),
+                    terms=LazyTerms(lambda: (*stage_terms(), *overhead_terms(
+                        peak, world_size=world_size, mode="train"))),
                     assumptions=assumptions,
-                    gpu=gpu_name, gpu_memory_bytes=gpu_bytes, host_bytes=best["host"],
-                    extras={"world_size": plan.world_size})
+                    gpu=plan.gpu_name, gpu_memory_bytes=plan.gpu_bytes, host_bytes=best["host"],
+                    extras={"world_size": world_size})
 
 
 def _options_dict(o: TrainingOptions, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,6 +275,8 @@ def _options_dict(o: TrainingOptions, extra: Mapping[str, Any]) -> dict[str, Any
 
 
 _OPTION_NAMES = tuple(f.name for f in fields(TrainingOptions))
+#: The options' values that a plan depends on: all but the batch and the sequence.
+_STRUCTURE = itemgetter(*(n for n in _OPTION_NAMES if n not in ("batch", "seq")))
 
 def _memo(spec: ModelSpec) -> dict[Any, Any]:
     """Per-model memo (tensor lists, layer activations): the spec's table of

@@ -11,6 +11,6 @@ order with an owner tag, and one sweep gives each phase's peak and what it is ma
 """
 
 from .context import Ctx
-from .stage import stage_estimate
+from .stage import stage_base, stage_estimate, stage_run
 
-__all__ = ["Ctx", "stage_estimate"]
+__all__ = ["Ctx", "stage_estimate", "stage_base", "stage_run"]

@@ -1,5 +1,9 @@
 """One pipeline stage's rank, replayed: the parts build their quantities, emit the step's
-events in program order, and :func:`memfit.step.events.sweep` gives each phase's peak."""
+events in program order, and :func:`memfit.step.events.sweep` gives each phase's peak.
+
+The model-states part depends on the layout and the recipe, not on the batch or the sequence:
+:func:`stage_base` builds it once per scenario structure (``memfit.training`` memoises it per
+model); :func:`stage_run` copies it and adds the activation side for one batch and sequence."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from .forward import forward, model_states, optimizer
 from .fsdp import fsdp_phases
 from .terms import terms
 
-__all__ = ["stage_estimate"]
+__all__ = ["stage_estimate", "stage_base", "stage_run"]
 
 
 def program(s: Stage) -> Program:
@@ -32,10 +36,21 @@ def program(s: Stage) -> Program:
     return p
 
 
-def stage_estimate(c: Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
-    """Phases, terms and host bytes of one pipeline stage's rank."""
+def stage_base(c: Ctx, stage: int, counts: list[int]) -> Stage:
+    """The stage's rank with its model states built (nothing that depends on the batch or
+    the sequence): the template :func:`stage_run` copies."""
     s = Stage(c, stage, counts)
     states.build(s)
+    return s
+
+
+def stage_run(base: Stage, c: Ctx) -> dict[str, Any]:
+    """Phases, terms and host bytes of the stage's rank for ``c`` (``base``'s structure, with
+    ``c``'s batch and sequence): a fresh copy of ``base``, so each estimate's lazily built
+    terms read their own quantities."""
+    s = object.__new__(Stage)
+    s.__dict__.update(base.__dict__)
+    s.c, s.o = c, c.o
     layers.build(s)
     s.tied_extra = end_extra(s)
     phases = tuple(Phase(name, comp) for name, comp in sweep(program(s).ops))
@@ -44,4 +59,9 @@ def stage_estimate(c: Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
         notes = (*notes, f"activation offload: {s.offloaded * s.inflight} bytes of saved "
                  "activations in host memory (torchtune OffloadActivations)")
     return {"phases": phases, "terms": partial(terms, s), "host": s.sb.host, "shards": s.N,
-            "notes": notes, "trainable": s.P, "stage": stage, "layers": len(s.layers)}
+            "notes": notes, "trainable": s.P, "stage": s.stage, "layers": len(s.layers)}
+
+
+def stage_estimate(c: Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
+    """Phases, terms and host bytes of one pipeline stage's rank."""
+    return stage_run(stage_base(c, stage, counts), c)
