@@ -294,8 +294,49 @@ def train(model: ModelLike, **options: Any) -> Estimate:
     """
     spec, config = resolve_model(model)
     opts, extra = _split_options(dict(options))
-    o = make_options(TrainingOptions, **opts)
-    return _estimate(spec, config, o, extra)
+    return _estimate(spec, config, _options(opts), extra)
+
+
+#: Options checked before, by the options other than ``batch`` and ``seq`` (with their
+#: types: ``True`` is not ``1`` to the checks); bounded.
+_CHECKED: dict[tuple[Any, ...], TrainingOptions] = {}
+_CHECKED_MAX = 1024
+
+
+def _options(opts: dict[str, Any]) -> TrainingOptions:
+    """``make_options(TrainingOptions, **opts)``, the checks of the options other than the
+    batch and the sequence done once per set of them: the same object (the batch and the
+    sequence the very objects given, or the defaults' when not given), the same errors."""
+    batch, seq = opts.get("batch", _NOT_GIVEN), opts.get("seq", _NOT_GIVEN)
+    if ((batch is not _NOT_GIVEN and not (type(batch) is int and 1 <= batch <= MAX_COUNT))
+            or (seq is not _NOT_GIVEN and not (type(seq) is int and 1 <= seq <= MAX_COUNT))
+            or not isinstance(opts.get("gpu", ""), str)):
+        return make_options(TrainingOptions, **opts)  # (it names what is wrong)
+    try:
+        key = tuple((k, v.__class__, v) for k, v in opts.items() if k != "batch" and k != "seq")
+        base = _CHECKED.get(key)
+    except TypeError:  # an unhashable value: checked (and refused) as it comes
+        return make_options(TrainingOptions, **opts)
+    if base is None:
+        o = make_options(TrainingOptions, **opts)
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        base = _CHECKED[key] = replace(o, batch=_BATCH_DEFAULT, seq=_SEQ_DEFAULT)
+        return o  # type: ignore[no-any-return]
+    o = object.__new__(TrainingOptions)
+    d = o.__dict__
+    d.update(base.__dict__)
+    if batch is not _NOT_GIVEN:
+        d["batch"] = batch
+    if seq is not _NOT_GIVEN:
+        d["seq"] = seq
+    return o
+
+
+_NOT_GIVEN = object()
+
+_BATCH_DEFAULT = next(f.default for f in fields(TrainingOptions) if f.name == "batch")
+_SEQ_DEFAULT = next(f.default for f in fields(TrainingOptions) if f.name == "seq")
 
 
 # ---------------------------------------------------------------------------------------

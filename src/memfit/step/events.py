@@ -78,13 +78,23 @@ class Program:
         self.ops.append((PHASE, name, order))
 
 
+_REPORTS: dict[tuple[int, ...], Any] = {}
+
+
 def _report(order: tuple[int, ...], live: list[int]) -> dict[str, int]:
     """A phase's components at its peak: ``order`` first, then any other owner with bytes."""
-    out = {OWNERS[i]: live[i] for i in order if live[i] or i in _ALWAYS}
-    if len(out) < 7:
-        for i, k in enumerate(OWNERS):
-            if k not in out and live[i]:
-                out[k] = live[i]
+    plan = _REPORTS.get(order)
+    if plan is None:  # per phase order (a handful): its owners, then the others
+        if len(_REPORTS) >= 64:
+            _REPORTS.clear()
+        plan = _REPORTS[order] = (
+            tuple((OWNERS[i], i, i in _ALWAYS) for i in order),
+            tuple((k, i) for i, k in enumerate(OWNERS) if i not in order))
+    first, rest = plan
+    out = {k: live[i] for k, i, always in first if always or live[i]}
+    for k, i in rest:
+        if live[i]:
+            out[k] = live[i]
     return out
 
 
@@ -109,24 +119,23 @@ def sweep(ops: Iterable[tuple[int, Any, Any]]) -> list[tuple[str, dict[str, int]
             if total > best_total:
                 best_total, best = total, live[:]
         elif op == REPEAT:
-            net = [0] * len(OWNERS)
-            for i, n in a:
-                net[i] += n
             steps = b - 1
-            late = sum(net) > 0  # the last repetition is the largest: add the others first
-            if late:
-                for i, n in enumerate(net):
+            net = 0
+            for _, n in a:
+                net += n
+            if net > 0:  # the last repetition is the largest: add the others first
+                for i, n in a:
                     live[i] += n * steps
-                total += sum(net) * steps
+                total += net * steps
             for i, n in a:
                 live[i] += n
                 total += n
                 if n > 0 and total > best_total:
                     best_total, best = total, live[:]
-            if not late:
-                for i, n in enumerate(net):
+            if net <= 0:
+                for i, n in a:
                     live[i] += n * steps
-                total += sum(net) * steps
+                total += net * steps
         else:
             if name is not None:
                 phases.append((name, _report(order, best)))
