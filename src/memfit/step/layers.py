@@ -5,6 +5,7 @@ weight copies, and the loss' B x S x V tensors (transformers ``ForCausalLMLoss``
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -51,19 +52,10 @@ _SETUP_DEFAULTS = {f.name: f.default for f in fields(ActivationSetup)
                    if f.name not in ("batch", "seq")}  # the two without a default
 
 
-def _activation_setup(**kw: Any) -> ActivationSetup:
-    """``ActivationSetup(**kw)`` as its generated ``__init__`` builds it (the same fields, equal
-    and hashing alike), without the frozen class's ``object.__setattr__`` per field (a few
-    microseconds an estimate)."""
-    obj = object.__new__(ActivationSetup)
-    d = obj.__dict__
-    d.update(_SETUP_DEFAULTS)
-    d.update(kw)
-    return obj
-
-
-def _setup(s: Stage) -> ActivationSetup:
-    """The activation setup of the stage: dtypes of the stream, layout, adapters."""
+def _prepare_setup(s: Stage) -> None:
+    """The stage's activation setup without the batch, the sequence and what the model's
+    config says (dtypes of the stream, layout, adapters): ``s.setup_fields``; and
+    ``s.fp32_stream``, ``s.residual``."""
     o, recipe, c = s.o, s.recipe, s.c
     b = recipe.compute_bytes
     # QLoRA: bitsandbytes casts each NF4 matmul's output back to its input's dtype, and
@@ -73,21 +65,43 @@ def _setup(s: Stage) -> ActivationSetup:
     # a 16-bit QLoRA base (no kbit prepare) keeps a 16-bit stream even under autocast
     bf16_base = o.qlora and not fp32_stream
     s.residual = 4 if ((s.autocast and not bf16_base) or b == 4 or fp32_stream) else 2
+    fields_ = dict(_SETUP_DEFAULTS)
+    fields_.update(compute_bytes=4 if fp32_stream else b,
+                   residual_bytes=s.residual, autocast=s.autocast, attn=c.attn,
+                   tp=o.tp, sp=o.sp, ep=o.ep, cp=o.cp, lora=s.lora,
+                   lora_rank=o.lora_rank or 0, lora_targets=c.lora_targets,
+                   lora_dropout=s.lora and o.lora_dropout > 0, dora=s.lora and o.dora,
+                   lora_experts=s.lora and o.lora_experts,
+                   lora_expert_linears=_expert_linears(c.lora_targets) if s.lora
+                   else (0, 0),
+                   # FSDP2's MixedPrecisionPolicy casts the adapters too
+                   lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
+                   qlora=o.qlora)
+    s.setup_fields = fields_
+    s.setup_token = next(_TOKENS)  # names this setup in the layer activations' memo
+
+
+_TOKENS = itertools.count()
+
+
+def _setup(s: Stage) -> ActivationSetup:
+    """The activation setup of the stage: :func:`_prepare_setup`'s, with the batch, the
+    sequence and the model config's soft-capping, dropout and cache."""
+    o, c = s.o, s.c
     attn_softcap, logit_softcap = softcap_config(s.spec, c.config)
-    return _activation_setup(batch=o.batch, seq=o.seq // o.cp,
-                           compute_bytes=4 if fp32_stream else b,
-                           residual_bytes=s.residual, autocast=s.autocast, attn=c.attn,
-                           tp=o.tp, attn_softcap=attn_softcap, logit_softcap=logit_softcap,
-                           sp=o.sp, ep=o.ep, cp=o.cp, lora=s.lora,
-                           lora_rank=o.lora_rank or 0, lora_targets=c.lora_targets,
-                           lora_dropout=s.lora and o.lora_dropout > 0, dora=s.lora and o.dora,
-                           lora_experts=s.lora and o.lora_experts,
-                           lora_expert_linears=_expert_linears(c.lora_targets) if s.lora
-                           else (0, 0),
-                           # FSDP2's MixedPrecisionPolicy casts the adapters too
-                           lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
-                           qlora=o.qlora, dropout=dropout_config(s.spec, c.config),
-                           full_seq=o.seq, use_cache=_use_cache(c.config, o))
+    # ``ActivationSetup(**kw)`` as its generated ``__init__`` builds it (the same fields,
+    # equal and hashing alike), without the frozen class's ``object.__setattr__`` per field
+    obj = object.__new__(ActivationSetup)
+    d = obj.__dict__
+    d.update(s.setup_fields)
+    d["batch"] = o.batch
+    d["seq"] = o.seq // o.cp
+    d["attn_softcap"] = attn_softcap
+    d["logit_softcap"] = logit_softcap
+    d["dropout"] = dropout_config(s.spec, c.config)
+    d["full_seq"] = o.seq
+    d["use_cache"] = _use_cache(c.config, o)
+    return obj
 
 
 def _expert_linears(targets: frozenset[str]) -> tuple[int, int]:
@@ -96,14 +110,19 @@ def _expert_linears(targets: frozenset[str]) -> tuple[int, int]:
 
 
 def _kinds(s: Stage) -> None:
-    """Each layer kind's activations (worked out once per kind, not once per layer)."""
+    """Each layer kind's activations (worked out once per kind, not once per layer; memoised
+    per setup, which :func:`_setup`'s token and per-call fields name)."""
     memo = memo_table(s.spec)
     acts = []
-    for x in s.kind_list:
-        key = ("act", x, s.setup)
+    setup = s.setup
+    key = ("act", s.setup_token, 0, setup.batch, setup.seq, setup.full_seq,
+           setup.attn_softcap, setup.logit_softcap, setup.dropout, setup.use_cache)
+    for k, x in enumerate(s.kind_list):
+        if k:
+            key = (*key[:2], k, *key[3:])
         act = memo.get(key)
         if act is None:
-            act = memo[key] = layer_activations(s.spec, x, s.setup)
+            act = memo[key] = layer_activations(s.spec, x, setup)
         acts.append(act)
     s.acts = acts
     s.kind_total = [act.total for act in acts]
@@ -115,7 +134,6 @@ def _checkpoint(s: Stage) -> None:
     layer, transformers' gradient checkpointing): the layer's input; selective (Megatron,
     Korthikanti et al. 2022): everything but the S x S scores."""
     ckpt = s.ckpt
-    s.sp_div = s.o.tp if s.o.sp else 1
     s.ckpt_input = s.T * s.residual * s.spec.hidden_size // s.sp_div
     acts, kt = s.acts, s.kind_total
     if s.o.checkpointing == "op-selective":
@@ -287,16 +305,12 @@ def _edges(s: Stage) -> None:
     copy, ``log_softmax``'s fp32 output; in backward the two fp32 gradients of the loss and
     of ``log_softmax``), rotary tables and masks, the token ids."""
     o, setup, T, V, h = s.o, s.setup, s.T, s.V, s.spec.hidden_size
-    b = s.recipe.compute_bytes
     s.emb = embedding_activations(s.spec, setup) if s.first else {}
-    # the logits' dtype: QLoRA's LM head is fp32 (peft), but an autocast op all the same
-    s.logit_b = logit_b = 4 if (b == 4 or (s.fp32_stream and not s.autocast)) else b
+    logit_b = s.logit_b
     s.head = head_activations(s.spec, setup, logit_b) if s.last else {}
     s.masks = mask_bytes(s.spec, setup)  # not saved: freed when the forward returns
     s.shared = rotary_bytes(s.spec, setup) + s.masks
     s.inputs = 16 * T  # input_ids and labels (int64), alive through the step
-    pp = o.pp
-    s.inflight = min(pp - s.stage, o.microbatches) if pp > 1 else 1
     s.logits = T * V * logit_b if s.last else 0
     if o.loss == "chunked":
         _chunked_loss(s)
@@ -404,16 +418,35 @@ def _chunked_loss(s: Stage) -> None:
     s.loss_grads = 2 * 4 * chunk * s.V if s.last else 0
 
 
+def prepare(s: Stage) -> None:
+    """What the activation side needs that does not depend on the batch, the sequence or the
+    model's config (after :func:`memfit.step.states.build`): the setup's fixed fields, the
+    vocabulary on the rank, the logits' dtype, the micro-batches in flight, autocast's
+    copies, QLoRA's dequantized weight."""
+    o = s.o
+    _prepare_setup(s)
+    s.V = -(-s.spec.vocab_size // o.tp)
+    s.sp_div = o.tp if o.sp else 1
+    b = s.recipe.compute_bytes
+    # the logits' dtype: QLoRA's LM head is fp32 (peft), but an autocast op all the same
+    s.logit_b = 4 if (b == 4 or (s.fp32_stream and not s.autocast)) else b
+    s.inflight = min(o.pp - s.stage, o.microbatches) if o.pp > 1 else 1
+    _copies(s)
+    # QLoRA: bitsandbytes dequantizes each NF4 weight to 16 bits for its matmul (forward, and
+    # again in backward for the input gradient): one layer's largest weight at a time.
+    s.dequant = 2 * max((g.numel for g in s.groups if g.linear and g.part == "layer"
+                         and len(g.shape) == 2), default=0) if o.qlora else 0
+
+
 def build(s: Stage) -> None:
-    """Every activation-side quantity of the stage (after :func:`memfit.step.states.build`)."""
+    """Every activation-side quantity of the stage for its batch and sequence (after
+    :func:`prepare`)."""
     o = s.o
     s.setup = _setup(s)
     s.T = s.setup.tokens
-    s.V = -(-s.spec.vocab_size // o.tp)
     _kinds(s)
     _checkpoint(s)
     _edges(s)
-    _copies(s)
     inflight = s.inflight
     s.A_emb_raw = sum(s.emb.values())
     if o.activation_offload:
@@ -427,10 +460,6 @@ def build(s: Stage) -> None:
     # them as inputs of the layers it recomputes
     s.A_bwd = s.A_all - (inflight * s.shared if o.activation_offload else
                          0 if s.ckpt == "full" else inflight * s.masks)
-    # QLoRA: bitsandbytes dequantizes each NF4 weight to 16 bits for its matmul (forward, and
-    # again in backward for the input gradient): one layer's largest weight at a time.
-    s.dequant = 2 * max((g.numel for g in s.groups if g.linear and g.part == "layer"
-                         and len(g.shape) == 2), default=0) if o.qlora else 0
     # A checkpointed layer's forward saves nothing: at most its attention's or its MLP's
     # tensors are alive at once, beside the transient.
     full = s.ckpt == "full"

@@ -41,6 +41,7 @@ def stage_base(c: Ctx, stage: int, counts: list[int]) -> Stage:
     the sequence): the template :func:`stage_run` copies."""
     s = Stage(c, stage, counts)
     states.build(s)
+    layers.prepare(s)
     return s
 
 
