@@ -122,8 +122,13 @@ def _runtime(o: TrainingOptions, recipe: Recipe) -> tuple[Recipe, str]:
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not (_API_SET & options.keys()):
+        return options, {}
     extra = {k: options.pop(k) for k in list(options) if k in _API_OPTIONS}
     return options, extra
+
+
+_API_SET = frozenset(_API_OPTIONS)
 
 
 class _Plan:
@@ -270,11 +275,15 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
 
 def _options_dict(o: TrainingOptions, extra: Mapping[str, Any]) -> dict[str, Any]:
     d = o.__dict__  # the fields' values (a frozen dataclass), read without getattr
-    return {**{k: d[k] for k in _OPTION_NAMES},
-            **{k: v for k, v in extra.items() if v is not None}}
+    # (every way an options object is made sets its fields in declaration order)
+    out = dict(d) if list(d) == _OPTION_LIST else {k: d[k] for k in _OPTION_NAMES}
+    if extra:
+        out.update({k: v for k, v in extra.items() if v is not None})
+    return out
 
 
 _OPTION_NAMES = tuple(f.name for f in fields(TrainingOptions))
+_OPTION_LIST = list(_OPTION_NAMES)
 #: The options' values that a plan depends on: all but the batch and the sequence.
 _STRUCTURE = itemgetter(*(n for n in _OPTION_NAMES if n not in ("batch", "seq")))
 

@@ -54,13 +54,23 @@ def stage_run(base: Stage, c: Ctx) -> dict[str, Any]:
     s.c, s.o = c, c.o
     layers.build(s)
     s.tied_extra = end_extra(s)
-    phases = tuple(Phase(name, comp) for name, comp in sweep(program(s).ops))
+    phases = tuple(_phase(name, comp) for name, comp in sweep(program(s).ops))
     notes = s.sb.notes
     if c.o.activation_offload:
         notes = (*notes, f"activation offload: {s.offloaded * s.inflight} bytes of saved "
                  "activations in host memory (torchtune OffloadActivations)")
     return {"phases": phases, "terms": partial(terms, s), "host": s.sb.host, "shards": s.N,
             "notes": notes, "trainable": s.P, "stage": s.stage, "layers": len(s.layers)}
+
+
+def _phase(name: str, components: dict[str, int]) -> Phase:
+    """``Phase(name, components)`` as its generated ``__init__`` makes it, without the frozen
+    class's ``object.__setattr__`` per field."""
+    p = object.__new__(Phase)
+    d = p.__dict__
+    d["name"] = name
+    d["components"] = components
+    return p
 
 
 def stage_estimate(c: Ctx, stage: int, counts: list[int]) -> dict[str, Any]:
