@@ -23,6 +23,8 @@ Operations (tuples, for speed):
   > 0): the block is swept once, the other repetitions only added. Estimates stay in
   microseconds whatever the depth.
 * ``(PHASE, name, order)``: a new phase begins; its components are reported in ``order``.
+* ``(FRAME, values, None)``: a moment that sets the first six owners (weights to comm
+  buffers, in :data:`OWNERS` order) at once; the FSDP2 timeline is made of them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["OWNERS", "Program", "sweep", "WEIGHTS", "STATES", "GRADS", "ACTS", "LOGITS",
+__all__ = ["OWNERS", "Program", "sweep", "FRAME", "WEIGHTS", "STATES", "GRADS", "ACTS", "LOGITS",
            "BUFFERS", "TEMPS"]
 
 #: The owners a byte can have (the estimate's components).
@@ -39,7 +41,7 @@ OWNERS = ("weights", "optimizer_states", "gradients", "activations", "logits", "
 #: The components a phase reports even when zero.
 _ALWAYS = frozenset((0, 1, 2, 3))  # weights, optimizer_states, gradients, activations
 
-ALLOC, MOMENT, REPEAT, PHASE = 0, 1, 2, 3
+ALLOC, MOMENT, REPEAT, PHASE, FRAME = 0, 1, 2, 3, 4
 #: The owners' indices, as the parts name them in their events.
 WEIGHTS, STATES, GRADS, ACTS, LOGITS, BUFFERS, TEMPS = range(len(OWNERS))
 
@@ -66,6 +68,10 @@ class Program:
     def moment(self, *live: tuple[int, int]) -> None:
         """The listed ``(owner, bytes)`` become the live bytes of those owners."""
         self.ops.append((MOMENT, live, None))
+
+    def frame(self, values: tuple[int, int, int, int, int, int]) -> None:
+        """A moment setting ``WEIGHTS`` ... ``BUFFERS`` (owners 0-5) to ``values``."""
+        self.ops.append((FRAME, values, None))
 
     def repeat(self, block: Block, n: int) -> None:
         if n == 1:
@@ -112,6 +118,11 @@ def sweep(ops: Iterable[tuple[int, Any, Any]]) -> list[tuple[str, dict[str, int]
             total += b
             if b > 0 and total > best_total:
                 best_total, best = total, live[:]
+        elif op == FRAME:  # (total is always sum(live))
+            live[:6] = a
+            total = sum(a) + live[6]
+            if total > best_total:
+                best_total, best = total, live[:]
         elif op == MOMENT:
             for i, n in a:
                 total += n - live[i]
@@ -136,7 +147,7 @@ def sweep(ops: Iterable[tuple[int, Any, Any]]) -> list[tuple[str, dict[str, int]
                 for i, n in a:
                     live[i] += n * steps
                 total += net * steps
-        else:
+        else:  # PHASE
             if name is not None:
                 phases.append((name, _report(order, best)))
             name, order = a, b

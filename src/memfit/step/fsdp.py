@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from ..memory.model_states import fsdp_padded_elements
 from .backward import layer_extras
 from .context import Stage
-from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, WEIGHTS, Program
+from .events import ACTS, BUFFERS, FRAME, GRADS, LOGITS, STATES, WEIGHTS, Program
 from .layers import kept_list
 from .states import weight_bytes
 
-__all__ = ["FsdpStep", "fsdp_phases"]
+__all__ = ["FsdpStep", "fsdp_phases", "prepare"]
 
 _ORDER = (WEIGHTS, STATES, GRADS, BUFFERS, ACTS, LOGITS)
 
@@ -49,9 +49,10 @@ class FsdpStep:
     emb_out_grad: int
 
 
-def _step(s: Stage) -> FsdpStep:
-    """The rank's FSDP2 quantities: units, their dtypes, the activations' moments."""
-    o, xin, spec = s.o, s.xin, s.spec
+def prepare(s: Stage) -> None:
+    """The rank's units (elements of one decoder layer, with gradients and all-gathered):
+    ``s.fsdp_units`` (after :func:`memfit.step.states.build`; no batch or sequence in them)."""
+    o, xin = s.o, s.xin
     n_layers = max(1, len(s.layers))
     grad_unit = s.padded_layers // n_layers  # a layer's elements with gradients
     # a layer's parameters, all-gathered: with LoRA the frozen base and its adapters
@@ -61,10 +62,20 @@ def _step(s: Stage) -> FsdpStep:
         base = tuple(g for g in s.groups if g.part == "layer")
         unit = (-(-weight_bytes(base, s.recipe, True) // (n_layers * xin.compute_bytes))
                 + grad_unit)
+    s.fsdp_units = unit, grad_unit
+
+
+_STEP_FIELDS = tuple(FsdpStep.__dataclass_fields__)
+
+
+def _step(s: Stage) -> FsdpStep:
+    """The rank's FSDP2 quantities: units, their dtypes, the activations' moments."""
+    o, xin, spec = s.o, s.xin, s.spec
+    unit, grad_unit = s.fsdp_units
     # a layer's gradients are unsharded (c U) until its reduce-scatter
     extra = layer_extras(s, [xin.compute_bytes * grad_unit] * len(s.kind_list))
     edge = s.first or s.last
-    return FsdpStep(
+    return _fsdp_step(
         sharded=s.sb.weights, states=s.Ost, prev_grads=s.G_prev,
         c=xin.compute_bytes, r=s.recipe.grad_bytes, N=s.N,
         root=xin.root_elements if edge else 0,
@@ -77,6 +88,16 @@ def _step(s: Stage) -> FsdpStep:
         fwd_layer=s.fwd_layer_t, fwd_loss=s.A_bwd + s.upcast + s.cache_fwd, logits=s.logits,
         loss_grads=s.loss_grads,
         emb_out_grad=s.T * s.residual * spec.hidden_size // s.sp_div if s.first else 0)
+
+
+def _fsdp_step(**kw: object) -> FsdpStep:
+    """``FsdpStep(**kw)`` as its generated ``__init__`` makes it (every field given), without
+    the frozen class's ``object.__setattr__`` per field."""
+    f = object.__new__(FsdpStep)
+    d = f.__dict__
+    for name in _STEP_FIELDS:
+        d[name] = kw[name]
+    return f
 
 
 def fsdp_phases(s: Stage, p: Program) -> None:
@@ -98,9 +119,12 @@ def fsdp_phases(s: Stage, p: Program) -> None:
     L = len(f.kept)
     held = L * cU if f.grad_op else 0  # grad-op: layers kept whole
 
+    sharded, states, emit = f.sharded, f.states, p.ops.append
+
     def moment(params: int, flats: int, grads: int, acts: int, logits: int = 0) -> None:
-        p.moment((WEIGHTS, f.sharded + params), (STATES, f.states), (GRADS, grads),
-                 (BUFFERS, flats), (ACTS, acts), (LOGITS, logits))
+        # weights, optimizer states, gradients, activations, logits, comm buffers: one
+        # Program.frame
+        emit((FRAME, (sharded + params, states, grads, acts, logits, flats), None))
 
     # -- forward: the root's parameters throughout; each layer's all-gather and compute
     p.phase("forward", _ORDER)

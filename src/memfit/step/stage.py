@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from ..memory.breakdown import Phase
-from . import layers, states
+from . import fsdp, layers, states
 from .backward import backward, end_extra
 from .context import Ctx, Stage
 from .events import Program, sweep
@@ -42,6 +42,8 @@ def stage_base(c: Ctx, stage: int, counts: list[int]) -> Stage:
     s = Stage(c, stage, counts)
     states.build(s)
     layers.prepare(s)
+    if c.o.fsdp is not None and c.o.dp > 1:
+        fsdp.prepare(s)
     return s
 
 
