@@ -5,6 +5,8 @@ shard_states`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import compress
+from operator import ne, or_
 
 from ..memory.model_states import fsdp_padded_elements
 from .backward import layer_extras
@@ -161,25 +163,39 @@ def _backward_walk(f: FsdpStep, moment) -> None:  # type: ignore[no-untyped-def]
     # activations shrink), so its largest is at the run's first or last layer: only those
     # (and the walk's two ends, where the prefetch and the previous flat buffer change) are
     # emitted.
-    ends = {0, 1, L - 2, L - 1} | {i for i in range(1, L) if
-                                   (f.kept[i], f.extra[i]) != (f.kept[i - 1], f.extra[i - 1])}
+    kept, extra = f.kept, f.extra
+    ends = {0, 1, L - 2, L - 1}
+    # (layers whose kept activations or transient differ from the previous layer's)
+    ends.update(compress(range(1, L), map(or_, map(ne, kept[1:], kept),
+                                          map(ne, extra[1:], extra))))
     ends |= {i - 1 for i in ends if i > 0}
-    for i in reversed(range(L)):
-        if i in ends:
-            prefetch = cU if (i and not f.grad_op) else 0  # layer i-1's all-gather
-            pr, fl = cR + whole + own, prefetch + rs_prev
-            after = pr - own - (cU if f.grad_op else 0)
-            moment(pr, fl, g, a + f.extra[i])  # the layer's own backward peak
-            # done: all its 16-bit gradients, its parameters not yet resharded
-            moment(pr, fl, g + cG, a - f.kept[i])
-            # its reduce-scatter: the gradients copied into the flat input (the previous one
-            # freed), then with the shard made, layer i-1's copy-out
-            moment(after, rG + prefetch, g + cG, a - f.kept[i])
-            moment(after + prefetch, rG + prefetch, g + shard, a - f.kept[i])
-            rs_prev = rG
-        a -= f.kept[i]
-        whole -= cU if f.grad_op else 0
+    step_whole = cU if f.grad_op else 0
+    nxt = L  # the layers from nxt on are done
+    for i in sorted((i for i in ends if 0 <= i < L), reverse=True):
+        skipped = nxt - 1 - i  # the layers between two emitted ones: their sums at once
+        if skipped > 0:
+            a -= sum(kept[i + 1:nxt])
+            whole -= step_whole * skipped
+            g += shard * skipped
+        prefetch = cU if (i and not f.grad_op) else 0  # layer i-1's all-gather
+        pr, fl = cR + whole + own, prefetch + rs_prev
+        after = pr - own - (cU if f.grad_op else 0)
+        moment(pr, fl, g, a + extra[i])  # the layer's own backward peak
+        # done: all its 16-bit gradients, its parameters not yet resharded
+        moment(pr, fl, g + cG, a - kept[i])
+        # its reduce-scatter: the gradients copied into the flat input (the previous one
+        # freed), then with the shard made, layer i-1's copy-out
+        moment(after, rG + prefetch, g + cG, a - kept[i])
+        moment(after + prefetch, rG + prefetch, g + shard, a - kept[i])
+        rs_prev = rG
+        a -= kept[i]
+        whole -= step_whole
         g += shard
+        nxt = i
+    if nxt > 0:  # (layer 0 is always emitted: nothing is left)
+        a -= sum(kept[:nxt])
+        whole -= step_whole * nxt
+        g += shard * nxt
     # the embedding's backward (beside the root's parameters and the LM head's gradient),
     # then the root's reduce-scatter: its 16-bit gradients and their flat fp32 input
     emb_grads = f.c * f.emb * (2 if f.tied else 1)
