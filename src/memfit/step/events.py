@@ -32,8 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["OWNERS", "Program", "sweep", "FRAME", "WEIGHTS", "STATES", "GRADS", "ACTS", "LOGITS",
-           "BUFFERS", "TEMPS"]
+__all__ = ["OWNERS", "Program", "Sweep", "sweep", "FRAME", "WEIGHTS", "STATES", "GRADS", "ACTS",
+           "LOGITS", "BUFFERS", "TEMPS"]
 
 #: The owners a byte can have (the estimate's components).
 OWNERS = ("weights", "optimizer_states", "gradients", "activations", "logits", "comm_buffers",
@@ -82,6 +82,92 @@ class Program:
     def phase(self, name: str, order: tuple[int, ...]) -> None:
         """A new phase, reporting its components in ``order`` (owner indices)."""
         self.ops.append((PHASE, name, order))
+
+
+class Sweep(Program):
+    """A :class:`Program` swept as the parts emit it: :func:`sweep` over the operations,
+    without keeping them (``phases()`` is ``sweep(program.ops)``, the same moments in the
+    same order; ``total`` is always ``sum(live)``)."""
+
+    __slots__ = ("live", "total", "best_total", "best", "name", "order", "done")
+
+    def __init__(self) -> None:
+        self.live = [0] * len(OWNERS)
+        self.total = 0
+        self.best_total, self.best = -1, self.live
+        self.name: str | None = None
+        self.order: tuple[int, ...] = ()
+        self.done: list[tuple[str, dict[str, int]]] = []
+
+    def alloc(self, owner: int, n: int) -> None:
+        if n:
+            live = self.live
+            live[owner] += n
+            total = self.total = self.total + n
+            if n > 0 and total > self.best_total:
+                self.best_total, self.best = total, live[:]
+
+    def free(self, owner: int, n: int) -> None:
+        if n:
+            self.live[owner] -= n
+            self.total -= n
+
+    def moment(self, *live_: tuple[int, int]) -> None:
+        live, total = self.live, self.total
+        for i, n in live_:
+            total += n - live[i]
+            live[i] = n
+        self.total = total
+        if total > self.best_total:
+            self.best_total, self.best = total, live[:]
+
+    def frame(self, values: tuple[int, int, int, int, int, int]) -> None:
+        live = self.live
+        live[:6] = values
+        total = self.total = sum(values) + live[6]
+        if total > self.best_total:
+            self.best_total, self.best = total, live[:]
+
+    def repeat(self, block: Block, n: int) -> None:
+        if n == 1:
+            for k, v in block:
+                if v > 0:
+                    self.alloc(k, v)
+                elif v:
+                    self.free(k, -v)
+        elif n > 1:
+            live, total, best_total = self.live, self.total, self.best_total
+            steps = n - 1
+            net = 0
+            for _, m in block:
+                net += m
+            if net > 0:  # the last repetition is the largest: add the others first
+                for i, m in block:
+                    live[i] += m * steps
+                total += net * steps
+            for i, m in block:
+                live[i] += m
+                total += m
+                if m > 0 and total > best_total:
+                    best_total, self.best = total, live[:]
+            if net <= 0:
+                for i, m in block:
+                    live[i] += m * steps
+                total += net * steps
+            self.total, self.best_total = total, best_total
+
+    def phase(self, name: str, order: tuple[int, ...]) -> None:
+        if self.name is not None:
+            self.done.append((self.name, _report(self.order, self.best)))
+        self.name, self.order = name, order
+        self.best_total, self.best = -1, self.live
+
+    def phases(self) -> list[tuple[str, dict[str, int]]]:
+        """Each phase's peak moment, by owner (as :func:`sweep` returns them)."""
+        if self.name is not None:
+            self.done.append((self.name, _report(self.order, self.best)))
+            self.name = None
+        return self.done
 
 
 _REPORTS: dict[tuple[int, ...], Any] = {}

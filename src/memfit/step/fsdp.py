@@ -11,7 +11,7 @@ from operator import ne, or_
 from ..memory.model_states import fsdp_padded_elements
 from .backward import layer_extras
 from .context import Stage
-from .events import ACTS, BUFFERS, FRAME, GRADS, LOGITS, STATES, WEIGHTS, Program
+from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, WEIGHTS, Program
 from .layers import kept_list
 from .states import weight_bytes
 
@@ -121,12 +121,11 @@ def fsdp_phases(s: Stage, p: Program) -> None:
     L = len(f.kept)
     held = L * cU if f.grad_op else 0  # grad-op: layers kept whole
 
-    sharded, states, emit = f.sharded, f.states, p.ops.append
+    sharded, states, frame = f.sharded, f.states, p.frame
 
     def moment(params: int, flats: int, grads: int, acts: int, logits: int = 0) -> None:
-        # weights, optimizer states, gradients, activations, logits, comm buffers: one
-        # Program.frame
-        emit((FRAME, (sharded + params, states, grads, acts, logits, flats), None))
+        # weights, optimizer states, gradients, activations, logits, comm buffers
+        frame((sharded + params, states, grads, acts, logits, flats))
 
     # -- forward: the root's parameters throughout; each layer's all-gather and compute
     p.phase("forward", _ORDER)

@@ -14,7 +14,7 @@ from ..memory.breakdown import Phase
 from . import fsdp, layers, states
 from .backward import backward, end_extra
 from .context import Ctx, Stage
-from .events import Program, sweep
+from .events import Program, Sweep
 from .forward import forward, model_states, optimizer
 from .fsdp import fsdp_phases
 from .terms import terms
@@ -22,10 +22,12 @@ from .terms import terms
 __all__ = ["stage_estimate", "stage_base", "stage_run"]
 
 
-def program(s: Stage) -> Program:
+def program(s: Stage, p: Program | None = None) -> Program:
     """The step's events: model states, forward, backward (FSDP2's timeline when sharded by
-    ``fully_shard``), the optimizer step."""
-    p = Program()
+    ``fully_shard``), the optimizer step (into ``p``: a new :class:`Program` by default, a
+    :class:`Sweep` to sweep them as they come)."""
+    if p is None:
+        p = Program()
     model_states(s, p)
     if s.o.fsdp is not None and s.o.dp > 1:
         fsdp_phases(s, p)
@@ -56,7 +58,7 @@ def stage_run(base: Stage, c: Ctx) -> dict[str, Any]:
     s.c, s.o = c, c.o
     layers.build(s)
     s.tied_extra = end_extra(s)
-    phases = tuple(_phase(name, comp) for name, comp in sweep(program(s).ops))
+    phases = tuple(_phase(name, comp) for name, comp in program(s, Sweep()).phases())
     notes = s.sb.notes
     if c.o.activation_offload:
         notes = (*notes, f"activation offload: {s.offloaded * s.inflight} bytes of saved "
