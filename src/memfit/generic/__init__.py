@@ -66,27 +66,53 @@ def unknown_model_type(exc: MemfitError, config: Mapping[str, Any] | None) -> bo
     return isinstance(model_type, str) and model_type not in FAMILIES and model_type != "custom"
 
 
+def _admit(config: Mapping[str, Any]) -> str:
+    """Checks before any import of torch: bounded sizes (:mod:`.bounds`), a model type
+    transformers may know, the ``trace`` extra. Returns the model type."""
+    from .bounds import check_config, known_model_type
+
+    check_config(config)
+    model_type = config.get("model_type")
+    if not known_model_type(model_type):
+        from ..arch import FAMILIES
+
+        raise MemfitError(
+            f"model_type: got {model_type!r}; allowed: " + ", ".join(sorted(FAMILIES))
+            + " analytically, or a model_type the installed transformers knows (the generic "
+            "path)", field="model_type", value=model_type,
+            allowed="a model_type memfit or transformers knows")
+    require(model_type)
+    return str(model_type)
+
+
 def generic_params(config: Mapping[str, Any], name: str = "model") -> GenericParams:
     """Exact parameter and buffer counts by component, from the meta-device model."""
-    require(config.get("model_type") if isinstance(config, Mapping) else None)
+    model_type = _admit(config)
+    from .bounds import deadline
     from .params import count_generic
 
-    return count_generic(config, name)
+    with deadline(f"params of {name} ({model_type})"):
+        return count_generic(config, name)
 
 
 def generic_infer(config: Mapping[str, Any], options: InferenceOptions,
                   name: str = "model") -> GenericEstimate:
     """Inference peak derived by tracing reduced depths (see :mod:`memfit.generic.depth`)."""
-    require(config.get("model_type") if isinstance(config, Mapping) else None)
-    from .estimate import estimate
-
-    return estimate(config, options, "infer", name)
+    return _traced(config, options, "infer", name)
 
 
 def generic_train(config: Mapping[str, Any], options: TrainingOptions,
                   name: str = "model") -> GenericEstimate:
     """Training-step peak derived by tracing reduced depths."""
-    require(config.get("model_type") if isinstance(config, Mapping) else None)
+    return _traced(config, options, "train", name)
+
+
+def _traced(config: Mapping[str, Any], options: Any, workload: str,
+            name: str) -> GenericEstimate:
+    model_type = _admit(config)
+    from .bounds import check_trace_options, deadline
     from .estimate import estimate
 
-    return estimate(config, options, "train", name)
+    check_trace_options(options, workload)
+    with deadline(f"{workload} of {name} ({model_type})"):
+        return estimate(config, options, workload, name)

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import MemfitError
 from . import cache
+from .bounds import MAX_FULL_TRACE_BLOCKS
 from .depth import Plan
 from .result import GenericEstimate
 
@@ -58,7 +59,7 @@ def _trace(config: Mapping[str, Any], indices: tuple[int, ...] | None, options: 
     """One trace of ``config`` reduced to the blocks ``indices`` (None: all of them)."""
     from ..trace import trace_inference, trace_training
     from ..trace.build import MODEL_CLASS
-    from .build import load_hf_config, model_class
+    from .build import load_hf_config, model_class, refusal
     from .depth import reduced_config
 
     config = copy.deepcopy(dict(config))  # transformers rewrites nested dicts (rope_scaling)
@@ -81,13 +82,9 @@ def _trace(config: Mapping[str, Any], indices: tuple[int, ...] | None, options: 
     try:
         run = trace_inference if workload == "infer" else trace_training
         r = run(copy.deepcopy(config), options)
-    except (RuntimeError, TypeError, ValueError, LookupError, AttributeError,
-            NotImplementedError, AssertionError) as exc:  # model code the tracer cannot run
-        if isinstance(exc, MemfitError):
-            raise
-        raise MemfitError.bad_value("model", hf_cfg.model_type,
-                                    f"a model the tracer runs ({cls.__name__}: "
-                                    f"{type(exc).__name__}: {str(exc)[:200]})") from exc
+    except Exception as exc:  # noqa: BLE001 - model code the tracer cannot run: one line
+        raise refusal(exc, hf_cfg.model_type, f"a model the tracer runs ({cls.__name__})") \
+            from None
     finally:
         MODEL_CLASS.reset(token)
     return {"peak": r.peak_bytes, "peak_phase": r.peak_phase,
@@ -185,6 +182,11 @@ def _measure(plan: Plan, runner: _Runner) -> tuple[Summary, tuple[int, ...], boo
                      "components": comps, "notes": notes,
                      "model_class": runs["base"]["model_class"],
                      "model_type": runs["base"]["model_type"]}, depths, True)
+    if plan.num_layers > MAX_FULL_TRACE_BLOCKS:
+        raise MemfitError.bad_value(
+            "num_hidden_layers", plan.num_layers,
+            f"at most {MAX_FULL_TRACE_BLOCKS} blocks for a full-depth trace on the generic path "
+            "(reduced depths do not rebuild this model's blocks, so it is traced whole)")
     full = runner(None)
     return full, (plan.num_layers,), False
 

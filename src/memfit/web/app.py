@@ -360,7 +360,19 @@ def _check_cost(model: Any, settings: WebSettings) -> None:
     model (so ``"num_hidden_layers": 100000.0`` or a nested ``text_config`` cannot slip by)."""
     from ..catalog import resolve_model
 
-    spec, _ = resolve_model(model)
+    try:
+        spec, _ = resolve_model(model)
+    except MemfitError as exc:  # the generic path (transformers, seconds a trace) is not served
+        if exc.field != "model_type" or not isinstance(exc.value, str):
+            raise
+        from ..arch import FAMILIES
+
+        raise MemfitError(
+            f"model_type: got {exc.value!r}; allowed on this server: "
+            + ", ".join(sorted(FAMILIES)) + " (other types transformers knows are counted and "
+            "traced by the CLI and Python API, `memfit params/infer/train`, which take "
+            "seconds per answer; see docs/architectures.md)", field="model_type",
+            value=exc.value, allowed="a model_type memfit models analytically") from None
     if spec.num_layers > settings.max_layers:
         raise MemfitError.bad_value("num_hidden_layers", spec.num_layers,
                                     f"at most {settings.max_layers} layers on this server")
