@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from memfit.check import read_command, read_text
+from memfit.check import complete, equivalent_argv, read_command, read_text
 from memfit.check.yamlish import loads
 from memfit.cli import main
 
@@ -698,8 +698,25 @@ FILES = [
 ]
 
 
-@pytest.mark.parametrize("name, text, beside, expected, understood, ignored", FILES,
+# FSDP1 (accelerate's and the HF Trainer's FSDP) under bf16 autocast: the estimator refuses it
+# as not modelled yet; the translation is checked, the answer flips these to XPASS (strict:
+# a failure) once it is modelled, and the marks go.
+_FSDP1_MIXED = pytest.mark.xfail(strict=True, raises=AssertionError,
+                                 reason="fsdp-version 1 with bf16-mixed: not modelled yet")
+ANSWERED = [pytest.param(*f, id=f[0], marks=_FSDP1_MIXED if f[0] in (
+    "default_config.yaml", "training_args.json") else ()) for f in FILES]
+
+
+@pytest.mark.parametrize("name, text, beside, expected", [f[:4] for f in FILES],
                          ids=[f[0] for f in FILES])
+def test_files_translate_to_the_hand_written_call(tmp_path: Path, name, text, beside,
+                                                  expected) -> None:
+    (tmp_path / "ds_z3_config.json").write_text(json.dumps(DS_Z3))
+    translated = complete(read_text(text, name, tmp_path), dict(_beside(beside)))
+    assert pairs(equivalent_argv(translated)) == pairs(expected)
+
+
+@pytest.mark.parametrize("name, text, beside, expected, understood, ignored", ANSWERED)
 def test_files_answer_as_the_equivalent_call(tmp_path: Path, capsys, name, text, beside,
                                              expected, understood, ignored) -> None:
     path = tmp_path / name
@@ -710,6 +727,15 @@ def test_files_answer_as_the_equivalent_call(tmp_path: Path, capsys, name, text,
     assert ignored <= fields_of(got["ignored"]), got["ignored"]
     assert pairs(got["artefact"]["equivalent"].split()[1:]) == pairs(expected)
     same_as(capsys, got, expected)
+
+
+def _beside(argv: list[str]) -> list[tuple[str, object]]:
+    """memfit flags given beside, as check's options (values parsed as the CLI parses)."""
+    out = []
+    for flag, value in zip(argv[::2], argv[1::2], strict=True):
+        key = flag.lstrip("-").replace("-", "_")
+        out.append((key, int(value) if value.isdigit() else value))
+    return out
 
 
 def pairs(argv: list[str]) -> tuple[list[str], set[str]]:
