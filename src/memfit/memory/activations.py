@@ -38,6 +38,7 @@ from typing import Any
 
 from ..arch import LayerSpec, ModelSpec
 from .model_states import fused_projections
+from .weights import memo
 
 __all__ = [
     "ActivationSetup", "LayerActivations", "layer_activations", "head_activations",
@@ -701,9 +702,9 @@ def mask_bytes(spec: ModelSpec, s: ActivationSetup) -> int:
     and no mask, but sliding-window layers need a (B, 1, S, S) bool mask (each layer's SDPA
     then saves its own additive copy, counted with the layer); eager builds an additive mask
     in the residual dtype for every mask type present."""
-    kinds = {x.attention for x in spec.layers}
     if s.attn == "eager":  # additive masks in the residual dtype
-        return len(kinds) * s.batch * s.seq * s.kv_seq * s.residual_bytes
+        kinds = memo(spec, "attention-kinds", lambda: len({x.attention for x in spec.layers}))
+        return kinds * s.batch * s.seq * s.kv_seq * s.residual_bytes  # type: ignore[no-any-return]
     return 0
 
 

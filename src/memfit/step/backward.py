@@ -16,7 +16,7 @@ from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, TEMPS, WEIGHTS, Progra
 from .layers import ckpt_working_set
 from .states import grad_part
 
-__all__ = ["backward", "layer_extras", "end_extra"]
+__all__ = ["backward", "layer_extras", "late_grads", "end_extra", "prepare"]
 
 BWD_ORDER = (WEIGHTS, STATES, BUFFERS, GRADS, ACTS)
 
@@ -32,18 +32,17 @@ def layer_extras(s: Stage, grads_of_kind: list[int], step: int = 0) -> list[int]
     not run them again). ``step``: the optimizer in backward's step of one parameter, which
     runs when that parameter's gradient is complete, not inside another op's transient."""
     spec = s.spec
-    share, mlp_share = s.layout.late, s.layout.mlp
     norm_bwd = 0 if NORM_STYLES.get(spec.model_type, "llama") == "layernorm" else (
         16 * s.T * spec.hidden_size // s.sp_div)
     c_layer, ac, ckpt = s.c_layer, s.autocast, s.ckpt
     out = []
+    grads = grads_of_kind if isinstance(grads_of_kind, _Shares) else late_grads(s, grads_of_kind)
     for k, act in enumerate(s.acts):
-        attn_g = grads_of_kind[k] * share[k] - (c_layer * share[k] if ac else 0)
-        norm_g = grads_of_kind[k] * mlp_share[k] - (c_layer * mlp_share[k] if ac else 0)
+        attn_g, norm_g = grads[k]
         # QLoRA's dequantized weight (dequant) exists only inside a matmul: the MLP's
         own = max(act.backward_transient + s.dequant,
-                  act.attn_backward + int(attn_g) if act.attn_backward else 0,
-                  norm_bwd + int(norm_g) - act.saved.get("mlp", 0) - act.saved.get("moe", 0))
+                  act.attn_backward + attn_g if act.attn_backward else 0,
+                  norm_bwd + norm_g - act.saved.get("mlp", 0) - act.saved.get("moe", 0))
         back = (s.ckpt_input if s.recomputed[k] else ckpt_working_set(act)
                 ) if s.o.activation_offload else 0  # unpacked from the host
         op_kept = (s.kept_of_kind[k] - s.ckpt_input
@@ -52,6 +51,38 @@ def layer_extras(s: Stage, grads_of_kind: list[int], step: int = 0) -> list[int]
             s.kind_total[k] - op_kept + (c_layer if ac else 0) if s.recomputed[k]
             else act.s2 if ckpt == "selective" else 0))
     return out
+
+
+class _Shares(list):  # type: ignore[type-arg]
+    """:func:`late_grads`' answer: per kind, the gradient bytes the layer's backward has made
+    by its attention scores' backward and by its second norm's (weight copies gone)."""
+
+
+def late_grads(s: Stage, grads_of_kind: list[int]) -> _Shares:
+    """Per layer kind (its gradients' bytes given): the gradient bytes that exist at the
+    scores' backward (all but q/k/v's and the input norm's) and at the second norm's
+    backward (the MLP's), less autocast's 16-bit copies of those weights, gone by then (what
+    :func:`layer_extras` needs; no batch or sequence in it)."""
+    share, mlp_share = s.layout.late, s.layout.mlp
+    c_layer, ac = s.c_layer, s.autocast
+    return _Shares(
+        (int(grads_of_kind[k] * share[k] - (c_layer * share[k] if ac else 0)),
+         int(grads_of_kind[k] * mlp_share[k] - (c_layer * mlp_share[k] if ac else 0)))
+        for k in range(len(share)))
+
+
+def prepare(s: Stage) -> None:
+    """The backward's quantities with no batch or sequence in them (after
+    :func:`memfit.step.layers.prepare`): the head's and embedding's gradients, each kind's,
+    the tied table's first partial, :func:`late_grads` of the layers' backward."""
+    g_head, g_embed = grad_part(s, "head"), grad_part(s, "embed")
+    g_of_kind = _grads_of_kind(s, s.G - g_head - g_embed)
+    tied_partial = (s.V * s.spec.hidden_size * (4 if s.autocast else s.grad_b)
+                    if (s.last and s.first and s.spec.tie_word_embeddings and not s.lora)
+                    else 0)
+    quiet = s.accumulating or s.o.optimizer_in_backward  # no gradients appear in backward
+    s.bwd_parts = (g_head, g_embed, g_of_kind, tied_partial,
+                   late_grads(s, [0 if quiet else g for g in g_of_kind]))
 
 
 def _grads_of_kind(s: Stage, g_layers: int) -> list[int]:
@@ -84,14 +115,11 @@ def end_extra(s: Stage) -> int:
 
 
 def backward(s: Stage, p: Program) -> None:
-    spec, o, V, h = s.spec, s.o, s.V, s.spec.hidden_size
+    o = s.o
     p.phase("backward", BWD_ORDER)
     # the loss' backward: its two fp32 gradients; the logits are gone
     p.moment((GRADS, s.G_prev), (ACTS, s.A_bwd + s.copies_bwd + s.loss_grads), (LOGITS, 0))
-    g_head, g_embed = grad_part(s, "head"), grad_part(s, "embed")
-    g_of_kind = _grads_of_kind(s, s.G - g_head - g_embed)
-    tied_partial = (V * h * (4 if s.autocast else s.grad_b)
-                    if (s.last and s.first and spec.tie_word_embeddings and not s.lora) else 0)
+    g_head, g_embed, g_of_kind, tied_partial, late = s.bwd_parts
     # the optimizer in backward (torchtune's optimizer_in_bwd: a post-accumulate-grad hook
     # per parameter steps it and frees its gradient): one parameter's gradient and its step
     # at a time, never the full set
@@ -103,7 +131,7 @@ def backward(s: Stage, p: Program) -> None:
     p.moment((GRADS, s.G_prev if s.accumulating else (0 if oib else g_head) + tied_partial),
              (ACTS, s.A_bwd - s.A_head + s.copies_bwd - s.copies_head))
     step = s.oib_step["layer"] if oib else 0  # a parameter's gradient and step
-    extra = layer_extras(s, [0 if (s.accumulating or oib) else g for g in g_of_kind], step)
+    extra = layer_extras(s, late, step)
     inflight = s.inflight
     runs = s.kind_runs
     for i in reversed(range(len(runs))):  # the layers, last first

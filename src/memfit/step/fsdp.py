@@ -9,7 +9,7 @@ from itertools import compress
 from operator import ne, or_
 
 from ..memory.model_states import fsdp_padded_elements
-from .backward import layer_extras
+from .backward import late_grads, layer_extras
 from .context import Stage
 from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, WEIGHTS, Program
 from .layers import kept_list
@@ -65,6 +65,8 @@ def prepare(s: Stage) -> None:
         unit = (-(-weight_bytes(base, s.recipe, True) // (n_layers * xin.compute_bytes))
                 + grad_unit)
     s.fsdp_units = unit, grad_unit
+    # a layer's gradients are unsharded (c U) until its reduce-scatter
+    s.fsdp_late = late_grads(s, [xin.compute_bytes * grad_unit] * len(s.kind_list))
 
 
 _STEP_FIELDS = tuple(FsdpStep.__dataclass_fields__)
@@ -74,8 +76,7 @@ def _step(s: Stage) -> FsdpStep:
     """The rank's FSDP2 quantities: units, their dtypes, the activations' moments."""
     o, xin, spec = s.o, s.xin, s.spec
     unit, grad_unit = s.fsdp_units
-    # a layer's gradients are unsharded (c U) until its reduce-scatter
-    extra = layer_extras(s, [xin.compute_bytes * grad_unit] * len(s.kind_list))
+    extra = layer_extras(s, s.fsdp_late)
     edge = s.first or s.last
     return _fsdp_step(
         sharded=s.sb.weights, states=s.Ost, prev_grads=s.G_prev,

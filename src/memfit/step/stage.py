@@ -13,6 +13,7 @@ from typing import Any
 from ..memory.breakdown import Phase
 from . import fsdp, layers, states
 from .backward import backward, end_extra
+from .backward import prepare as backward_prepare
 from .context import Ctx, Stage
 from .events import Program, Sweep
 from .forward import forward, model_states, optimizer
@@ -46,6 +47,8 @@ def stage_base(c: Ctx, stage: int, counts: list[int]) -> Stage:
     layers.prepare(s)
     if c.o.fsdp is not None and c.o.dp > 1:
         fsdp.prepare(s)
+    else:
+        backward_prepare(s)
     return s
 
 
