@@ -247,5 +247,5 @@ def test_make_options_equals_the_constructor() -> None:
         names = list(values)
         rng.shuffle(names)
         kw = {k: rng.choice(values[k]) for k in names if rng.random() < 0.3}
-        assert one(lambda: make_options(InferenceOptions, **kw)) == one(
-            lambda: InferenceOptions(**kw)), kw
+        assert one(lambda kw=kw: make_options(InferenceOptions, **kw)) == one(
+            lambda kw=kw: InferenceOptions(**kw)), kw

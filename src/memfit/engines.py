@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from .arch import LayerSpec, ModelSpec
@@ -272,12 +272,12 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
             (kvG, m, 0, None) for m in decode_moments(spec, prof, s, T=P + G, last_stage=last)]
         cands += _hf_decode(spec, o, st, kvdt, attn, b, s, s1, first, last)
         best, top = cands[0], -1
-        for cand in cands:  # the first largest wins, as max() picks it
-            kv_c, m, sh, _ = cand
+        for dc in cands:  # the first largest wins, as max() picks it
+            kv_c, m, sh, _ = dc
             v = kv_c + m.activations + sh + m.logits
             moments[m.name] = v - kvG
             if v > top:
-                best, top = cand, v
+                best, top = dc, v
         kv_d, m_d, shift, ctx = best
         phases.append(Phase("decode", {"weights": W, "kv_cache": kv_d,
                                        "activations": m_d.activations + shift,
@@ -381,7 +381,7 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
         with_in, without_in = decode_step_residents(spec, prof, s1, attn, first, P + t)
         res = base + grow + (with_in if inner or not first else without_in)
         cands.append((kv_t, Moment(name, res, formula=_GROWTH_FORMULA,
-                                   substituted=lambda kv_t=kv_t, res=res: f"{kv_t} + {res}"),
+                                   substituted=partial(_plus_text, kv_t, res)),
                       0, None))
         # each layer kind's attention at its first and last layer: the layers before it
         # hold step t's cache, those after it step t-1's (sliding layers the prefill's
@@ -402,6 +402,10 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
                         spec, prof, s1, attn=attn, tokens=tokens, moe_k=k,
                         moe_width=width, shared_width=shared, resident=res), 0, None))
     return cands
+
+
+def _plus_text(a: int, b: int) -> str:
+    return f"{a} + {b}"
 
 
 _GROWTH_FORMULA = ("cache of every layer + the old K, V of the layer being grown (torch.cat "

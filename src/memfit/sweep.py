@@ -59,7 +59,7 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]]
         for name in names:
             if isinstance(grid[name], (str, bytes)) or not isinstance(grid[name], Iterable):
                 raise MemfitError.bad_value("grid", name, "a list of values per option")
-        return [dict(zip(names, values))
+        return [dict(zip(names, values, strict=True))
                 for values in itertools.product(*(list(grid[n]) for n in names))]
     points = [dict(p) for p in grid]
     for p in points:

@@ -124,7 +124,7 @@ def _check(obj: Any, given: Any = None) -> None:
     ``given``: the names of the only fields that may hold other than their default objects
     (``make_options``: the others were set from the defaults, valid by construction)."""
     d = obj.__dict__
-    plan = _plan(type(obj))
+    plan: Any = _plan(type(obj))
     if given is not None:  # in declaration order: the first bad field is the one named
         by_name = _plan_by_name(type(obj))
         plan = [by_name[n][1] for n in sorted(given, key=lambda n: by_name[n][0])]
@@ -483,7 +483,7 @@ def make_options(cls: type, **kwargs: Any) -> Any:
         raise MemfitError.bad_value("option", unknown[0], ", ".join(sorted(names)))
     if defaults is None:
         return cls(**kwargs)
-    obj = object.__new__(cls)
+    obj: Any = object.__new__(cls)
     d = obj.__dict__
     d.update(defaults)
     d.update(kwargs)
