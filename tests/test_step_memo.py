@@ -133,7 +133,7 @@ def test_sweep_as_emitted_equals_the_sweep_of_the_program() -> None:
     for _ in range(300):
         a, b = Program(), Sweep()
         for _ in range(rng.randrange(1, 30)):
-            kind = rng.randrange(6)
+            kind = rng.randrange(7)
             owner, n, reps = rng.randrange(7), rng.randrange(-50, 100), rng.randrange(4)
             for p in (a, b):
                 if kind == 0:
@@ -144,6 +144,10 @@ def test_sweep_as_emitted_equals_the_sweep_of_the_program() -> None:
                     p.moment((owner, abs(n)), ((owner + 3) % 7, abs(n) // 2))
                 elif kind == 3:
                     p.frame(tuple(abs(n) * k % 97 for k in range(1, 7)))  # type: ignore[arg-type]
+                elif kind == 5 and isinstance(p, Sweep):  # the FSDP2 timeline's moments
+                    p.framer(n + 60, 7)(owner, 3, abs(n), 11, n % 5)
+                elif kind == 5:
+                    p.frame((n + 60 + owner, 7, abs(n), 11, n % 5, 3))
                 elif kind == 4:
                     p.repeat(((owner, n), ((owner + 1) % 7, -n // 2)), reps)
                 else:

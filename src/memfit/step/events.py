@@ -29,7 +29,7 @@ Operations (tuples, for speed):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["OWNERS", "Program", "Sweep", "sweep", "FRAME", "WEIGHTS", "STATES", "GRADS", "ACTS",
@@ -127,6 +127,21 @@ class Sweep(Program):
         total = self.total = sum(values) + live[6]
         if total > self.best_total:
             self.best_total, self.best = total, live[:]
+
+    def framer(self, weights: int, states: int) -> Callable[..., None]:
+        """``moment(params, flats, grads, acts, logits=0)``: :meth:`frame` of ``(weights +
+        params, states, grads, acts, logits, flats)``, in one call (the FSDP2 timeline's)."""
+        live = self.live
+
+        def moment(params: int, flats: int, grads: int, acts: int, logits: int = 0) -> None:
+            w = weights + params
+            live[0], live[1], live[2], live[3], live[4], live[5] = (w, states, grads, acts,
+                                                                    logits, flats)
+            total = self.total = w + states + grads + acts + logits + flats + live[6]
+            if total > self.best_total:
+                self.best_total, self.best = total, live[:]
+
+        return moment
 
     def repeat(self, block: Block, n: int) -> None:
         if n == 1:

@@ -11,7 +11,7 @@ from operator import ne, or_
 from ..memory.model_states import fsdp_padded_elements
 from .backward import late_grads, layer_extras
 from .context import Stage
-from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, WEIGHTS, Program
+from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, WEIGHTS, Program, Sweep
 from .layers import kept_list
 from .states import weight_bytes
 
@@ -127,6 +127,9 @@ def fsdp_phases(s: Stage, p: Program) -> None:
     def moment(params: int, flats: int, grads: int, acts: int, logits: int = 0) -> None:
         # weights, optimizer states, gradients, activations, logits, comm buffers
         frame((sharded + params, states, grads, acts, logits, flats))
+
+    if isinstance(p, Sweep):  # the same, in one call
+        moment = p.framer(sharded, states)  # noqa: F811
 
     # -- forward: the root's parameters throughout; each layer's all-gather and compute
     p.phase("forward", _ORDER)
