@@ -308,6 +308,48 @@ def hostile_index(rng: random.Random) -> Any:
 # Cases: one callable each, returning "result" or "refused" (anything else is a failure)
 # ------------------------------------------------------------------------------------------
 
+# The generic path (memfit.generic: a model_type memfit has no formulas for, built by
+# transformers): hostile configs of types transformers knows. ``params`` builds the model on
+# the meta device when the config passes memfit's bounds; ``infer``/``train`` get an option
+# past the generic path's bounds too (a trace takes seconds: the budget is for refusals).
+GENERIC_BASE = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100,
+                "max_position_embeddings": 64}
+GENERIC_TYPES = ["bert", "opt", "mamba", "t5", "whisper", "llava", "no_such_type"]
+GENERIC_KEYS = ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "vocab_size", "max_position_embeddings", "hidden_act", "encoder_layers",
+                "decoder_layers", "d_model", "num_layers", "n_layer", "image_size",
+                "vision_config", "text_config", "num_labels", "state_size", "num_experts",
+                "type_vocab_size", "layer_types"]
+GENERIC_OPTIONS = [("infer", "--generate", "1000000"), ("infer", "--prompt", "100000000"),
+                   ("train", "--microbatches", "1000"), ("train", "--batch", "100000000"),
+                   ("train", "--seq", "10000000")]
+
+
+def hostile_generic_config(rng: random.Random) -> dict[str, Any]:
+    cfg: dict[str, Any] = dict(GENERIC_BASE, model_type=rng.choice(GENERIC_TYPES))
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        key = rng.choice(GENERIC_KEYS)
+        if rng.random() < 0.4:  # a count as a float, just past a bound, or a huge width
+            cfg[key] = rng.choice([100000.0, 1e5, 10001.0, 513, 1e300, 65.5, 10**8, 10**9,
+                                   "64", -5])
+        else:
+            cfg[key] = hostile_value(rng)
+    return cfg
+
+
+def generic_case(rng: random.Random, tmp: Path, i: int) -> Case:
+    where = tmp / f"generic-{i}"
+    where.mkdir()
+    (where / "config.json").write_text(dumps(hostile_generic_config(rng)))
+    target = str(where)
+    if rng.random() < 0.5:
+        return Case("generic", f"params {target}", lambda: _answer(target, "params"))
+    argv = list(rng.choice(GENERIC_OPTIONS))
+    argv.insert(1, target)
+    return Case("generic", " ".join(argv), lambda: _cli(argv))
+
+
 @dataclass
 class Case:
     door: str
@@ -379,22 +421,25 @@ def cli_case(rng: random.Random, tmp: Path, i: int) -> Case:
     for _ in range(rng.choice([1, 2, 3])):
         argv += [rng.choice(CLI_FLAGS), rng.choice(CLI_VALUES)]
 
-    def run() -> str:
-        from memfit.cli import main
+    return Case("cli", " ".join(a if len(a) < 40 else a[:12] + "..." for a in argv),
+                lambda: _cli(argv))
 
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-        if code == 2:
-            lines = err.getvalue().strip().splitlines()
-            if len(lines) != 1 or not lines[0].startswith("memfit: error: "):
-                raise AssertionError(f"exit 2 without one error line: {lines[:3]}")
-            return "refused"
-        if code != 0:
-            raise AssertionError(f"exit {code}: {err.getvalue()[-300:]}")
-        return "result"
 
-    return Case("cli", " ".join(a if len(a) < 40 else a[:12] + "..." for a in argv), run)
+def _cli(argv: list[str]) -> str:
+    """``memfit ARGV`` in-process: a result (exit 0) or one ``memfit: error:`` line (exit 2)."""
+    from memfit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    if code == 2:
+        lines = err.getvalue().strip().splitlines()
+        if len(lines) != 1 or not lines[0].startswith("memfit: error: "):
+            raise AssertionError(f"exit 2 without one error line: {lines[:3]}")
+        return "refused"
+    if code != 0:
+        raise AssertionError(f"exit {code}: {err.getvalue()[-300:]}")
+    return "result"
 
 
 def http_case(rng: random.Random, client: Any, i: int) -> Case:
@@ -518,7 +563,7 @@ def run_case(case: Case, stats: DoorStats, max_seconds: float) -> None:
                               f"{max_seconds:g} s)")
 
 
-DOORS = ("gguf", "safetensors", "config", "cli", "http")
+DOORS = ("gguf", "safetensors", "config", "cli", "http", "generic")
 
 
 def make_client() -> Any:
@@ -542,7 +587,7 @@ def warm_up() -> None:
     if WARM_UP:
         return
     start = time.perf_counter()
-    _python_api(lambda: __import__("memfit").params({**TINY, "model_type": "no_such_type"}))
+    _python_api(lambda: __import__("memfit").params(dict(GENERIC_BASE)))
     WARM_UP["generic path, first call"] = time.perf_counter() - start
 
 
@@ -576,6 +621,8 @@ def _run(count: int, seed: int, doors: tuple[str, ...], max_seconds: float, keep
                 case = cli_case(rng, Path(tmp), i)
             elif door == "http":
                 case = http_case(rng, client, i)
+            elif door == "generic":
+                case = generic_case(rng, Path(tmp), i)
             else:
                 case = file_case(rng, Path(tmp), door, i)
             run_case(case, stats[door], max_seconds)

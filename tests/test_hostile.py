@@ -90,3 +90,89 @@ def test_generated_files_are_what_they_claim() -> None:
     assert json.loads(hostile.dumps({"a": hostile.Deep(5)})) == {"a": [[[[[1]]]]]}
     text = hostile.dumps([10**5000 - 1])
     assert set(text[1:-1]) == {"9"} and 4990 < len(text) < 5010
+
+
+# -- the generic path (memfit.generic): bounded before transformers builds anything --------
+
+GENERIC_OK = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"num_hidden_layers": 100000}, "num_hidden_layers"),
+    ({"num_hidden_layers": 600}, "num_hidden_layers"),  # over the generic path's 512 blocks
+    ({"hidden_size": "abc"}, "hidden_size"),
+    ({"hidden_size": 768.5}, "hidden_size"),
+    ({"hidden_size": 10**8, "intermediate_size": 10**8}, "config"),  # ~10^17 parameters
+    ({"vocab_size": 10**5000}, "vocab_size"),
+    ({"num_labels": 10**8}, "num_labels"),
+    ({"vision_config": {"num_hidden_layers": 400}, "num_hidden_layers": 200},
+     "num_hidden_layers"),
+    ({"vision_config": {"image_size": 1e300}}, "image_size"),
+    ({"model_type": "no_such_type"}, "model_type"),
+    ({"model_type": ["bert"]}, "model_type"),
+])
+def test_generic_path_refuses_before_building(change: dict[str, Any], field: str) -> None:
+    """Pure Python: each refusal names its field, without importing torch or transformers."""
+    from memfit.errors import MemfitError
+    from memfit.generic.bounds import check_config, known_model_type
+
+    cfg = {**GENERIC_OK, **change}
+    with pytest.raises(MemfitError) as info:
+        check_config(cfg)
+        if not known_model_type(cfg["model_type"]):
+            raise MemfitError.bad_value("model_type", cfg["model_type"], "known")
+    assert info.value.field == field and "\n" not in str(info.value)
+
+
+def test_generic_path_bounds_keep_real_configs() -> None:
+    """Real configs' fields pass: negative layer indices, rope floats, token ids, lists."""
+    from memfit.generic.bounds import check_config, size_kind
+
+    check_config({**GENERIC_OK, "vision_feature_layer": -2, "rope_theta": 1e9,
+                  "layer_norm_eps": 1e-12, "pad_token_id": 10**9, "hidden_sizes": [64, 128],
+                  "image_size": {"height": 224, "width": 224}, "layer_types": ["full"] * 2,
+                  "num_labels": 21841, "sliding_window": None, "initializer_range": 0.02})
+    assert size_kind("layer_norm_eps") is None and size_kind("num_hidden_layers") == "depth"
+    assert size_kind("max_position_embeddings") == "size" and size_kind("bos_token_id") is None
+
+
+def test_generic_traced_options_are_bounded() -> None:
+    from memfit.errors import MemfitError
+    from memfit.generic.bounds import check_trace_options
+    from memfit.workload import InferenceOptions, TrainingOptions
+
+    check_trace_options(InferenceOptions(prompt=8192, generate=8192), "infer")
+    for options, workload, field in [
+            (InferenceOptions(generate=10**6), "infer", "generate"),
+            (InferenceOptions(prompt=10**8, generate=0), "infer", "prompt"),
+            (TrainingOptions(microbatches=1000), "train", "microbatches"),
+            (TrainingOptions(batch=10**6, seq=4096), "train", "batch")]:
+        with pytest.raises(MemfitError) as info:
+            check_trace_options(options, workload)
+        assert info.value.field == field
+
+
+def test_an_unknown_model_type_is_refused_without_importing_torch(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**GENERIC_OK, "model_type": "zzz_nosuch"}))
+    code = ("import sys; from memfit.cli import main; rc = main(['params', sys.argv[1]]); "
+            "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split()[-3:] == ["2", "False", "False"]
+    assert out.stderr.count("\n") == 1 and "'zzz_nosuch'" in out.stderr
+
+
+def test_a_sample_of_hostile_generic_configs_is_bounded() -> None:
+    """The generic door: transformers builds what passes the bounds (one untimed warm-up)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    stats = hostile.run_all(24, seed=11, doors=("generic",))["generic"]
+    assert stats.cases == 24 and not stats.failures, "\n".join(stats.failures)
+    assert stats.max_s < hostile.MAX_SECONDS, stats.slowest
+    assert hostile.rss_bytes() < hostile.MAX_RSS_BYTES
+    assert stats.refused > 0

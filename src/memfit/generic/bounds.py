@@ -55,6 +55,9 @@ MAX_TRACE_BATCH_TOKENS = 1 << 26
 #: Traced decode steps and micro-batches: each one is run (not extrapolated) by the tracer.
 MAX_TRACE_STEPS = 32768
 MAX_TRACE_MICROBATCHES = 64
+#: Classification labels: transformers builds an ``id2label`` dict of this many entries
+#: (10^8 of them take 4 GB); the largest real label sets have ~10^5 (ImageNet-22k: 21,841).
+MAX_LABELS = 100_000
 #: Default seconds for one generic call (override: ``MEMFIT_GENERIC_TIMEOUT_S``).
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -185,6 +188,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     blocks = params = 0
     for obj in _walk(config):
         fields = _check_fields(obj)
+        if fields.get("num_labels", 0) > MAX_LABELS:
+            raise MemfitError.bad_value("num_labels", fields["num_labels"],
+                                        f"an integer in [0, {MAX_LABELS}]")
         own = sum(max(fields.get(k, 0), 0) for k in _BLOCK_FIELDS)
         blocks += own
         params += _rough_params(fields, own)
