@@ -240,8 +240,10 @@ def _plan_of(spec: ModelSpec, o: TrainingOptions, extra: Mapping[str, Any]) -> _
 
 def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOptions,
               extra: Mapping[str, Any]) -> Estimate:
-    o, seq_note = default_within(o, "seq", spec.learned_positions, 0,
-                                 "the learned position table (n_positions)")
+    seq_note = None
+    if spec.learned_positions:
+        o, seq_note = default_within(o, "seq", spec.learned_positions, 0,
+                                     "the learned position table (n_positions)")
     plan = _plan_of(spec, o, extra)
     c = object.__new__(Ctx)  # the plan's scenario with this call's options and config
     c.__dict__.update(plan.ctx.__dict__)
@@ -249,9 +251,9 @@ def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOpti
     results = [stage_run(base, c) for base in plan.bases]
     if len(results) == 1:
         best = results[0]
-        peak = max(p.peak_bytes for p in best["phases"])
+        peak = best["peak"]
     else:
-        peaks = [max(p.peak_bytes for p in r["phases"]) for r in results]
+        peaks = [r["peak"] for r in results]
         peak = max(peaks)
         best = results[peaks.index(peak)]
     world_size = plan.world_size

@@ -61,12 +61,14 @@ def stage_run(base: Stage, c: Ctx) -> dict[str, Any]:
     s.c, s.o = c, c.o
     layers.build(s)
     s.tied_extra = end_extra(s)
-    phases = tuple(_phase(name, comp) for name, comp in program(s, Sweep()).phases())
+    swept = program(s, Sweep()).phases()
+    phases = tuple(_phase(name, comp) for name, comp in swept)
     notes = s.sb.notes
     if c.o.activation_offload:
         notes = (*notes, f"activation offload: {s.offloaded * s.inflight} bytes of saved "
                  "activations in host memory (torchtune OffloadActivations)")
-    return {"phases": phases, "terms": partial(terms, s), "host": s.sb.host, "shards": s.N,
+    return {"phases": phases, "peak": max(sum(comp.values()) for _, comp in swept),
+            "terms": partial(terms, s), "host": s.sb.host, "shards": s.N,
             "notes": notes, "trainable": s.P, "stage": s.stage, "layers": len(s.layers)}
 
 
