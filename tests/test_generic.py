@@ -254,3 +254,60 @@ def test_other_model_types_equal_full_depth_trace(model_type):
     full = _trace(cfg, None, options, "infer")
     assert got.extrapolated
     assert got.peak_bytes == full["peak"] and dict(got.components) == full["components"]
+
+
+# -- hostile input: every transformers/torch failure is one line naming the field ----------
+
+_BERT = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100}
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"use_cache": "yes"}, "use_cache", "expected bool"),  # transformers' strict validation
+    ({"hidden_act": "nosuch"}, "hidden_act", "no such value"),  # a KeyError at build
+    ({"num_attention_heads": 7}, "model", "not a multiple"),  # the model's own check
+])
+def test_transformers_failures_are_one_line(change, field, words):
+    with pytest.raises(MemfitError) as info:
+        generic_params({**_BERT, **change})
+    assert info.value.field == field and words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_trace_failures_and_deadline_are_one_line(monkeypatch):
+    import memfit.trace as tracer
+    from memfit.generic import bounds, estimate
+
+    def broken(config, options):
+        raise RuntimeError("an op the tracer cannot run")
+
+    monkeypatch.setattr(tracer, "trace_training", broken)
+    with pytest.raises(MemfitError, match="a model the tracer runs .*RuntimeError"):
+        generic_train(_BERT, TRAIN)
+    monkeypatch.setattr(estimate, "MAX_FULL_TRACE_BLOCKS", 1)  # a 2-block BERT: traced whole
+    with pytest.raises(MemfitError, match="full-depth trace") as info:
+        generic_train(_BERT, TRAIN)
+    assert info.value.field == "num_hidden_layers"
+
+    def slow(config, options):
+        import time
+
+        time.sleep(5)
+
+    monkeypatch.setattr(tracer, "trace_training", slow)
+    monkeypatch.setattr(estimate, "MAX_FULL_TRACE_BLOCKS", 256)
+    monkeypatch.setenv("MEMFIT_GENERIC_TIMEOUT_S", "0.5")
+    with pytest.raises(MemfitError, match="gave up after 0.5 s"):
+        generic_train(_BERT, TRAIN)
+    assert bounds.signal.getitimer(bounds.signal.ITIMER_REAL)[0] == 0  # the alarm is cleared
+
+
+def test_meta_parameter_total_is_capped(monkeypatch):
+    from memfit.generic import bounds
+
+    monkeypatch.setattr(bounds, "MAX_PARAMS", 1000)
+    with pytest.raises(MemfitError, match="roughly, from the config"):
+        generic_params(_BERT)
+    monkeypatch.setattr(bounds, "_rough_params", lambda fields, blocks: 0)
+    with pytest.raises(MemfitError, match="counted on the meta device"):
+        generic_params(_BERT)

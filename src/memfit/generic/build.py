@@ -77,9 +77,16 @@ def refusal(exc: BaseException, model_type: object, what: str,
         key = exc.args[0] if exc.args else None  # a value the model looked up, e.g. hidden_act
         field = next((k for k, v in config.items() if isinstance(v, str) and v == key), None)
         if field is not None:
-            return MemfitError.bad_value(field, key, f"{what} (transformers has no {key!r})")
+            return MemfitError.bad_value(field, key[:60], f"{what} (transformers has no such "
+                                         f"value for model_type {model_type!r})")
     if isinstance(exc, MemoryError):
         text = "it ran out of memory"
+    if named and isinstance(config, Mapping) and named.group(1) in config:
+        value = config[named.group(1)]
+        shown = value if isinstance(value, (int, float, bool)) or (
+            isinstance(value, str) and len(value) <= 60) else type(value).__name__
+        return MemfitError.bad_value(named.group(1), shown, f"{what} for model_type "
+                                     f"{model_type!r} ({type(exc).__name__}: {text})")
     return MemfitError.bad_value(named.group(1) if named else "model", model_type,
                                  f"{what} ({type(exc).__name__}: {text})")
 
