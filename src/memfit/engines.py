@@ -375,8 +375,12 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
     math = _sdpa_math(spec, attn, b, tp)
     cands: list[tuple[int, Moment, int, Any]] = []
     for t in sorted({1, G}):
+        # per kind and split layer: the cache before it (step t) and after it (step t-1)
+        edges = [(kind, one, [(before_rows.bytes(B, P, t), after_rows.bytes(B, P, t - 1),
+                               inner_layer) for before_rows, after_rows, inner_layer in splits])
+                 for kind, one, splits in st.growth]
         # the cache at its largest: one layer's old and new tensors during torch.cat
-        kv_t, name, inner = _growth_peak(spec, st, B, P, t, kvdt, tp)
+        kv_t, name, inner = _growth_peak(st, edges, B, P, t)
         base = decode_resident(s, P + t, last)
         with_in, without_in = decode_step_residents(spec, prof, s1, attn, first, P + t)
         res = base + grow + (with_in if inner or not first else without_in)
@@ -386,13 +390,13 @@ def _hf_decode(spec: ModelSpec, o: InferenceOptions, st: _HFStructure, kvdt: KVD
         # each layer kind's attention at its first and last layer: the layers before it
         # hold step t's cache, those after it step t-1's (sliding layers the prefill's
         # P rows until their first decode step)
-        for kind, one, splits in st.growth:
+        for kind, one, split_bytes in edges:
             tokens = tokens_in_layer(kind, P, t)
             own = one.bytes(B, P, t)
             att = decode_attention(spec, prof, s1, attn=attn, layer=kind, tokens=tokens,
                                    first_stage=first, sdpa_math=math, resident=0)
-            for before_rows, after_rows, inner_layer in splits:
-                kv_a = before_rows.bytes(B, P, t) + own + after_rows.bytes(B, P, t - 1)
+            for before, after, inner_layer in split_bytes:
+                kv_a = before + own + after
                 lin = inner_layer or not first
                 res = base + (with_in if lin else without_in)
                 ctx = (kind, tokens, math)
@@ -485,8 +489,9 @@ def _hf_structure(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvd
                 build)
 
 
-def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt: KVDtype,
-                 tp: int) -> tuple[int, str, bool]:
+def _growth_peak(st: _HFStructure, edges: list[tuple[LayerSpec, HFCacheRows,
+                                                    list[tuple[int, int, bool]]]],
+                 B: int, P: int, t: int) -> tuple[int, str, bool]:
     """The cache at its largest during decode step ``t``: while layer l grows, the layers
     before it hold ``c_t`` rows and those after it ``c_{t-1}``; layer l holds its old tensors
     and the new ones (a ``DynamicLayer`` frees the old K before concatenating V, so the new K,
@@ -495,19 +500,17 @@ def _growth_peak(spec: ModelSpec, st: _HFStructure, B: int, P: int, t: int, kvdt
     moment's name and whether the layer is not the stage's first (its input is alive)."""
     best, best_name, best_inner = 0, "", False
     rows = st.rows
-    for kind, one, splits in st.growth:
+    for kind, one, split_bytes in edges:
         k_row, v_row = rows[kind]
         c_new = tokens_in_layer(kind, P, t)
         own_old = one.bytes(B, P, t - 1)
-        for before_rows, after_rows, inner in splits:
-            before = before_rows.bytes(B, P, t)
-            after = after_rows.bytes(B, P, t - 1)
-            if kind.attention == "sliding" and kind.window is not None:
-                own = own_old + B * c_new * (k_row + v_row)
-            else:
-                # torch.cat of K (old K, V and the new K), then of V (the old K is gone: the
-                # new K, the old V and the new V)
-                own = own_old + max(B * c_new * k_row, B * c_new * v_row + B * k_row)
+        if kind.attention == "sliding" and kind.window is not None:
+            own = own_old + B * c_new * (k_row + v_row)
+        else:
+            # torch.cat of K (old K, V and the new K), then of V (the old K is gone: the
+            # new K, the old V and the new V)
+            own = own_old + max(B * c_new * k_row, B * c_new * v_row + B * k_row)
+        for before, after, inner in split_bytes:
             total = before + after + own
             # inner: not the stage's first layer
             if total > best or (total == best and inner and not best_inner):
