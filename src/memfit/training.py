@@ -332,7 +332,10 @@ def _options(opts: dict[str, Any]) -> TrainingOptions:
         o = make_options(TrainingOptions, **opts)
         if len(_CHECKED) >= _CHECKED_MAX:
             _CHECKED.clear()
-        base = _CHECKED[key] = replace(o, batch=_BATCH_DEFAULT, seq=_SEQ_DEFAULT)
+        base = object.__new__(TrainingOptions)  # o with the defaults' batch and sequence
+        base.__dict__.update(o.__dict__)
+        base.__dict__.update(batch=_BATCH_DEFAULT, seq=_SEQ_DEFAULT)
+        _CHECKED[key] = base
         return o  # type: ignore[no-any-return]
     o = object.__new__(TrainingOptions)
     d = o.__dict__
