@@ -222,7 +222,8 @@ def _plan_of(spec: ModelSpec, o: TrainingOptions, extra: Mapping[str, Any]) -> _
     sequence; errors are raised as :func:`_validate` and :func:`_make_plan` raise them, in
     the same order, and never memoised)."""
     sc, gpn = extra.get("states_convention"), extra.get("gpus_per_node", 8)
-    key = ("train-plan", _STRUCTURE(o.__dict__), type(sc), sc, type(gpn), gpn)
+    key: tuple[Any, ...] | None = ("train-plan", _STRUCTURE(o.__dict__), type(sc), sc,
+                                   type(gpn), gpn)
     memo = memo_table(spec)
     try:
         plan = memo.get(key)

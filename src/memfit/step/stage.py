@@ -61,7 +61,9 @@ def stage_run(base: Stage, c: Ctx) -> dict[str, Any]:
     s.c, s.o = c, c.o
     layers.build(s)
     s.tied_extra = end_extra(s)
-    swept = program(s, Sweep()).phases()
+    sw = Sweep()
+    program(s, sw)
+    swept = sw.phases()
     phases = tuple(_phase(name, comp) for name, comp in swept)
     notes = s.sb.notes
     if c.o.activation_offload:
