@@ -78,6 +78,9 @@ def _prepare_setup(s: Stage) -> None:
                    lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
                    qlora=o.qlora)
     s.setup_fields = fields_
+    # what a model without a config (a hand-built ModelSpec) reads from it: the defaults
+    s.setup_no_config = (softcap_config(s.spec, None), dropout_config(s.spec, None),
+                         _use_cache(None, o))
     s.setup_token = next(_TOKENS)  # names this setup in the layer activations' memo
 
 
@@ -88,7 +91,11 @@ def _setup(s: Stage) -> ActivationSetup:
     """The activation setup of the stage: :func:`_prepare_setup`'s, with the batch, the
     sequence and the model config's soft-capping, dropout and cache."""
     o, c = s.o, s.c
-    attn_softcap, logit_softcap = softcap_config(s.spec, c.config)
+    if c.config is None:
+        (attn_softcap, logit_softcap), dropout, use_cache = s.setup_no_config
+    else:
+        attn_softcap, logit_softcap = softcap_config(s.spec, c.config)
+        dropout, use_cache = dropout_config(s.spec, c.config), _use_cache(c.config, o)
     # ``ActivationSetup(**kw)`` as its generated ``__init__`` builds it (the same fields,
     # equal and hashing alike), without the frozen class's ``object.__setattr__`` per field
     obj = object.__new__(ActivationSetup)
@@ -98,9 +105,9 @@ def _setup(s: Stage) -> ActivationSetup:
     d["seq"] = o.seq // o.cp
     d["attn_softcap"] = attn_softcap
     d["logit_softcap"] = logit_softcap
-    d["dropout"] = dropout_config(s.spec, c.config)
+    d["dropout"] = dropout
     d["full_seq"] = o.seq
-    d["use_cache"] = _use_cache(c.config, o)
+    d["use_cache"] = use_cache
     return obj
 
 
