@@ -311,3 +311,13 @@ def test_meta_parameter_total_is_capped(monkeypatch):
     monkeypatch.setattr(bounds, "_rough_params", lambda fields, blocks: 0)
     with pytest.raises(MemfitError, match="counted on the meta device"):
         generic_params(_BERT)
+
+
+def test_cli_trace_falls_back_and_fit_says_what_works(bert_dir, capsys):
+    assert main(["trace", str(bert_dir), "train", "--seq", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_type"] == "bert" and out["peak_bytes"] == sum(out["components"].values())
+    assert "full depth" in out["notes"][0]
+    assert main(["fit", str(bert_dir), "infer", "--gpu", "h100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'bert'" in err and "memfit params" in err

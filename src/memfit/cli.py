@@ -371,7 +371,10 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from .catalog import resolve_model
 
-    spec, config = resolve_model(args.model)
+    try:
+        spec, config = resolve_model(args.model)
+    except MemfitError as exc:  # an unknown model_type: memfit.generic traces it whole
+        return _trace_generic(args, exc)
     if config is None:
         raise MemfitError.bad_value("model", args.model, "a model with a config.json")
     try:
@@ -397,6 +400,26 @@ def cmd_trace(args: argparse.Namespace) -> int:
           f"in phase {out.get('peak_phase')} (traced on fake tensors, GiB = 2^30 bytes)")
     rows = [[k, format_bytes(v)] for k, v in out["components"].items()]
     print(table(["component", "GiB at peak"], rows, right=(1,)))
+    return 0
+
+
+def _trace_generic(args: argparse.Namespace, exc: MemfitError) -> int:
+    from .generic.hook import fallback_trace
+    from .report import Progress
+    from .units import format_bytes
+
+    cls = InferenceOptions if args.mode == "infer" else TrainingOptions
+    with Progress(f"tracing {args.model} {args.mode} (transformers' model)"):
+        out = fallback_trace(args.model, exc, args.mode, options_from_args(cls, args))
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{out['model']} {args.mode}: peak {format_bytes(out['peak_bytes'])} "
+          f"in phase {out['peak_phase']} (traced on fake tensors, GiB = 2^30 bytes)")
+    rows = [[k, format_bytes(v)] for k, v in out["components"].items()]
+    print(table(["component", "GiB at peak"], rows, right=(1,)))
+    for note in out["notes"]:
+        print(f"note: {note}")
     return 0
 
 
@@ -512,7 +535,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in vars(options).items() if k in given and k != "gpu"}
     # --gpus omitted: None, so fit_train takes the count from --dp/--tp/--pp/--cp or searches
     # for the fewest GPUs that fit
-    result = fit(args.model, gpu=args.gpu, gpus=args.gpus, **kwargs)
+    try:
+        result = fit(args.model, gpu=args.gpu, gpus=args.gpus, **kwargs)
+    except MemfitError as exc:  # an unknown model_type: say what works for it instead
+        from .generic.hook import refuse_fit
+
+        refuse_fit(args.model, exc)
+        raise
     data = result.to_dict()
     if args.json:
         _print_json(data)

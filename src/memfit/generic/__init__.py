@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from .params import GenericParams
     from .result import GenericEstimate
 
-__all__ = ["INSTALL_HINT", "available", "generic_infer", "generic_params", "generic_train",
-           "require", "unknown_model_type"]
+__all__ = ["INSTALL_HINT", "available", "generic_infer", "generic_params", "generic_trace",
+           "generic_train", "require", "unknown_model_type"]
 
 #: What to install for the generic path (the project's ``trace`` extra).
 INSTALL_HINT = 'pip install -e ".[trace]"'
@@ -116,3 +116,30 @@ def _traced(config: Mapping[str, Any], options: Any, workload: str,
     check_trace_options(options, workload)
     with deadline(f"{workload} of {name} ({model_type})"):
         return estimate(config, options, workload, name)
+
+
+def generic_trace(config: Mapping[str, Any], options: Any, workload: str,
+                  name: str = "model") -> dict[str, Any]:
+    """``memfit trace`` for a model type memfit has no formulas for: one trace of transformers'
+    own model at the full depth (no extrapolation), as a plain dict (``peak_bytes``,
+    ``peak_phase``, ``phase_peaks``, ``components``, ``notes``, ``model_type``...)."""
+    model_type = _admit(config)
+    from .bounds import MAX_FULL_TRACE_BLOCKS, check_trace_options, deadline
+    from .estimate import _trace
+
+    check_trace_options(options, workload)
+    with deadline(f"trace of {name} ({model_type})"):
+        from .build import load_hf_config
+
+        depth = getattr(load_hf_config(config).get_text_config(), "num_hidden_layers", 0)
+        if isinstance(depth, int) and depth > MAX_FULL_TRACE_BLOCKS:
+            raise MemfitError.bad_value("num_hidden_layers", depth, f"at most "
+                                        f"{MAX_FULL_TRACE_BLOCKS} blocks for `memfit trace` on "
+                                        "the generic path (`memfit infer/train` extrapolate)")
+        summary = _trace(config, None, options, workload)
+    note = (f"traced transformers' {summary['model_class']} (model_type "
+            f"{summary['model_type']!r}, no analytical model in memfit) at the full depth")
+    return {"model": name, "workload": workload, "peak_bytes": summary["peak"],
+            "peak_phase": summary["peak_phase"], "phase_peaks": summary["phase_peaks"],
+            "components": summary["components"], "model_type": summary["model_type"],
+            "model_class": summary["model_class"], "notes": [note, *summary["notes"]]}

@@ -76,7 +76,7 @@ def refusal(exc: BaseException, model_type: object, what: str,
     if named is None and isinstance(exc, KeyError) and isinstance(config, Mapping):
         key = exc.args[0] if exc.args else None  # a value the model looked up, e.g. hidden_act
         field = next((k for k, v in config.items() if isinstance(v, str) and v == key), None)
-        if field is not None:
+        if field is not None and isinstance(key, str):
             return MemfitError.bad_value(field, key[:60], f"{what} (transformers has no such "
                                          f"value for model_type {model_type!r})")
     if isinstance(exc, MemoryError):

@@ -16,7 +16,8 @@ from typing import Any
 from ..errors import MemfitError
 from . import require, unknown_model_type
 
-__all__ = ["config_of", "fallback_estimate", "fallback_params"]
+__all__ = ["config_of", "fallback_estimate", "fallback_params", "fallback_trace",
+           "refuse_fit"]
 
 
 def config_of(model: Any) -> tuple[dict[str, Any], str] | None:
@@ -69,3 +70,26 @@ def fallback_estimate(model: Any, exc: MemfitError, mode: str, options: Any) -> 
     config, name = _claim(model, exc)
     run = generic_infer if mode == "infer" else generic_train
     return run(config, options, name)
+
+
+def fallback_trace(model: Any, exc: MemfitError, mode: str, options: Any) -> dict[str, Any]:
+    """``memfit trace`` for such a model: transformers' model traced whole (a dict)."""
+    from . import generic_trace
+
+    config, name = _claim(model, exc)
+    return generic_trace(config, options, mode, name)
+
+
+def refuse_fit(model: Any, exc: MemfitError) -> None:
+    """``memfit fit`` searches thousands of estimates, which the generic path (seconds a
+    trace) cannot: for an unknown model_type say what works instead; else re-raise ``exc``."""
+    found = config_of(model)
+    if found is None or not unknown_model_type(exc, found[0]):
+        raise exc
+    model_type = found[0].get("model_type")
+    raise MemfitError(
+        f"model_type: got {model_type!r}; `memfit fit` needs a model memfit has formulas for "
+        "(it searches many layouts and sizes); for this type use `memfit params`, `memfit "
+        "infer`, `memfit train` or `memfit trace` (traced by transformers, one scenario at a "
+        "time; see docs/architectures.md)", field="model_type", value=model_type,
+        allowed="a model_type memfit models analytically") from None
