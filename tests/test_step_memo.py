@@ -52,10 +52,15 @@ def _json(e: Any) -> str:
     return json.dumps(e.to_dict())  # key order included
 
 
-def _cold(model: dict[str, Any], opts: dict[str, Any]) -> str:
-    spec, _ = resolve_model(model)
+def _clear(spec: Any) -> None:
     weights.memo_table(spec).clear()
     training._CHECKED.clear()
+    training._PLANS.clear()
+
+
+def _cold(model: dict[str, Any], opts: dict[str, Any]) -> str:
+    spec, _ = resolve_model(model)
+    _clear(spec)
     return _json(train(model, **opts))
 
 
@@ -66,8 +71,7 @@ def test_warm_estimate_equals_cold(name: str, layers: int, opts: dict[str, Any])
     cold = {shape: _cold(model, dict(opts, batch=shape[0], seq=shape[1])) for shape in _SHAPES}
     # warm: the same spec object, the plan made by another batch and sequence, and another
     # structure's estimates in between
-    weights.memo_table(spec).clear()
-    training._CHECKED.clear()
+    _clear(spec)
     made = []
     for batch, seq in reversed(_SHAPES):
         train(spec, batch=batch, seq=seq, checkpointing="full")
@@ -102,12 +106,13 @@ def _counts(n: int, pp: int) -> list[int]:
 
 def test_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(training, "_CHECKED_MAX", 8)
+    monkeypatch.setattr(training, "_PLANS_MAX", 16)
     monkeypatch.setattr(weights, "_MEMO_PER_SPEC", 40)
     spec, _ = resolve_model(_cfg("llama-3.2-1b", 2))
     first = _json(train(spec, batch=2, seq=300, lora_rank=4))
     for rank in range(1, 120):  # 119 structures, each a plan and an options entry
         train(spec, batch=1 + rank % 3, seq=128 + rank, lora_rank=rank)
-        assert len(training._CHECKED) <= 8
+        assert len(training._CHECKED) <= 8 and len(training._PLANS) <= 16
         assert len(weights.memo_table(spec)) <= 40
     assert _json(train(spec, batch=2, seq=300, lora_rank=4)) == first
 

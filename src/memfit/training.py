@@ -222,21 +222,28 @@ def _plan_of(spec: ModelSpec, o: TrainingOptions, extra: Mapping[str, Any]) -> _
     sequence; errors are raised as :func:`_validate` and :func:`_make_plan` raise them, in
     the same order, and never memoised)."""
     sc, gpn = extra.get("states_convention"), extra.get("gpus_per_node", 8)
-    key: tuple[Any, ...] | None = ("train-plan", _STRUCTURE(o.__dict__), type(sc), sc,
+    key: tuple[Any, ...] | None = (id(spec), _STRUCTURE(o.__dict__), type(sc), sc,
                                    type(gpn), gpn)
-    memo = memo_table(spec)
     try:
-        plan = memo.get(key)
+        slot = _PLANS.get(key)  # type: ignore[arg-type]
     except TypeError:  # an unhashable extra option: no memo (the plan refuses it)
-        key, plan = None, None
-    if plan is not None:
+        key, slot = None, None
+    if slot is not None and slot[0] is spec:
         _validate_seq(spec, o)
-        return plan  # type: ignore[no-any-return]
+        return slot[1]
     layout = _validate(spec, o)
     plan = _make_plan(spec, o, extra, layout.world_size)
     if key is not None:
-        memo[key] = plan
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = (spec, plan)  # (the spec held: its id is not reused while it lives)
     return plan
+
+
+#: The plans, by spec object and options other than batch/seq: bounded (a plan holds each
+#: stage's model states, a few kB).
+_PLANS: dict[tuple[Any, ...], tuple[ModelSpec, _Plan]] = {}
+_PLANS_MAX = 2048
 
 
 def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOptions,
