@@ -176,3 +176,18 @@ def test_a_sample_of_hostile_generic_configs_is_bounded() -> None:
     assert stats.max_s < hostile.MAX_SECONDS, stats.slowest
     assert hostile.rss_bytes() < hostile.MAX_RSS_BYTES
     assert stats.refused > 0
+
+
+def test_the_web_server_refuses_the_generic_path_at_once() -> None:
+    """A model_type memfit has no formulas for is a 422 naming it, never a trace in a worker."""
+    if not _web_available():
+        pytest.skip("the web extra (fastapi, httpx2) is not installed")
+    import time
+
+    client = hostile.make_client()
+    for path in ("/api/params", "/api/infer", "/api/train"):
+        start = time.perf_counter()
+        r = client.post(path, json={"model": {**GENERIC_OK, "model_type": "bert"}})
+        assert r.status_code == 422 and time.perf_counter() - start < 2.0
+        detail = r.json()["detail"][0]
+        assert detail["loc"][-1] == "model_type" and "allowed on this server" in detail["msg"]
