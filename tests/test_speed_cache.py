@@ -249,3 +249,22 @@ def test_make_options_equals_the_constructor() -> None:
         kw = {k: rng.choice(values[k]) for k in names if rng.random() < 0.3}
         assert one(lambda kw=kw: make_options(InferenceOptions, **kw)) == one(
             lambda kw=kw: InferenceOptions(**kw)), kw
+
+
+@pytest.mark.parametrize("name", _models())
+def test_resident_parts_equal_the_dict(name: str) -> None:
+    """The summed resident tensors (no dict) equal resident_bytes' entries."""
+    spec, config = resolve_model(name)
+    prof = ia.profile_for(spec)
+    rng = random.Random(11)
+    for _ in range(40):
+        B, P, tp = rng.choice([1, 3, 8]), rng.choice([1, 2, 100, 5000]), rng.choice([1, 2])
+        if spec.num_heads % tp or (spec.num_kv_heads % tp and spec.mla is None):
+            tp = 1
+        s = engines._shapes(spec, B, P, rng.choice([2, 4]), tp, rng.choice([1, 5]),
+                            (False, False))
+        attn, first = rng.choice(["sdpa", "eager"]), rng.choice([True, False])
+        kv = rng.choice([P, P + 1, P + 4096])
+        res = ia.resident_bytes(spec, prof, s, attn, first, kv_len=kv)
+        assert ia._resident_parts(spec, prof, s, attn, first, kv) == (
+            sum(res.values()), res["input_ids"], res["layer_input"], res["masks"])

@@ -245,6 +245,30 @@ def resident_bytes(spec: ModelSpec, prof: Profile, s: Shapes, attn: str,
     return out
 
 
+def _resident_parts(spec: ModelSpec, prof: Profile, s: Shapes, attn: str, first_stage: bool,
+                    kv: int) -> tuple[int, int, int, int]:
+    """:func:`resident_bytes` summed, without building its dict: (the sum, ``input_ids``,
+    ``layer_input``, ``masks``), the same integers."""
+    B, P, b, h = s.B, s.P, s.b, s.h
+    N = B * P
+    c = _consts(spec, prof)
+    ids = 8 * B * P
+    total = ids + 8 * P
+    if spec.mla is not None:
+        total += 8 * P * (spec.mla.qk_rope_head_dim // 2)
+    elif s.rope_dim:
+        sets = len(c.kinds) if spec.model_type == "gemma3_text" else 1
+        width = s.rope_dim // 2 if prof.rotary_half else s.rope_dim
+        total += sets * 2 * P * width * (4 if prof.rotary_fp32 else b)
+    if first_stage:
+        total += N * h * b
+        if prof.learned_positions:
+            total += P * h * b
+    layer_input = N * h * b if (s.layers > 1 or not first_stage) else 0
+    masks = _mask_bytes(c, prof, s, attn, kv)
+    return total + layer_input + masks, ids, layer_input, masks
+
+
 def _sliding_mask(c: _Consts, prof: Profile, kv: int) -> bool:
     """Whether SDPA gets an explicit (boolean) window mask: once the keys reach the window
     (Qwen2-MoE builds it always)."""
@@ -313,10 +337,9 @@ def prefill_moments(spec: ModelSpec, prof: Profile, s: Shapes, *, attn: str,
     B, P, b = s.B, s.P, s.b
     kv = P if kv_len is None else kv_len
     if resident is None:
-        res = resident_bytes(spec, prof, s, attn, first_stage, kv_len=kv)
+        R, _, inp, masks = _resident_parts(spec, prof, s, attn, first_stage, kv)
         if not layer_input:  # the stage's first layer reads the embeddings themselves
-            res["layer_input"] = 0
-        R, masks = sum(res.values()), res["masks"]
+            R -= inp
     else:
         R, masks = resident, _mask_bytes(_consts(spec, prof), prof, s, attn, kv)
     rms = 0 if attention_only else _rms(s, prof)
@@ -692,18 +715,17 @@ def decode_step_resident(spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,
     query token): position id, cos/sin, ``inputs_embeds``, the layer's input (not for the
     stage's first layer: ``layer_input=False``) and the masks over ``kv_len`` keys; the
     step's input ids are the previous step's next tokens (in :func:`decode_resident`)."""
-    res = resident_bytes(spec, prof, s1, attn, first_stage, kv_len=kv_len)
-    return (sum(res.values()) - res["input_ids"]
-            - (0 if layer_input else res["layer_input"]))
+    total, ids, inp, _ = _resident_parts(spec, prof, s1, attn, first_stage, kv_len)
+    return total - ids - (0 if layer_input else inp)
 
 
 def decode_step_residents(spec: ModelSpec, prof: Profile, s1: Shapes, attn: str,
                           first_stage: bool, kv_len: int) -> tuple[int, int]:
     """:func:`decode_step_resident` with the layer's input and without it (the stage's first
     layer), from one evaluation of the resident tensors."""
-    res = resident_bytes(spec, prof, s1, attn, first_stage, kv_len=kv_len)
-    with_input = sum(res.values()) - res["input_ids"]
-    return with_input, with_input - res["layer_input"]
+    total, ids, inp, _ = _resident_parts(spec, prof, s1, attn, first_stage, kv_len)
+    with_input = total - ids
+    return with_input, with_input - inp
 
 
 def decode_growth_bytes(spec: ModelSpec, prof: Profile, s1: Shapes) -> int:
