@@ -77,8 +77,9 @@ def test_train_points() -> None:
 def test_bad_grid_and_mode() -> None:
     with pytest.raises(MemfitError):
         sweep("gpt2", "serve", {})
-    with pytest.raises(MemfitError):
-        sweep("gpt2", "infer", {"batch": 4})
+    for bad in ({"batch": 4}, {1: [1]}, [{1: 2}], [3], 5, "batch"):
+        with pytest.raises(MemfitError):
+            sweep("gpt2", "infer", bad)
 
 
 def test_hf_points_skip_the_estimate(monkeypatch) -> None:

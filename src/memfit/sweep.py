@@ -57,14 +57,20 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]]
     if isinstance(grid, Mapping):
         names = list(grid)
         for name in names:
+            if not isinstance(name, str):
+                raise MemfitError.bad_value("grid", name, "option names as keys")
             if isinstance(grid[name], (str, bytes)) or not isinstance(grid[name], Iterable):
                 raise MemfitError.bad_value("grid", name, "a list of values per option")
         return [dict(zip(names, values, strict=True))
                 for values in itertools.product(*(list(grid[n]) for n in names))]
-    points = [dict(p) for p in grid]
-    for p in points:
-        if not all(isinstance(k, str) for k in p):
-            raise MemfitError.bad_value("grid", p, "option names as keys")
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Iterable):
+        raise MemfitError.bad_value("grid", grid, "a mapping of option -> values or a list "
+                                    "of option dicts")
+    points = []
+    for p in grid:
+        if not isinstance(p, Mapping) or not all(isinstance(k, str) for k in p):
+            raise MemfitError.bad_value("grid", p, "an option dict (option names as keys)")
+        points.append(dict(p))
     return points
 
 
