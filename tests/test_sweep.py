@@ -77,7 +77,8 @@ def test_train_points() -> None:
 def test_bad_grid_and_mode() -> None:
     with pytest.raises(MemfitError):
         sweep("gpt2", "serve", {})
-    for bad in ({"batch": 4}, {1: [1]}, [{1: 2}], [3], 5, "batch"):
+    for bad in ({"batch": 4}, {1: [1]}, [{1: 2}], [3], 5, "batch",
+                {"batch": range(1, 2001), "prompt": range(1, 1001)}):
         with pytest.raises(MemfitError):
             sweep("gpt2", "infer", bad)
 

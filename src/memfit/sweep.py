@@ -21,6 +21,7 @@ Other engines, checkpoints read from headers and training run the full estimate 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -33,6 +34,9 @@ from .memory.weights import memo_table
 from .workload import InferenceOptions, make_options
 
 __all__ = ["SweepPoint", "sweep", "grid_points"]
+
+# The most points one sweep answers (its result holds one SweepPoint per point).
+MAX_POINTS = 1_000_000
 
 # The options a point may change on the fast path: the ones no stage structure depends on.
 _POINT_FIELDS = frozenset({"batch", "prompt", "generate"})
@@ -53,7 +57,8 @@ class SweepPoint:
 def grid_points(grid: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]]
                 ) -> list[dict[str, Any]]:
     """The points of ``grid``: a mapping of option -> values is their cartesian product (the
-    last option varying fastest); an iterable of mappings is taken as it is."""
+    last option varying fastest); an iterable of mappings is taken as it is. At most
+    :data:`MAX_POINTS` points."""
     if isinstance(grid, Mapping):
         names = list(grid)
         for name in names:
@@ -61,15 +66,20 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]]
                 raise MemfitError.bad_value("grid", name, "option names as keys")
             if isinstance(grid[name], (str, bytes)) or not isinstance(grid[name], Iterable):
                 raise MemfitError.bad_value("grid", name, "a list of values per option")
-        return [dict(zip(names, values, strict=True))
-                for values in itertools.product(*(list(grid[n]) for n in names))]
+        lists = [list(grid[n]) for n in names]
+        if math.prod(len(v) for v in lists) > MAX_POINTS:
+            raise MemfitError.bad_value("grid", " x ".join(str(len(v)) for v in lists),
+                                        f"at most {MAX_POINTS:,} points")
+        return [dict(zip(names, values, strict=True)) for values in itertools.product(*lists)]
     if isinstance(grid, (str, bytes)) or not isinstance(grid, Iterable):
         raise MemfitError.bad_value("grid", grid, "a mapping of option -> values or a list "
                                     "of option dicts")
-    points = []
+    points: list[dict[str, Any]] = []
     for p in grid:
         if not isinstance(p, Mapping) or not all(isinstance(k, str) for k in p):
             raise MemfitError.bad_value("grid", p, "an option dict (option names as keys)")
+        if len(points) == MAX_POINTS:
+            raise MemfitError.bad_value("grid", "more points", f"at most {MAX_POINTS:,} points")
         points.append(dict(p))
     return points
 
