@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -78,7 +79,8 @@ def test_bad_grid_and_mode() -> None:
     with pytest.raises(MemfitError):
         sweep("gpt2", "serve", {})
     for bad in ({"batch": 4}, {1: [1]}, [{1: 2}], [3], 5, "batch",
-                {"batch": range(1, 2001), "prompt": range(1, 1001)}):
+                {"batch": range(1, 2001), "prompt": range(1, 1001)},
+                {"batch": range(1, 10**15)}, {"batch": itertools.count(1)}):
         with pytest.raises(MemfitError):
             sweep("gpt2", "infer", bad)
 

@@ -66,7 +66,8 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Iterable[Mapping[str, Any]]
                 raise MemfitError.bad_value("grid", name, "option names as keys")
             if isinstance(grid[name], (str, bytes)) or not isinstance(grid[name], Iterable):
                 raise MemfitError.bad_value("grid", name, "a list of values per option")
-        lists = [list(grid[n]) for n in names]
+        # each option's values, read no further than the bound allows
+        lists = [list(itertools.islice(grid[n], MAX_POINTS + 1)) for n in names]
         if math.prod(len(v) for v in lists) > MAX_POINTS:
             raise MemfitError.bad_value("grid", " x ".join(str(len(v)) for v in lists),
                                         f"at most {MAX_POINTS:,} points")
