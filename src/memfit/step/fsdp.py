@@ -86,7 +86,7 @@ def _step(s: Stage) -> FsdpStep:
         tied=spec.tie_word_embeddings and s.first and s.last,
         unit=unit, grad_unit=grad_unit, grad_op=o.fsdp == "grad-op",
         root_grad=0 if s.lora else xin.root_elements if edge else 0,
-        kept=kept_list(s), extra=[extra[k] for k in s.layer_kind],
+        kept=kept_list(s), extra=list(map(extra.__getitem__, s.layer_kind)),
         acts_all=s.A_all, acts_bwd=s.A_bwd, acts_head=s.A_head, inputs=s.inputs,
         fwd_layer=s.fwd_layer_t, fwd_loss=s.A_bwd + s.upcast + s.cache_fwd, logits=s.logits,
         loss_grads=s.loss_grads,
@@ -96,10 +96,9 @@ def _step(s: Stage) -> FsdpStep:
 def _fsdp_step(**kw: object) -> FsdpStep:
     """``FsdpStep(**kw)`` as its generated ``__init__`` makes it (every field given), without
     the frozen class's ``object.__setattr__`` per field."""
+    assert len(kw) == len(_STEP_FIELDS)
     f = object.__new__(FsdpStep)
-    d = f.__dict__
-    for name in _STEP_FIELDS:
-        d[name] = kw[name]
+    f.__dict__.update(kw)
     return f
 
 

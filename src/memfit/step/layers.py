@@ -247,7 +247,7 @@ def _offload(s: Stage) -> None:
 
 def kept_list(s: Stage) -> list[int]:
     """Each layer's kept activations, in order (the FSDP2 timeline walks them)."""
-    kept = [s.kept_of_kind[i] for i in s.layer_kind]
+    kept = list(map(s.kept_of_kind.__getitem__, s.layer_kind))
     if kept:
         kept[0] -= s.first_unsaved
     return kept
