@@ -13,7 +13,7 @@ from __future__ import annotations
 from .context import Stage
 from .events import ACTS, BUFFERS, GRADS, LOGITS, STATES, TEMPS, WEIGHTS, Program
 
-__all__ = ["model_states", "forward", "optimizer"]
+__all__ = ["model_states", "forward", "optimizer", "prepare"]
 
 FWD_ORDER = (WEIGHTS, STATES, GRADS, ACTS, LOGITS, BUFFERS)
 OPT_ORDER = (WEIGHTS, STATES, GRADS, TEMPS, ACTS, BUFFERS)
@@ -74,6 +74,21 @@ def _master_cast_extra(s: Stage, g16: int, gb: int) -> int:
     return best
 
 
+def prepare(s: Stage) -> None:
+    """The optimizer phase's quantities with no batch or sequence in them (after
+    :func:`memfit.step.layers.prepare`): ``s.master_cast``, bf16-master's gradient casts."""
+    o, sb = s.o, s.sb
+    s.master_cast = None
+    if s.recipe.master_bytes and not s.lora and o.zero == 0 and o.fsdp is None and o.pp == 1:
+        # bf16-master casts each 16-bit gradient to its master's fp32 one and frees it, in
+        # parameter order: at tensor i the fp32 gradients of tensors <= i meet the 16-bit ones
+        # of tensors >= i, 2 G16 + g_i - (16-bit bytes after i); largest at the embedding
+        # (first), at the last layer's big tensors or the LM head. With few step temporaries
+        # (SGD, fused) or a large vocabulary that moment outweighs the step.
+        s.master_cast = sb.step_gradients + _master_cast_extra(s, sb.gradients,
+                                                               s.recipe.grad_bytes)
+
+
 def optimizer(s: Stage, p: Program) -> None:
     """The step: weights (gathered ones released), state, the gradients the step reads
     (fp32 ones for bf16-master), its temporaries (``foreach`` copies a whole state, ``fused``
@@ -82,14 +97,8 @@ def optimizer(s: Stage, p: Program) -> None:
     p.phase("optimizer", OPT_ORDER)
     base = ((WEIGHTS, sb.weights), (ACTS, s.inputs), (LOGITS, 0),
             (BUFFERS, 0 if o.fsdp else s.buffers))
-    if s.recipe.master_bytes and not s.lora and o.zero == 0 and o.fsdp is None and o.pp == 1:
-        # bf16-master casts each 16-bit gradient to its master's fp32 one and frees it, in
-        # parameter order: at tensor i the fp32 gradients of tensors <= i meet the 16-bit ones
-        # of tensors >= i, 2 G16 + g_i - (16-bit bytes after i); largest at the embedding
-        # (first), at the last layer's big tensors or the LM head. With few step temporaries
-        # (SGD, fused) or a large vocabulary that moment outweighs the step.
-        cast = sb.step_gradients + _master_cast_extra(s, sb.gradients, s.recipe.grad_bytes)
-        p.moment(*base, (GRADS, cast), (TEMPS, 0))
+    if s.master_cast is not None:
+        p.moment(*base, (GRADS, s.master_cast), (TEMPS, 0))
     if o.optimizer_in_backward:  # stepped in backward: nothing left but the states
         p.moment(*base, (GRADS, 0), (TEMPS, 0))
         return

@@ -17,6 +17,7 @@ from .backward import prepare as backward_prepare
 from .context import Ctx, Stage
 from .events import Program, Sweep
 from .forward import forward, model_states, optimizer
+from .forward import prepare as optimizer_prepare
 from .fsdp import fsdp_phases
 from .terms import terms
 
@@ -45,6 +46,7 @@ def stage_base(c: Ctx, stage: int, counts: list[int]) -> Stage:
     s = Stage(c, stage, counts)
     states.build(s)
     layers.prepare(s)
+    optimizer_prepare(s)
     if c.o.fsdp is not None and c.o.dp > 1:
         fsdp.prepare(s)
     else:
