@@ -61,7 +61,8 @@ def test_points_that_change_other_options_and_refusals() -> None:
     out = _same("qwen2.5-7b", "infer", points, generate=16, gpu="h100")
     assert any(p.error for p in out) and any(p.fits for p in out)
     bad = [dict(batch=v) for v in (0, -1, True, 2.0, "4", None, 2**41)] + [
-        dict(prompt=0), dict(generate=-1), dict(generate=False)]
+        dict(prompt=0), dict(generate=-1), dict(generate=False),
+        {"generate": -1, "prompt": 0, "batch": 0}, {"generate": -1, "prompt": 0}]
     assert all(p.error for p in _same("qwen2.5-7b", "infer", bad))
 
 

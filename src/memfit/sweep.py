@@ -90,7 +90,8 @@ def sweep(model: Any, mode: str = "infer",
           **options: Any) -> tuple[SweepPoint, ...]:
     """``peak_bytes``, ``total_bytes`` and ``fits`` of every point of ``grid`` (see
     :func:`grid_points`), each point's options laid over ``options``; a refused point
-    carries its error. ``mode``: ``infer`` or ``train``."""
+    carries its error. ``mode``: ``infer`` or ``train``. A model that cannot be resolved, a
+    bad mode or a malformed grid raise :class:`MemfitError` for the whole sweep."""
     if mode not in ("infer", "train"):
         raise MemfitError.bad_value("mode", mode, "infer, train")
     points = grid_points(grid)
@@ -122,10 +123,12 @@ def sweep(model: Any, mode: str = "infer",
 
 def _hf_point(spec: Any, config: Any, base: InferenceOptions,
               point: Mapping[str, Any]) -> tuple[int, int, bool | None]:
-    """One hf point: the base options with the point's batch/prompt/generate, checked by the
-    class's own ``__post_init__``, then :func:`memfit.engines.hf_verdict`."""
-    for name, value in point.items():
-        _check_count(name, value)
+    """One hf point: the base options with the point's batch/prompt/generate (checked as
+    the options class checks them, in its declaration order: the same first error), then
+    :func:`memfit.engines.hf_verdict`."""
+    for name in _POINT_ORDER:
+        if name in point:
+            _check_count(name, point[name])
     o = object.__new__(InferenceOptions)
     d = o.__dict__
     d.update(base.__dict__)
@@ -150,6 +153,7 @@ def _check_count(name: str, value: Any) -> None:
 
 _BOUNDS = {f.name: (f.metadata["min"], f.metadata["max"]) for f in fields(InferenceOptions)
            if f.name in _POINT_FIELDS}
+_POINT_ORDER = tuple(_BOUNDS)  # declaration order: batch, prompt, generate
 
 
 def _train_points(model: Any, points: list[dict[str, Any]],
