@@ -321,3 +321,32 @@ def test_cli_trace_falls_back_and_fit_says_what_works(bert_dir, capsys):
     assert main(["fit", str(bert_dir), "infer", "--gpu", "h100"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'bert'" in err and "memfit params" in err
+
+
+@pytest.mark.slow
+def test_bounds_pass_every_default_config_transformers_knows():
+    """No false refusal: every model type's default config (829 in transformers 5.25) and
+    every catalog entry pass the generic path's pre-build bounds."""
+    import warnings
+
+    import transformers
+
+    from memfit.generic.bounds import check_config, known_model_type
+    from memfit.trace.build import quiet_transformers
+
+    refused = {}
+    with warnings.catch_warnings(), quiet_transformers():
+        warnings.simplefilter("ignore")
+        for model_type in sorted(transformers.CONFIG_MAPPING.keys()):
+            try:
+                cfg = transformers.AutoConfig.for_model(model_type).to_dict()
+            except Exception:  # noqa: BLE001 - a type transformers cannot default: not ours
+                continue
+            try:
+                check_config(cfg)
+                assert known_model_type(cfg.get("model_type", model_type))
+            except (MemfitError, AssertionError) as exc:
+                refused[model_type] = str(exc)[:120]
+    for entry in all_entries():
+        check_config(entry.config)
+    assert not refused, refused

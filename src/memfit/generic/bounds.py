@@ -94,8 +94,8 @@ def size_kind(key: str) -> str | None:
     words = key.lower().replace("-", "_").split("_")
     if key in CORE:
         return "depth" if any(w in ("layers", "layer") for w in words) else "size"
-    if any(w in _DEPTH_WORDS for w in words) and not any(w in _DEPTH_EXCLUDE for w in words):
-        return "depth"
+    if words[-1] in _DEPTH_WORDS and not any(w in _DEPTH_EXCLUDE for w in words):
+        return "depth"  # `num_hidden_layers`, `encoder_layers`; not `layer_rope_theta`
     if any(w in _SIZE_WORDS for w in words) and not any(w in _SIZE_EXCLUDE for w in words):
         return "size"
     return None
@@ -147,8 +147,10 @@ def _check_fields(obj: Mapping[str, Any]) -> dict[str, int]:
         if kind is None:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if isinstance(value, Mapping):  # image_size: {"height": .., "width": ..}
-            values = list(value.values())
+        if isinstance(value, Mapping):  # image_size: {"height": .., "width": ..}; a
+            # sub-config under a size-like name is walked as an object of its own
+            values = [v for v in value.values() if isinstance(v, (int, float))] if all(
+                isinstance(v, (int, float)) for v in value.values()) else []
         for v in values:
             if isinstance(v, (list, tuple, Mapping)):
                 continue  # nested ones are walked on their own
