@@ -205,6 +205,12 @@ def check_knobs(spec: ModelSpec, o: TrainingOptions) -> frozenset[str]:
     if o.optimizer in ("paged-adamw", "paged-adamw-8bit") and (o.zero or o.fsdp is not None):
         raise _not_yet("optimizer", o.optimizer, "adamw, adamw-8bit, sgd, sgd-momentum, "
                        "adafactor or lion with ZeRO or FSDP")
+    return _targets(spec, o, lora)
+
+
+def _targets(spec: ModelSpec, o: TrainingOptions, lora: bool) -> frozenset[str]:
+    """:func:`check_knobs`' second half: transformers 4's experts, the LoRA targets, and the
+    target rules."""
     experts: frozenset[str] = frozenset()
     value = o.lora_targets
     if _v4_experts(spec, o):
