@@ -33,7 +33,7 @@ def test_missing_matplotlib_is_one_clear_error(monkeypatch, tmp_path: Path) -> N
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
     results = run(expand("llama-3.2-1b", "infer", {}), show_progress=False)
-    with pytest.raises(MemfitError, match=r"memfit\[plot\]"):
+    with pytest.raises(MemfitError, match=r"\.\[plot\]"):
         plot.plot_breakdown(results, tmp_path / "x.png")
 
 
