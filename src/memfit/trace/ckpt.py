@@ -86,12 +86,12 @@ def op_sac_context_fn(router_shapes: set[tuple[int, ...]]) -> Any:
 
 def _router_shapes(model: Any) -> set[tuple[int, ...]]:
     """``(in, out)`` of each MoE router's weight: the ``mm`` rhs torchtitan recomputes."""
-    shapes = set()
+    shapes: set[tuple[int, ...]] = set()
     for name, p in model.named_parameters():
         parts = name.split(".")
         if len(parts) >= 3 and parts[-2] == "gate" and p.dim() == 2 and \
                 parts[-3] in ("mlp", "block_sparse_moe"):
-            shapes.add((p.shape[1], p.shape[0]))
+            shapes.add((int(p.shape[1]), int(p.shape[0])))
     return shapes
 
 

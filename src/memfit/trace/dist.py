@@ -118,7 +118,7 @@ def track_resize(tracker: Any) -> Iterator[None]:
         tracker.see_storage(storage)
         return out
 
-    torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+    torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

@@ -520,6 +520,7 @@ def _prepare(options: TrainingOptions, outer: contextlib.ExitStack,
         mesh = outer.enter_context(fake_process_group(options.dp))
 
         def prepare_fsdp(model: Any) -> Any:
+            assert options.fsdp is not None  # this branch runs only under --fsdp
             checkpoint(model)
             if options.fsdp_version == 1:
                 from .dist import shard_model_v1
