@@ -32,7 +32,7 @@ from .result import COMPONENTS
 try:
     from torch._guards import active_fake_mode as _active_fake_mode
 except ImportError:  # pragma: no cover - older torch
-    def _active_fake_mode() -> Any:
+    def _active_fake_mode() -> Any:  # type: ignore[misc]
         return None
 
 __all__ = ["MemoryTracker", "BLOCK_BYTES", "round_block"]
