@@ -24,8 +24,12 @@ def test_qwen2_has_qkv_bias_that_config_never_states() -> None:
 
 
 def test_attention_kinds() -> None:
-    assert from_hf_config(dict(SMALL, model_type="llama", num_key_value_heads=4)).attention_kind == "mha"
-    assert from_hf_config(dict(SMALL, model_type="llama", num_key_value_heads=1)).attention_kind == "mqa"
+    def kind(kv_heads: int) -> str:
+        cfg = dict(SMALL, model_type="llama", num_key_value_heads=kv_heads)
+        return from_hf_config(cfg).attention_kind
+
+    assert kind(4) == "mha"
+    assert kind(1) == "mqa"
     assert from_hf_config(dict(SMALL, model_type="llama")).attention_kind == "gqa"
     assert load_model("deepseek-v3").attention_kind == "mla"
 

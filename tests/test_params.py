@@ -10,8 +10,8 @@ from memfit.arch import from_hf_config
 from memfit.catalog import entry_names, get_entry, parse_count
 from memfit.memory.params import buffer_elements, count_params
 
-from .conftest import hf_counts
 from .configs.families import FAMILY_CONFIGS
+from .conftest import hf_counts
 
 
 @pytest.mark.parametrize("key", sorted(FAMILY_CONFIGS))

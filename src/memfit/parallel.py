@@ -31,7 +31,7 @@ class ParallelPlan:
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
 
-    def validate(self, spec: ModelSpec, *, gpus: int | None = None) -> "ParallelPlan":
+    def validate(self, spec: ModelSpec, *, gpus: int | None = None) -> ParallelPlan:
         """Raise :class:`MemfitError` naming the factor that does not divide; return self."""
         for name in ("tp", "pp", "dp", "cp", "ep"):
             value = getattr(self, name)

@@ -6,7 +6,7 @@ The inverse questions (largest batch, longest context, fewest GPUs) are all "the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["largest_true", "smallest_true"]
 
