@@ -55,7 +55,8 @@ def attention_params(spec: ModelSpec) -> int:
     GQA/MHA: q h*(a*d), k and v h*(a_kv*d) each, o (a*d)*h, optional biases, q/k norms over
     d ("head": Qwen3, Gemma 3) or over the projection ("full": OLMo 2), gpt-oss's a sinks.
     MLA (DeepSeek-V2/V3, ``DeepseekV3Attention``): q_a h*r_q + norm r_q
-    + q_b r_q*a*(d_nope+d_rope) (or a plain q_proj when r_q is None), kv_a h*(r_kv+d_rope) + norm r_kv, kv_b r_kv*a*(d_nope+d_v),
+    + q_b r_q*a*(d_nope+d_rope) (or a plain q_proj when r_q is None),
+    kv_a h*(r_kv+d_rope) + norm r_kv, kv_b r_kv*a*(d_nope+d_v),
     o (a*d_v)*h; ``attention_bias`` adds biases to q_a, kv_a and o.
     """
     h, a = spec.hidden_size, spec.num_heads
