@@ -286,6 +286,10 @@ def _verdict(est: Estimate, unit: str) -> list[str]:
     if est.extras.get("starts") is False:
         out.append(f"Fit: DOES NOT START on {gpu}: {engine} refuses to start or runs out of "
                    "memory starting.")
+    elif est.fits and est.extras.get("serves_request") is False:
+        out.append(f"Fit: STARTS on {gpu}, BUT DOES NOT SERVE THIS REQUEST AS ASKED (below): "
+                   f"total {fmt_bytes(total, unit, suffix=True)}, headroom "
+                   f"{fmt_bytes(head, unit, suffix=True)}.")
     elif est.fits:
         out.append(f"Fit: FITS on {gpu}: total {fmt_bytes(total, unit, suffix=True)}, headroom "
                    f"{fmt_bytes(head, unit, suffix=True)} ({100 * head / cap:.1f}% of the GPU).")
