@@ -178,8 +178,21 @@ class ModelSpec:
     # the config's quantization_config as canonical JSON ("" when absent): the format the
     # checkpoint ships, read by memory.weights.checkpoint_weights when --weights is not given
     quantization: str = ""
+    # What training and the engines read beyond the shapes (all from config.json, so that a
+    # model named and its config parsed give the same estimate; STYLE habit 8):
+    # (embedding, residual, attention-probabilities) dropout active; None: the family's
+    # transformers defaults (DROPOUT_KEYS), as a config without the keys gets
+    dropout: tuple[bool, bool, bool] | None = None
+    # Gemma 2's (attention, final-logit) tanh soft-capping; None: the family's default
+    softcap: tuple[bool, bool] | None = None
+    use_cache: bool = True  # the config's use_cache (a training forward's DynamicCache)
+    # the config's integer context-length keys (LENGTH_KEYS) as (key, value) pairs, and its
+    # rope_scaling (or rope_parameters) as canonical JSON: vLLM's and SGLang's context limit
+    length_keys: tuple[tuple[str, int], ...] = ()
+    rope_scaling: str = ""
 
     def __post_init__(self) -> None:
+        self._init_training_fields()
         for name in ("name", "model_type", "activation", "dtype", "quantization"):
             if not isinstance(getattr(self, name), str):
                 raise MemfitError.bad_value(name, getattr(self, name), "a string")
@@ -225,6 +238,28 @@ class ModelSpec:
         if any(not layer.moe for layer in self.layers) and self.intermediate_size < 1:
             raise MemfitError.bad_value("intermediate_size", self.intermediate_size,
                                         "a positive integer (the model has dense MLP layers)")
+
+    def _init_training_fields(self) -> None:
+        """Check (and resolve to the family's defaults) dropout, softcap, use_cache,
+        length_keys and rope_scaling; JSON lists become tuples."""
+        for name, n, default in (("dropout", 3, family_dropout(self.model_type, {})),
+                                 ("softcap", 2, family_softcap(self.model_type, {}))):
+            value = getattr(self, name)
+            if value is None:
+                value = default
+            if (not isinstance(value, (tuple, list)) or len(value) != n
+                    or not all(isinstance(x, bool) for x in value)):
+                raise MemfitError.bad_value(name, value, f"{n} booleans (or null)")
+            object.__setattr__(self, name, tuple(value))
+        _check_bool("use_cache", self.use_cache)
+        if not isinstance(self.rope_scaling, str):
+            raise MemfitError.bad_value("rope_scaling", self.rope_scaling, "a string (JSON)")
+        pairs = self.length_keys
+        if (not isinstance(pairs, (tuple, list)) or not all(
+                isinstance(x, (tuple, list)) and len(x) == 2 and isinstance(x[0], str)
+                and isinstance(x[1], int) and not isinstance(x[1], bool) for x in pairs)):
+            raise MemfitError.bad_value("length_keys", pairs, "[key, integer] pairs")
+        object.__setattr__(self, "length_keys", tuple((k, v) for k, v in pairs))
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -721,7 +756,61 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
         parallel_residual=r.bool("use_parallel_residual", True) if model_type == "gpt_neox" else False,
         extra_buffers=fam.extra_buffers,
         quantization=_quantization(config),
+        dropout=family_dropout(model_type, config),
+        softcap=family_softcap(model_type, config),
+        use_cache=config.get("use_cache", True) is not False,
+        length_keys=tuple((k, v) for k, v in config.items() if k in LENGTH_KEYS
+                          and isinstance(v, int) and not isinstance(v, bool)),
+        rope_scaling=_rope_scaling(config),
     )
+
+
+#: Dropout probabilities: config keys and their transformers defaults, per family
+#: (embedding dropout, residual dropout (after attention and after MLP), attention dropout);
+#: ``configuration_gpt2.py`` (0.1 each), ``configuration_phi3.py`` (0.0 each); other families
+#: have ``attention_dropout`` (default 0.0) only.
+DROPOUT_KEYS: dict[str, tuple[tuple[str, float], tuple[str, float], tuple[str, float]]] = {
+    "gpt2": (("embd_pdrop", 0.1), ("resid_pdrop", 0.1), ("attn_pdrop", 0.1)),
+    "phi3": (("embd_pdrop", 0.0), ("resid_pdrop", 0.0), ("attention_dropout", 0.0)),
+}
+DEFAULT_DROPOUT = (("", 0.0), ("", 0.0), ("attention_dropout", 0.0))
+
+#: The config keys vLLM (``vllm/config/model.py _get_and_verify_max_len``) and SGLang
+#: (``hf_transformers_utils.py CONTEXT_LENGTH_KEYS``) derive a model's context from.
+LENGTH_KEYS = frozenset(("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                         "model_max_length", "max_sequence_length", "max_seq_length", "seq_len"))
+
+
+def family_dropout(model_type: str, config: Mapping[str, Any]) -> tuple[bool, bool, bool]:
+    """(embedding, residual, attention) dropout active: the config's probabilities, with the
+    family's transformers defaults (:data:`DROPOUT_KEYS`) where it says nothing."""
+    out = []
+    for key, default in DROPOUT_KEYS.get(model_type, DEFAULT_DROPOUT):
+        value = config.get(key, default) if key else 0.0
+        try:
+            out.append(float(value or 0.0) > 0.0)
+        except (TypeError, ValueError):
+            out.append(False)
+    return out[0], out[1], out[2]
+
+
+def family_softcap(model_type: str, config: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(attention, final logits) tanh soft-capping: Gemma 2's ``attn_logit_softcapping``
+    (default 50) and ``final_logit_softcapping`` (default 30, ``configuration_gemma2.py``);
+    null turns one off. Other families have none."""
+    if model_type != "gemma2":
+        return False, False
+    return (config.get("attn_logit_softcapping", 50.0) is not None,
+            config.get("final_logit_softcapping", 30.0) is not None)
+
+
+def _rope_scaling(config: Mapping[str, Any]) -> str:
+    """``rope_scaling`` (or transformers 5's ``rope_parameters``) as canonical JSON, "" when
+    absent or empty."""
+    rope = config.get("rope_scaling") or config.get("rope_parameters")
+    if not isinstance(rope, Mapping):
+        return ""
+    return json.dumps(rope, sort_keys=True, default=str)
 
 
 def _quantization(config: Mapping[str, Any]) -> str:

@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 from ..arch import LayerSpec, ModelSpec
 from .model_states import fused_projections
@@ -62,23 +61,10 @@ NORM_STYLES: dict[str, str] = {
 # (partial rotary): q is (B, a, S, d)-contiguous, so the attention output is copied for o_proj.
 _ROTARY_CAT = frozenset({"gpt_neox", "phi3"})
 
-# Dropout probabilities: config keys and their transformers defaults, per family.
-_DROPOUT_KEYS: dict[str, tuple[tuple[str, float], tuple[str, float], tuple[str, float]]] = {
-    # (embedding dropout, residual dropout (after attention and after MLP), attention dropout)
-    "gpt2": (("embd_pdrop", 0.1), ("resid_pdrop", 0.1), ("attn_pdrop", 0.1)),
-    "phi3": (("embd_pdrop", 0.0), ("resid_pdrop", 0.0), ("attention_dropout", 0.0)),
-}
-_DEFAULT_DROPOUT = (("", 0.0), ("", 0.0), ("attention_dropout", 0.0))
-
-
-def softcap_config(spec: ModelSpec, config: Mapping[str, Any] | None) -> tuple[bool, bool]:
-    """(attention, final logits) tanh soft-capping: Gemma 2's ``attn_logit_softcapping``
-    (default 50) and ``final_logit_softcapping`` (default 30); null turns one off."""
-    if spec.model_type != "gemma2":
-        return False, False
-    cfg = config or {}
-    return (cfg.get("attn_logit_softcapping", 50.0) is not None,
-            cfg.get("final_logit_softcapping", 30.0) is not None)
+def softcap_config(spec: ModelSpec) -> tuple[bool, bool]:
+    """(attention, final logits) tanh soft-capping (Gemma 2's; read from the config by
+    :func:`memfit.arch.family_softcap`)."""
+    return spec.softcap  # type: ignore[return-value]
 
 
 #: Families transformers cannot run with SDPA (Gemma 2's soft-capping): they fall back to
@@ -86,19 +72,10 @@ def softcap_config(spec: ModelSpec, config: Mapping[str, Any] | None) -> tuple[b
 NO_SDPA = frozenset({"gemma2", "gpt_oss"})
 
 
-def dropout_config(spec: ModelSpec, config: Mapping[str, Any] | None) -> tuple[bool, bool, bool]:
-    """(embedding, residual, attention) dropout active, from the config with the family's
-    transformers defaults (GPT-2: 0.1 everywhere; others: 0 unless the config says)."""
-    keys = _DROPOUT_KEYS.get(spec.model_type, _DEFAULT_DROPOUT)
-    cfg = config or {}
-    out = []
-    for key, default in keys:
-        value = cfg.get(key, default) if key else 0.0
-        try:
-            out.append(float(value or 0.0) > 0.0)
-        except (TypeError, ValueError):
-            out.append(False)
-    return out[0], out[1], out[2]
+def dropout_config(spec: ModelSpec) -> tuple[bool, bool, bool]:
+    """(embedding, residual, attention) dropout active (read from the config with the
+    family's transformers defaults by :func:`memfit.arch.family_dropout`)."""
+    return spec.dropout  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ weight copies, and the loss' B x S x V tensors (transformers ``ForCausalLMLoss``
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from ..arch import ModelSpec
 from ..memory.activations import (
     NORM_STYLES,
     ActivationSetup,
@@ -31,13 +31,13 @@ from .context import Stage
 __all__ = ["build", "ckpt_working_set", "kept_list"]
 
 
-def _use_cache(config: Mapping[str, Any] | None, o: TrainingOptions) -> bool:
+def _use_cache(spec: ModelSpec, o: TrainingOptions) -> bool:
     """Whether the training forward builds a ``DynamicCache``: transformers leaves
     ``use_cache`` at the config's default (True) as ``Trainer`` does, and turns it off under
     its gradient checkpointing (memfit's ``selective`` is Megatron-style: no cache either)."""
     if o.checkpointing != "none":
         return False
-    return (config or {}).get("use_cache", True) is not False
+    return spec.use_cache
 
 
 def ckpt_working_set(act: Any) -> int:
@@ -78,9 +78,8 @@ def _prepare_setup(s: Stage) -> None:
                    lora_bytes=recipe.compute_bytes if o.fsdp else c.lora_bytes,
                    qlora=o.qlora)
     s.setup_fields = fields_
-    # what a model without a config (a hand-built ModelSpec) reads from it: the defaults
-    s.setup_no_config = (softcap_config(s.spec, None), dropout_config(s.spec, None),
-                         _use_cache(None, o))
+    # what the model description says of soft-capping, dropout and the cache
+    s.setup_model = (softcap_config(s.spec), dropout_config(s.spec), _use_cache(s.spec, o))
     s.setup_token = next(_TOKENS)  # names this setup in the layer activations' memo
 
 
@@ -90,12 +89,8 @@ _TOKENS = itertools.count()
 def _setup(s: Stage) -> ActivationSetup:
     """The activation setup of the stage: :func:`_prepare_setup`'s, with the batch, the
     sequence and the model config's soft-capping, dropout and cache."""
-    o, c = s.o, s.c
-    if c.config is None:
-        (attn_softcap, logit_softcap), dropout, use_cache = s.setup_no_config
-    else:
-        attn_softcap, logit_softcap = softcap_config(s.spec, c.config)
-        dropout, use_cache = dropout_config(s.spec, c.config), _use_cache(c.config, o)
+    o = s.o
+    (attn_softcap, logit_softcap), dropout, use_cache = s.setup_model
     # ``ActivationSetup(**kw)`` as its generated ``__init__`` builds it (the same fields,
     # equal and hashing alike), without the frozen class's ``object.__setattr__`` per field
     obj = object.__new__(ActivationSetup)
