@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from memfit.arch import from_hf_config
 from memfit.catalog import get_entry
 from memfit.engine_ollama import OLLAMA_NUM_CTX, ollama_graph_size
 from memfit.engine_sglang import cuda_graph_batch_sizes, sglang_context_length, sglang_defaults
@@ -39,18 +40,20 @@ def test_sglang_cuda_graph_sizes() -> None:
 
 
 def test_sglang_context_length_rule() -> None:
-    spec = get_entry("llama-3.1-8b").spec
+    base = {k: v for k, v in get_entry("llama-3.1-8b").config.items()
+            if k not in ("max_position_embeddings", "rope_scaling", "rope_parameters")}
+
+    def context(**cfg: object) -> int:  # the model's config with these keys
+        return sglang_context_length(from_hf_config({**base, **cfg}))
+
     # llama3 rope scaling is not multiplied (get_context_length)
-    cfg = {"max_position_embeddings": 131072, "rope_scaling": {"rope_type": "llama3",
-                                                                "factor": 8.0}}
-    assert sglang_context_length(spec, cfg) == 131072
-    assert sglang_context_length(spec, {"max_position_embeddings": 4096,
-                                        "rope_scaling": {"type": "linear", "factor": 2}}) == 8192
-    yarn = {"max_position_embeddings": 4096, "rope_scaling": {
-        "type": "yarn", "factor": 4, "original_max_position_embeddings": 4096}}
-    assert sglang_context_length(spec, yarn) == 4096
-    assert sglang_context_length(spec, {"seq_length": 2048,
-                                        "max_position_embeddings": 8192}) == 2048
+    assert context(max_position_embeddings=131072,
+                   rope_scaling={"rope_type": "llama3", "factor": 8.0}) == 131072
+    assert context(max_position_embeddings=4096,
+                   rope_scaling={"type": "linear", "factor": 2}) == 8192
+    assert context(max_position_embeddings=4096, rope_scaling={
+        "type": "yarn", "factor": 4, "original_max_position_embeddings": 4096}) == 4096
+    assert context(seq_length=2048, max_position_embeddings=8192) == 2048
 
 
 def test_sglang_pool_is_profile_max_num_token() -> None:

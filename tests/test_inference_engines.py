@@ -18,8 +18,11 @@ Published cases (see docs/inference.md for the derivations and the gaps):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from memfit.arch import from_hf_config
 from memfit.catalog import get_entry
 from memfit.engines import vllm_derived_max_len
 from memfit.errors import MemfitError
@@ -125,15 +128,16 @@ def test_vllm_non_torch_memory_grows_with_tp() -> None:
 ])
 def test_vllm_derived_max_model_len(model, limit) -> None:
     entry = get_entry(model)
-    assert vllm_derived_max_len(entry.spec, entry.config) == limit
+    assert vllm_derived_max_len(entry.spec) == limit
 
 
 def test_vllm_derived_max_len_scales_linear_rope() -> None:
     entry = get_entry("llama-3.2-1b")
     cfg = {**entry.config, "max_position_embeddings": 4096,
            "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
-    assert vllm_derived_max_len(entry.spec, cfg) == 8192
-    assert vllm_derived_max_len(entry.spec, {}) == entry.spec.max_position_embeddings
+    assert vllm_derived_max_len(from_hf_config(cfg)) == 8192
+    bare = replace(entry.spec, length_keys=(), rope_scaling="")
+    assert vllm_derived_max_len(bare) == entry.spec.max_position_embeddings
 
 
 def test_vllm_does_not_start_on_l4_and_names_the_max_model_len_that_does() -> None:

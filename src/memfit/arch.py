@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -802,6 +803,17 @@ def family_softcap(model_type: str, config: Mapping[str, Any]) -> tuple[bool, bo
         return False, False
     return (config.get("attn_logit_softcapping", 50.0) is not None,
             config.get("final_logit_softcapping", 30.0) is not None)
+
+
+@lru_cache(maxsize=256)
+def _rope_from_json(text: str) -> Mapping[str, Any] | None:
+    return json.loads(text) if text else None
+
+
+def rope_scaling(spec: ModelSpec) -> Mapping[str, Any] | None:
+    """The config's ``rope_scaling`` (or ``rope_parameters``) mapping, None when absent
+    (shared: do not mutate)."""
+    return _rope_from_json(spec.rope_scaling)
 
 
 def _rope_scaling(config: Mapping[str, Any]) -> str:

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from .arch import ModelSpec
+from .arch import ModelSpec, rope_scaling
 from .memory.breakdown import Estimate, Phase, Term
 from .memory.kv_cache import resolve_kv_dtype
 from .memory.overhead import DEFAULT_OVERHEADS
@@ -99,20 +99,19 @@ def cuda_graph_batch_sizes(max_bs: int) -> list[int]:
     return [b for b in sizes if b <= max_bs]
 
 
-def sglang_context_length(spec: ModelSpec, config: Mapping[str, Any] | None) -> int:
+def sglang_context_length(spec: ModelSpec) -> int:
     """The model's context as SGLang derives it (``hf_transformers_utils.py
     get_context_length``)."""
-    c = config or {}
-    rope = c.get("rope_scaling") or c.get("rope_parameters")
+    c = dict(spec.length_keys)
+    rope = rope_scaling(spec)
     factor = 1.0
     if isinstance(rope, Mapping) and rope.get("factor"):
         factor = float(rope["factor"])
         if "original_max_position_embeddings" in rope or rope.get("rope_type") == "llama3":
             factor = 1.0
     for key in _CONTEXT_KEYS:
-        val = c.get(key)
-        if isinstance(val, int) and not isinstance(val, bool):
-            return int(factor * val)
+        if key in c:
+            return int(factor * c[key])
     return spec.max_position_embeddings or spec.learned_positions or 2048
 
 
@@ -155,7 +154,7 @@ def sglang_estimate(spec: ModelSpec, o: InferenceOptions,
     b = E._act_bytes(rw.compute_dtype)
     card = E._card(o)
     s = _budget(o, card)
-    derived = sglang_context_length(spec, config)
+    derived = sglang_context_length(spec)
     ctx_len = o.context_length or derived
     stages = E._stages(spec, o.pp)
     lo, hi = stages[-1]  # the last stage holds the head (the profile's logits)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 from functools import lru_cache, partial
 from typing import Any
 
-from .arch import LayerSpec, ModelSpec
+from .arch import LayerSpec, ModelSpec, rope_scaling
 from .dtypes import dtype_bytes
 from .errors import MemfitError
 from .memory.breakdown import Estimate, LazyTerms, Phase, Term
@@ -41,7 +41,6 @@ from .memory.inference_activations import (
     moment_term,
     prefill_moments,
     profile_for,
-    softcaps,
 )
 from .memory.kv_cache import (
     HFCacheRows,
@@ -249,7 +248,7 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     st = _hf_structure(spec, o, rw, kvdt, start, stop, first, last)
     counts, w = st.counts, st.weights
     W = st.weights_total
-    caps = softcaps(spec, config, prof)
+    caps = spec.softcap
     s = _shapes(spec, B, P, b, tp, stop - start, caps)
     kv0 = st.cache.bytes(B, P, 0)
     prefill = _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start, first, last)
@@ -315,7 +314,7 @@ def _hf_stage_total(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, k
     B, P, G = o.batch, o.prompt, o.generate
     st = _hf_structure(spec, o, rw, kvdt, start, stop, first, last)
     W = st.weights_total
-    caps = softcaps(spec, config, prof)
+    caps = spec.softcap
     s = _shapes(spec, B, P, b, tp, stop - start, caps)
     kv0 = st.cache.bytes(B, P, 0)
     total = max(W, max(c[2] for c in _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start,
@@ -549,7 +548,7 @@ def _hf_best(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | N
     b = _act_bytes(rw.compute_dtype)
     prof = profile_for(spec)
     attn = o.attn
-    if attn == "sdpa" and softcaps(spec, config, prof)[0]:
+    if attn == "sdpa" and spec.softcap[0]:
         attn = "eager"
         notes.append("soft-capped attention: transformers runs it eagerly (SDPA has no "
                      "softcap), as from_pretrained picks")
@@ -660,17 +659,16 @@ _VLLM_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_
                   "model_max_length", "max_sequence_length", "max_seq_length", "seq_len")
 
 
-def vllm_derived_max_len(spec: ModelSpec, config: Mapping[str, Any] | None) -> int:
+def vllm_derived_max_len(spec: ModelSpec) -> int:
     """The model's limit as vLLM derives it (``vllm/config/model.py
     _get_and_verify_max_len``): the smallest of the config's length keys (2048 when none),
     times the RoPE scaling factor unless the type is ``su``/``longrope``/``llama3`` (YaRN
     scales ``original_max_position_embeddings``); Gemma 3's limit is already scaled."""
-    c = config or {}
-    vals = [c[k] for k in _VLLM_LEN_KEYS if isinstance(c.get(k), int)
-            and not isinstance(c.get(k), bool) and c[k] > 0]
+    c = dict(spec.length_keys)
+    vals = [c[k] for k in _VLLM_LEN_KEYS if c.get(k, 0) > 0]
     derived = min(vals) if vals else (spec.max_position_embeddings or spec.learned_positions
                                       or 2048)
-    rope = c.get("rope_scaling") or c.get("rope_parameters")
+    rope = rope_scaling(spec)
     if isinstance(rope, Mapping) and "factor" in rope and "gemma3" not in spec.model_type:
         kind = rope.get("rope_type", rope.get("type"))
         if kind not in ("su", "longrope", "llama3"):
@@ -824,7 +822,7 @@ def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any
       stored in KV cache (M)"), with ``estimate_max_model_len``'s binary search for N.
     """
     T = o.prompt + o.generate
-    derived = vllm_derived_max_len(spec, config)
+    derived = vllm_derived_max_len(spec)
     max_len = o.max_model_len or derived
     seq = _vllm_seq_bytes(spec, r["counts"], kvdt, o.tp, o.block_size, tokens)
     out: dict[str, Any] = {"derived": derived, "max_len": max_len, "blockers": [],

@@ -350,7 +350,7 @@ def _prompt_cap(spec: ModelSpec, o: InferenceOptions,
     if o.engine == "vllm":
         from .engines import vllm_derived_max_len
 
-        limit = o.max_model_len or vllm_derived_max_len(spec, config)
+        limit = o.max_model_len or vllm_derived_max_len(spec)
         what = f"max_model_len {limit}"
     elif spec.learned_positions:
         limit = spec.learned_positions

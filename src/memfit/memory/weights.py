@@ -114,9 +114,6 @@ def resolve_weights_option(spec: ModelSpec, weights: str | None, engine: str,
     config's ``torch_dtype`` (bf16 when absent); see :func:`_resolve_weights`."""
     if weights is None and engine != "llamacpp":
         text = spec.quantization
-        if not text and config is not None and isinstance(config.get("quantization_config"),
-                                                          Mapping):
-            text = json.dumps(config["quantization_config"], sort_keys=True, default=str)
         if text:
             rw = _checkpoint_from_json(spec.dtype, text)
             if engine == "hf" and rw.fmt is not None and rw.fmt.kind == "mx":
