@@ -67,7 +67,7 @@ def _cold(model: dict[str, Any], opts: dict[str, Any]) -> str:
 @pytest.mark.parametrize("name,layers,opts", _GRID)
 def test_warm_estimate_equals_cold(name: str, layers: int, opts: dict[str, Any]) -> None:
     model = _cfg(name, layers)
-    spec, config = resolve_model(model)
+    spec, _ = resolve_model(model)
     cold = {shape: _cold(model, dict(opts, batch=shape[0], seq=shape[1])) for shape in _SHAPES}
     # warm: the same spec object, the plan made by another batch and sequence, and another
     # structure's estimates in between
@@ -76,7 +76,7 @@ def test_warm_estimate_equals_cold(name: str, layers: int, opts: dict[str, Any])
     for batch, seq in reversed(_SHAPES):
         train(spec, batch=batch, seq=seq, checkpointing="full")
         made.append(((batch, seq), training._estimate(
-            spec, config, training._options(dict(opts, batch=batch, seq=seq)), {})))
+            spec, training._options(dict(opts, batch=batch, seq=seq)), {})))
     # each estimate's lazily built derivation is its own, whatever came after it
     for shape, e in made:
         assert _json(e) == cold[shape]
@@ -85,13 +85,13 @@ def test_warm_estimate_equals_cold(name: str, layers: int, opts: dict[str, Any])
 def test_memoised_plan_equals_the_unmemoised_stage() -> None:
     """The plan's prepared stage, run for a batch and sequence, gives the phases the
     one-shot :func:`memfit.step.stage_estimate` gives."""
-    spec, config = resolve_model(_cfg("llama-3.2-1b", 3))
+    spec, _ = resolve_model(_cfg("llama-3.2-1b", 3))
     for opts in ({}, dict(dp=2, fsdp="full", lora_rank=8), dict(pp=3, microbatches=3)):
         for batch, seq in _SHAPES:
             o = training._options(dict(opts, batch=batch, seq=seq))
-            e = training._estimate(spec, config, o, {})
+            e = training._estimate(spec, o, {})
             plan = training._plan_of(spec, o, {})
-            c = Ctx(**{**plan.ctx.__dict__, "o": o, "config": config})
+            c = Ctx(**{**plan.ctx.__dict__, "o": o})
             best = [stage_estimate(c, b.stage, _counts(spec.num_layers, o.pp))
                     for b in plan.bases]
             peaks = [max(p.peak_bytes for p in r["phases"]) for r in best]

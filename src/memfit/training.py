@@ -159,7 +159,7 @@ def _make_plan(spec: ModelSpec, o: TrainingOptions, extra: Mapping[str, Any],
     if o.lora_dtype is not None and o.lora_rank is None:
         raise MemfitError.bad_value("lora-dtype", lora_dtype, "only with --lora-rank or --qlora")
     targets = check_knobs(spec, o)
-    c = Ctx(spec, None, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2,
+    c = Ctx(spec, o, recipe, runtime, gpn, attn, 4 if lora_dtype == "fp32" else 2,
             targets)
     counts = stage_layers(spec.num_layers, o.pp)
     stages = [0] if o.pp == 1 else sorted({0, o.pp - 1})
@@ -246,16 +246,15 @@ _PLANS: dict[tuple[Any, ...], tuple[ModelSpec, _Plan]] = {}
 _PLANS_MAX = 2048
 
 
-def _estimate(spec: ModelSpec, config: Mapping[str, Any] | None, o: TrainingOptions,
-              extra: Mapping[str, Any]) -> Estimate:
+def _estimate(spec: ModelSpec, o: TrainingOptions, extra: Mapping[str, Any]) -> Estimate:
     seq_note = None
     if spec.learned_positions:
         o, seq_note = default_within(o, "seq", spec.learned_positions, 0,
                                      "the learned position table (n_positions)")
     plan = _plan_of(spec, o, extra)
-    c = object.__new__(Ctx)  # the plan's scenario with this call's options and config
+    c = object.__new__(Ctx)  # the plan's scenario with this call's options
     c.__dict__.update(plan.ctx.__dict__)
-    c.o, c.config = o, config
+    c.o = o
     results = [stage_run(base, c) for base in plan.bases]
     if len(results) == 1:
         best = results[0]
@@ -311,9 +310,9 @@ def train(model: ModelLike, **options: Any) -> Estimate:
     underscores), plus ``states_convention`` ("zero-16", "megatron-18", "mtnlg-20", with
     ``precision="bf16-master"``) and ``gpus_per_node`` (HSDP shard group, default 8).
     """
-    spec, config = resolve_model(model)
+    spec, _ = resolve_model(model)
     opts, extra = _split_options(dict(options))
-    return _estimate(spec, config, _options(opts), extra)
+    return _estimate(spec, _options(opts), extra)
 
 
 #: Options checked before, by the options other than ``batch`` and ``seq`` (with their
@@ -441,7 +440,7 @@ def _likely_layouts(n: int) -> tuple[list[tuple[int, ...]], int]:
     return every[:MAX_FACTORIZATIONS], len(every)
 
 
-def _layouts(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+def _layouts(spec: ModelSpec, base: TrainingOptions,
              extra: Mapping[str, Any], gpus: int) -> tuple[list[LayoutFit], list[str]]:
     """The layouts of ``gpus`` GPUs that fit at ``base``'s batch and sequence, best first,
     and what the sweep left out."""
@@ -469,7 +468,7 @@ def _layouts(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOp
                 o = replace(base, dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero=zero, fsdp=fsdp,
                             checkpointing=ckpt, offload=off, sp=base.sp and tp > 1,
                             microbatches=max(base.microbatches, pp))
-                e = _estimate(spec, config, o, extra)
+                e = _estimate(spec, o, extra)
             except MemfitError:
                 continue
             if e.fits:
@@ -487,7 +486,7 @@ def _layouts(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOp
     return layouts, notes
 
 
-def _lean_fits(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+def _lean_fits(spec: ModelSpec, base: TrainingOptions,
                extra: Mapping[str, Any], n: int, given: frozenset[str]) -> bool:
     """Whether some memory-lean layout of ``n`` GPUs fits: FSDP full over all of them, or TP
     within a node of 8 with FSDP across nodes, each with full checkpointing; options the
@@ -509,27 +508,27 @@ def _lean_fits(spec: ModelSpec, config: Mapping[str, Any] | None, base: Training
             kw.update(fsdp=None, zero=0)
         try:
             o = replace(base, **kw)
-            if _estimate(spec, config, o, extra).fits:
+            if _estimate(spec, o, extra).fits:
                 return True
         except MemfitError:
             continue
     return False
 
 
-def _fewest_gpus(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+def _fewest_gpus(spec: ModelSpec, base: TrainingOptions,
                  extra: Mapping[str, Any], given: frozenset[str]) -> int | None:
     """The fewest GPUs with a lean layout that fits (powers of two, then the smallest
     multiple of 8 below the first power of two that fits); None past 65,536."""
     from .inference import MAX_GPUS
 
     n = 1
-    while n <= MAX_GPUS and not _lean_fits(spec, config, base, extra, n, given):
+    while n <= MAX_GPUS and not _lean_fits(spec, base, extra, n, given):
         n *= 2
     if n > MAX_GPUS:
         return None
     if n > 16:  # between n/2 and n, in steps of 8: the smallest that fits
         lo = next((m for m in range(n // 2 + 8, n, 8)
-                   if _lean_fits(spec, config, base, extra, m, given)), n)
+                   if _lean_fits(spec, base, extra, m, given)), n)
         n = min(n, lo)
     return n
 
@@ -539,7 +538,7 @@ _RESCUES = (("optimizer_impl", "fused"), ("optimizer", "adamw-8bit"),
             ("checkpointing", "full"), ("loss", "chunked"))
 
 
-def _rescues(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOptions,
+def _rescues(spec: ModelSpec, base: TrainingOptions,
              extra: Mapping[str, Any], gpus: int) -> list[str]:
     """Hints when no layout of ``gpus`` GPUs fits: each change (one at a time, then all
     together) that makes one fit, with the flags the user gave kept."""
@@ -554,7 +553,7 @@ def _rescues(spec: ModelSpec, config: Mapping[str, Any] | None, base: TrainingOp
             o = replace(base, **kw)
         except MemfitError:
             continue
-        found, _ = _layouts(spec, config, o, extra, gpus)
+        found, _ = _layouts(spec, o, extra, gpus)
         if found:
             flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kw.items())
             x = found[0]
@@ -571,7 +570,7 @@ def _layout_text(x: LayoutFit) -> str:
                     + ([f"offload {x.offload}"] if x.offload != "none" else []))
 
 
-def _gpu_count(spec: ModelSpec, config: Mapping[str, Any] | None, opts: dict[str, Any],
+def _gpu_count(spec: ModelSpec, opts: dict[str, Any],
                extra: Mapping[str, Any], gpus: int | None) -> tuple[int, list[str]]:
     """The GPU count of a fit: ``gpus`` as given, else the layout's (``dp*tp*pp*cp``) when
     one is given, else the fewest that fit."""
@@ -583,25 +582,25 @@ def _gpu_count(spec: ModelSpec, config: Mapping[str, Any] | None, opts: dict[str
         return gpus, []
     if any(k in opts for k in ("dp", "tp", "pp", "cp")):
         return make_options(TrainingOptions, **opts).world_size, []
-    fewest = _min_gpus(spec, config, opts, extra)
+    fewest = _min_gpus(spec, opts, extra)
     if fewest is None:
         return 1, ["no layout fits on up to 65,536 GPUs"]
     notes = [f"fewest GPUs: {fewest} (the smallest count with a layout that fits without "
              "offloading; powers of two, then multiples of 8)"]
     if "offload" not in opts and fewest > 1:
-        off = _min_gpus(spec, config, {**opts, "offload": "optimizer"}, extra)
+        off = _min_gpus(spec, {**opts, "offload": "optimizer"}, extra)
         if off is not None and off < fewest:
             notes.append(f"with --offload optimizer (CPU offload of the optimizer state, "
                          f"FSDP's CPUOffloadPolicy or ZeRO-Offload): {off} GPUs")
     return fewest, notes
 
 
-def _min_gpus(spec: ModelSpec, config: Mapping[str, Any] | None, opts: dict[str, Any],
+def _min_gpus(spec: ModelSpec, opts: dict[str, Any],
               extra: Mapping[str, Any]) -> int | None:
     """The fewest GPUs with a lean layout that fits the user's options, the data-parallel
     degree left free (tp/pp/cp/ep and the other options as given)."""
     free = {k: v for k, v in opts.items() if k != "dp"}
-    return _fewest_gpus(spec, config, make_options(TrainingOptions, **free), extra,
+    return _fewest_gpus(spec, make_options(TrainingOptions, **free), extra,
                         frozenset(free))
 
 
@@ -617,12 +616,12 @@ def fit_train(model: ModelLike, gpu: str, gpus: int | None = None, *, max_layout
     layout fit, the other options kept."""
     from .hardware import get_gpu
 
-    spec, config = resolve_model(model)
+    spec, _ = resolve_model(model)
     g = get_gpu(gpu)
     opts, extra = _split_options(dict(options))
     opts["gpu"] = g.name
     counted = gpus is None and not any(k in opts for k in ("dp", "tp", "pp", "cp"))
-    gpus, notes = _gpu_count(spec, config, opts, extra, gpus)
+    gpus, notes = _gpu_count(spec, opts, extra, gpus)
     counted = counted and not any("no layout fits" in n for n in notes)
     if "dp" not in opts and gpus > 1 and all(k not in opts for k in ("tp", "pp", "cp")):
         opts["dp"] = gpus
@@ -633,7 +632,7 @@ def fit_train(model: ModelLike, gpu: str, gpus: int | None = None, *, max_layout
 
     def fits(o: TrainingOptions) -> bool:
         try:
-            return bool(_estimate(spec, config, o, extra).fits)
+            return bool(_estimate(spec, o, extra).fits)
         except MemfitError:
             return False
 
@@ -642,12 +641,12 @@ def fit_train(model: ModelLike, gpu: str, gpus: int | None = None, *, max_layout
     max_seq_units = largest_true(lambda n: fits(replace(base, seq=n * step)), 1,
                                  MAX_COUNT // step)
     max_seq = max_seq_units * step if max_seq_units else None
-    est = _estimate(spec, config, replace(base, batch=max_batch), extra) if max_batch else None
-    layouts, more = _layouts(spec, config, base, extra, gpus)
+    est = _estimate(spec, replace(base, batch=max_batch), extra) if max_batch else None
+    layouts, more = _layouts(spec, base, extra, gpus)
     notes += more
     if not layouts:
-        notes += _rescues(spec, config, base, extra, gpus)
-    min_gpus = gpus if counted else _min_gpus(spec, config, opts, extra)
+        notes += _rescues(spec, base, extra, gpus)
+    min_gpus = gpus if counted else _min_gpus(spec, opts, extra)
     return FitResult(model=spec.name, gpu=g.name, gpus=gpus, gpu_memory_bytes=g.usable_bytes,
                      max_batch=max_batch, max_seq=max_seq, estimate=est,
                      layouts=tuple(layouts[:max_layouts]), notes=tuple(notes),

@@ -3,7 +3,6 @@ stage's rank (:class:`Stage`), filled in by the parts' ``build`` functions in tu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,6 @@ class Ctx:
     """One training scenario, resolved."""
 
     spec: ModelSpec
-    config: Mapping[str, Any] | None
     o: TrainingOptions
     recipe: Recipe
     runtime: str  # "autocast", "deepspeed", "fsdp", "plain"
