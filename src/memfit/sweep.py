@@ -20,6 +20,8 @@ Other engines, checkpoints read from headers and training run the full estimate 
 
 from __future__ import annotations
 
+import bisect
+import inspect
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,10 +29,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .catalog import resolve_model_full
-from .engines import hf_verdict
+from .engines import _context_blockers, _gpu, hf_verdict
 from .errors import MemfitError
 from .inference import _check_layout, _default_prompt, apply_checkpoint, estimate_inference
+from .memory.overhead import overhead_bytes
 from .memory.weights import memo_table
+from .sweep_hf import batch_pieces
 from .workload import InferenceOptions, make_options
 
 __all__ = ["SweepPoint", "sweep", "grid_points"]
@@ -103,10 +107,13 @@ def sweep(model: Any, mode: str = "infer",
     except MemfitError:
         base = None  # every point is checked with its own options (one may fix the base)
     fast = (base is not None and checkpoint is None and base.engine == "hf")
+    solved = _hf_groups(spec, config, base, points) if fast else {}
     out = []
-    for point in points:
+    for i, point in enumerate(points):
         try:
-            if fast and _POINT_FIELDS.issuperset(point):
+            if i in solved:
+                peak, total, fits = solved[i]
+            elif fast and _POINT_FIELDS.issuperset(point):
                 peak, total, fits = _hf_point(spec, config, base, point)
             else:
                 o = make_options(InferenceOptions, **{**options, **point})
@@ -137,7 +144,83 @@ def _hf_point(spec: Any, config: Any, base: InferenceOptions,
     if key not in table:  # as estimate_inference: a valid layout is remembered per model
         _check_layout(spec, o)
         table[key] = True
-    return hf_verdict(spec, _default_prompt(spec, o)[0], config)
+    o = _default_prompt(spec, o)[0]
+    return hf_verdict(spec, o, config) if _takes_config(hf_verdict) else hf_verdict(spec, o)
+
+
+def _takes_config(fn: Any, _seen: dict[Any, bool] = {}) -> bool:  # noqa: B006 - a memo
+    """Whether ``fn`` still takes the ``config`` argument (being refactored out)."""
+    if fn not in _seen:
+        _seen[fn] = "config" in inspect.signature(fn).parameters
+    return _seen[fn]
+
+
+def _with(base: InferenceOptions, **values: Any) -> InferenceOptions:
+    """``base`` with ``values`` set, without re-running its checks (they were run)."""
+    o = object.__new__(InferenceOptions)
+    d = o.__dict__
+    d.update(base.__dict__)
+    d.update(values)
+    return o
+
+
+def _hf_groups(spec: Any, config: Any, base: InferenceOptions,
+               points: list[dict[str, Any]]) -> dict[int, tuple[int, int, bool | None]]:
+    """The hf points answered in closed form over the batch (:mod:`memfit.sweep_hf`): the
+    points that change only batch, prompt or generate, with valid values, grouped by their
+    (prompt, generate); each group's peak is a polynomial in the batch on a few ranges, the
+    rest as :func:`memfit.engines.hf_verdict` does per point. A group whose arithmetic cannot
+    be followed exactly is left out (its points are then answered one by one)."""
+    groups: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+    for i, point in enumerate(points):
+        if not _POINT_FIELDS.issuperset(point):
+            continue
+        try:
+            for name in _POINT_ORDER:
+                if name in point:
+                    _check_count(name, point[name])
+        except MemfitError:
+            continue
+        key = (point.get("prompt", base.prompt), point.get("generate", base.generate))
+        groups.setdefault(key, []).append((i, point.get("batch", base.batch)))
+    solved: dict[int, tuple[int, int, bool | None]] = {}
+    for (prompt, generate), members in groups.items():
+        if len(members) < 4:
+            continue  # not worth a symbolic run
+        solved.update(_hf_group(spec, config, base, prompt, generate, members))
+    return solved
+
+
+def _hf_group(spec: Any, config: Any, base: InferenceOptions, prompt: Any, generate: int,
+              members: list[tuple[int, int]]) -> dict[int, tuple[int, int, bool | None]]:
+    """One (prompt, generate) group of :func:`_hf_groups` (empty when left out)."""
+    batches = [b for _, b in members]
+    try:
+        o = _with(base, batch=batches[0], prompt=prompt, generate=generate)
+        table, key = memo_table(spec), ("layout_ok", o.tp, o.pp, o.ep)
+        if key not in table:
+            _check_layout(spec, o)
+            table[key] = True
+        o = _default_prompt(spec, o)[0]
+        gpu_bytes = _gpu(o)[1]
+        blocked = bool(_context_blockers(spec, o))
+    except MemfitError:
+        return {}
+    pieces = batch_pieces(spec, lambda b: _with(o, batch=b), config, min(batches),
+                          max(batches))
+    if pieces is None:
+        return {}
+    pieces.sort(key=lambda piece: piece[0])
+    starts = [piece[0] for piece in pieces]
+    world = o.tp * o.pp
+    out: dict[int, tuple[int, int, bool | None]] = {}
+    for i, b in members:
+        v = pieces[bisect.bisect_right(starts, b) - 1][2]
+        peak = v if type(v) is int else v.at(b)  # type: ignore[union-attr]
+        total = peak + sum(overhead_bytes(peak, world_size=world, engine="hf").values())
+        out[i] = (peak, total,
+                  None if gpu_bytes is None else (not blocked) and total <= gpu_bytes)
+    return out
 
 
 def _check_count(name: str, value: Any) -> None:
