@@ -245,7 +245,7 @@ def test_gpt_oss_checkpoint_sizes_match_the_model_card() -> None:
 
 def test_deepseek_v3_fp8_block_scales() -> None:
     entry = get_entry("deepseek-v3")
-    rw = resolve_weights_option(entry.spec, None, "vllm", entry.config)
+    rw = resolve_weights_option(entry.spec, None, "vllm")
     assert rw.name == "fp8-block" and rw.source == "quantization_config"
     w = model_weights(entry.spec, rw).total
     # 671B main model (the MTP module is not built): fp8 values + one fp32 scale per 128x128

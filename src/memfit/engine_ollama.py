@@ -30,7 +30,6 @@ buffers it allocates fit the GPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -139,8 +138,7 @@ def _fmt(n: int) -> str:
     return f"{n} B"
 
 
-def ollama_estimate(spec: ModelSpec, o: InferenceOptions,
-                    config: Mapping[str, Any] | None = None) -> Estimate:
+def ollama_estimate(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     """Ollama with its defaults on ``--gpu``: its layer choice, then llama.cpp's buffers."""
     from . import engines as E
 
@@ -155,7 +153,7 @@ def ollama_estimate(spec: ModelSpec, o: InferenceOptions,
                      "(OLLAMA_FLASH_ATTENTION=1): Ollama falls back to f16")
         kv_type = None
     weights = o.weights or "Q4_K_M"
-    rw = resolve_weights_option(spec, weights, "llamacpp", config)
+    rw = resolve_weights_option(spec, weights, "llamacpp")
     layers = None
     ngl = o.n_gpu_layers
     if card is not None:
@@ -171,7 +169,7 @@ def ollama_estimate(spec: ModelSpec, o: InferenceOptions,
                     # num_batch sets n_batch and n_ubatch alike (llm/server.go)
                     batch_size=o.ubatch_size,
                     ollama_version=InferenceOptions.ollama_version)  # the default object
-    est = E.llamacpp_estimate(spec, inner, config)
+    est = E.llamacpp_estimate(spec, inner)
     return _wrap(spec, o, est, layers, num_ctx, context, fa, kv_type, weights, notes)
 
 

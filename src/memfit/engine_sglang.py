@@ -143,13 +143,12 @@ def _budget(o: InferenceOptions, card: Any) -> dict[str, Any]:
             "graph_sizes": graphs}
 
 
-def sglang_estimate(spec: ModelSpec, o: InferenceOptions,
-                    config: Mapping[str, Any] | None = None) -> Estimate:
+def sglang_estimate(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     """SGLang on the GPU of ``--gpu`` (without one: the scenario's own KV cache)."""
     from . import engines as E
 
     notes: list[str] = E._check_context(spec, o)
-    rw = resolve_weights_option(spec, o.weights, "vllm", config)
+    rw = resolve_weights_option(spec, o.weights, "vllm")
     kvdt = resolve_kv_dtype(o.kv_dtype, rw.compute_dtype, "vllm")
     b = E._act_bytes(rw.compute_dtype)
     card = E._card(o)

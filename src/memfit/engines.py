@@ -239,8 +239,8 @@ def _context_blockers(spec: ModelSpec, o: InferenceOptions) -> list[str]:
 # ------------------------------------------------------------------------------------------
 
 def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: KVDtype,
-              attn: str, b: int, start: int, stop: int, first: bool, last: bool,
-              config: Mapping[str, Any] | None) -> dict[str, Any]:
+              attn: str, b: int, start: int, stop: int, first: bool,
+              last: bool) -> dict[str, Any]:
     """Phases of one GPU (one pipeline stage) under transformers."""
     prof = profile_for(spec)
     tp = o.tp
@@ -305,8 +305,8 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
 
 
 def _hf_stage_total(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: KVDtype,
-                    attn: str, b: int, start: int, stop: int, first: bool, last: bool,
-                    config: Mapping[str, Any] | None) -> dict[str, Any]:
+                    attn: str, b: int, start: int, stop: int, first: bool,
+                    last: bool) -> dict[str, Any]:
     """:func:`_hf_stage`'s ``total`` alone (the largest phase's sum, from the same candidate
     moments), without its phases, moments table and terms: what a sweep reads."""
     prof = profile_for(spec)
@@ -535,7 +535,7 @@ def _kv_token_bytes(spec: ModelSpec, counts: dict[LayerSpec, int], kvdt: KVDtype
                for kind, n in counts.items())
 
 
-def _hf_best(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | None,
+def _hf_best(spec: ModelSpec, o: InferenceOptions,
              stage: Any = None
              ) -> tuple[dict[str, Any], int, ResolvedWeights, KVDtype, str, int, list[str]]:
     """The most loaded stage's phases under transformers and what they were computed with:
@@ -543,7 +543,7 @@ def _hf_best(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | N
     ``stage``: the per-stage function (:func:`_hf_stage`, or :func:`_hf_stage_total`)."""
     stage = stage or _hf_stage
     notes = _check_context(spec, o)
-    rw = resolve_weights_option(spec, o.weights, "hf", config)
+    rw = resolve_weights_option(spec, o.weights, "hf")
     kvdt = resolve_kv_dtype(o.kv_dtype, rw.compute_dtype, "hf")
     b = _act_bytes(rw.compute_dtype)
     prof = profile_for(spec)
@@ -559,8 +559,7 @@ def _hf_best(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | N
     stages = _stages(spec, o.pp)
     best, best_stage = None, 0
     for i, (start, stop) in enumerate(stages):
-        r = stage(spec, o, rw, kvdt, attn, b, start, stop, i == 0, i == len(stages) - 1,
-                  config)
+        r = stage(spec, o, rw, kvdt, attn, b, start, stop, i == 0, i == len(stages) - 1)
         if best is None or r["total"] > best["total"]:
             best, best_stage = r, i
     assert best is not None
@@ -570,8 +569,10 @@ def _hf_best(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | N
 def hf_verdict(spec: ModelSpec, o: InferenceOptions,
                config: Mapping[str, Any] | None = None) -> tuple[int, int, bool | None]:
     """``(peak_bytes, total_bytes, fits)`` of :func:`hf_estimate`, without building the
-    Estimate (its phases, terms and tables): what a sweep reads."""
-    peak = _hf_best(spec, o, config, _hf_stage_total)[0]["total"]  # the largest phase's sum
+    Estimate (its phases, terms and tables): what a sweep reads. ``config`` is not read (the
+    ModelSpec carries everything); accepted, unused, while :mod:`memfit.sweep` passes it."""
+    del config
+    peak = _hf_best(spec, o, _hf_stage_total)[0]["total"]  # the largest phase's sum
     total = peak + sum(overhead_bytes(peak, world_size=o.tp * o.pp, engine="hf").values())
     gpu_bytes = _gpu(o)[1]
     if gpu_bytes is None:
@@ -579,10 +580,9 @@ def hf_verdict(spec: ModelSpec, o: InferenceOptions,
     return peak, total, (not _context_blockers(spec, o)) and total <= gpu_bytes
 
 
-def hf_estimate(spec: ModelSpec, o: InferenceOptions,
-                config: Mapping[str, Any] | None = None) -> Estimate:
+def hf_estimate(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     """transformers ``generate()`` (see the module docstring)."""
-    best, best_stage, rw, kvdt, attn, b, notes = _hf_best(spec, o, config)
+    best, best_stage, rw, kvdt, attn, b, notes = _hf_best(spec, o)
     world = o.tp * o.pp
     peak = best["total"]
     overheads = overhead_bytes(peak, world_size=world, engine="hf")
@@ -757,13 +757,12 @@ def _vllm_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt:
     return r
 
 
-def vllm_estimate(spec: ModelSpec, o: InferenceOptions,
-                  config: Mapping[str, Any] | None = None) -> Estimate:
+def vllm_estimate(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     """vLLM as it starts: weights + the profile run + a KV pool of whole blocks, and vLLM's own
     start checks (see :func:`_vllm_verdict`)."""
     d = VLLM_DEFAULTS
     notes = _check_context(spec, o)
-    rw = resolve_weights_option(spec, o.weights, "vllm", config)
+    rw = resolve_weights_option(spec, o.weights, "vllm")
     kvdt = resolve_kv_dtype(o.kv_dtype, rw.compute_dtype, "vllm")
     b = _act_bytes(rw.compute_dtype)
     card = _card(o)
@@ -778,7 +777,7 @@ def vllm_estimate(spec: ModelSpec, o: InferenceOptions,
     key = (lambda r: -r["avail"]) if budget is not None else (lambda r: r["w"].total + r["act"])
     best = max(runs, key=key)
     stage = runs.index(best)
-    v = _vllm_verdict(spec, o, config, kvdt, best, budget, tokens)
+    v = _vllm_verdict(spec, o, kvdt, best, budget, tokens)
     kv = v["needed"] if budget is None else best["pool"]
     phases = (Phase("load", {"weights": best["w"].total}),
               Phase("serve", {"weights": best["w"].total, "kv_cache": kv,
@@ -807,7 +806,7 @@ def vllm_estimate(spec: ModelSpec, o: InferenceOptions,
                     gpu_memory_bytes=card.usable_bytes if card else None, extras=extras)
 
 
-def _vllm_verdict(spec: ModelSpec, o: InferenceOptions, config: Mapping[str, Any] | None,
+def _vllm_verdict(spec: ModelSpec, o: InferenceOptions,
                   kvdt: KVDtype, r: dict[str, Any], budget: dict[str, Any] | None,
                   tokens: int) -> dict[str, Any]:
     """vLLM's start checks and what the scenario gets from the pool.
@@ -1112,8 +1111,7 @@ def _llamacpp_context(spec: ModelSpec, o: InferenceOptions, d: LlamaCppDefaults,
     return n_ctx, n_batch, n_ub, warnings
 
 
-def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions,
-                      config: Mapping[str, Any] | None = None) -> Estimate:
+def llamacpp_estimate(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     """llama.cpp (the build of late 2025: ``-fa auto``, ``--n-cpu-moe``) with ``n_gpu_layers``
     offloaded over the GPUs of ``--tensor-split``; the buffers it logs: model buffer, KV
     buffer, compute buffer. The estimate is the most loaded GPU's; ``extras["per_gpu"]``
@@ -1215,18 +1213,16 @@ def _llamacpp_result(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights,
                     host_bytes=lay["host_total"] + kv_host, extras=extras)
 
 
-def _sglang(spec: ModelSpec, o: InferenceOptions,
-            config: Mapping[str, Any] | None = None) -> Estimate:
+def _sglang(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     from .engine_sglang import sglang_estimate  # its own module (imports this one)
 
-    return sglang_estimate(spec, o, config)
+    return sglang_estimate(spec, o)
 
 
-def _ollama(spec: ModelSpec, o: InferenceOptions,
-            config: Mapping[str, Any] | None = None) -> Estimate:
+def _ollama(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     from .engine_ollama import ollama_estimate  # llama.cpp with Ollama's defaults
 
-    return ollama_estimate(spec, o, config)
+    return ollama_estimate(spec, o)
 
 
 ENGINE_FUNCS = {"hf": hf_estimate, "vllm": vllm_estimate, "llamacpp": llamacpp_estimate,

@@ -37,13 +37,16 @@ ModelLike = str | Path | Mapping[str, Any] | ModelSpec
 
 def estimate_inference(spec: ModelSpec, options: InferenceOptions,
                        config: Mapping[str, Any] | None = None) -> Estimate:
-    """The estimate for an already resolved model and validated options."""
+    """The estimate for an already resolved model and validated options. ``config`` is not
+    read (the ModelSpec carries all the estimators need); it stays accepted, unused, while
+    :mod:`memfit.sweep` still passes it."""
+    del config
     table, key = memo_table(spec), ("layout_ok", options.tp, options.pp, options.ep)
     if key not in table:  # a valid layout is remembered per model (bounded table)
         _check_layout(spec, options)
         table[key] = True
     options, note = _default_prompt(spec, options)
-    est = ENGINE_FUNCS[options.engine](spec, options, config)
+    est = ENGINE_FUNCS[options.engine](spec, options)
     if note is None:
         return est
     notes = est.assumptions.get("notes") or ()
@@ -80,9 +83,9 @@ def infer(model: ModelLike, **options: Any) -> Estimate:
     ``batch, prompt, generate, weights, kv_dtype, attn, logits, engine, tp, pp, ep, gpu,
     gpu_memory_utilization, block_size, n_gpu_layers``.
     """
-    spec, config, checkpoint = resolve_model_full(model)
+    spec, _, checkpoint = resolve_model_full(model)
     opts = make_options(InferenceOptions, **options)
-    est = estimate_inference(spec, opts, config)
+    est = estimate_inference(spec, opts)
     return est if checkpoint is None else apply_checkpoint(est, spec, opts, checkpoint)
 
 
@@ -242,7 +245,7 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
     ``gpus``: the number of GPUs to use for the batch and prompt questions (default: the
     ``tp * pp`` of ``options``, or the fewest that fit when that layout does not).
     """
-    spec, config = resolve_model(model)
+    spec, _ = resolve_model(model)
     if gpu is None:
         raise MemfitError.bad_value("gpu", gpu, "a GPU name (see `memfit gpus`)")
     opts = make_options(InferenceOptions, **{**options, "gpu": gpu})
@@ -253,7 +256,7 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
     notes: list[str] = [note] if note else []
 
     def est(o: InferenceOptions) -> Estimate:
-        return estimate_inference(spec, o, config)
+        return estimate_inference(spec, o)
 
     def ok(o: InferenceOptions) -> bool:
         try:
@@ -305,7 +308,7 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
         notes.append(f"the scenario does not fit tp={opts.tp} x pp={opts.pp}: batch and prompt "
                      f"answers use the fewest GPUs, tp={layout[0]} x pp={layout[1]}")
     max_batch = largest_true(lambda x: ok(replace(base, batch=x)), 1, MAX_COUNT)
-    cap, bound = _prompt_cap(spec, base, config)
+    cap, bound = _prompt_cap(spec, base)
     max_prompt = largest_true(lambda x: ok(replace(base, prompt=x)), 1, cap)
     max_layers, max_batch, max_prompt = _llamacpp_answers(spec, base, ok, max_batch,
                                                           max_prompt, cap, notes)
@@ -341,8 +344,7 @@ def _llamacpp_answers(spec: ModelSpec, base: InferenceOptions, ok: Any,
     return layers, max_batch, max_prompt
 
 
-def _prompt_cap(spec: ModelSpec, o: InferenceOptions,
-                config: Mapping[str, Any] | None = None) -> tuple[int, str]:
+def _prompt_cap(spec: ModelSpec, o: InferenceOptions) -> tuple[int, str]:
     """The longest prompt worth searching and what bounds it: the model's context limit less
     the generated tokens (vLLM: its ``max_model_len``, derived as vLLM derives it; GPT-2's
     learned position table; otherwise ``max_position_embeddings``), else the option's own

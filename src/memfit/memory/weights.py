@@ -107,8 +107,8 @@ def _float_name(spec_dtype: str) -> str:
     return name
 
 
-def resolve_weights_option(spec: ModelSpec, weights: str | None, engine: str,
-                           config: Mapping[str, Any] | None = None) -> ResolvedWeights:
+def resolve_weights_option(spec: ModelSpec, weights: str | None,
+                           engine: str) -> ResolvedWeights:
     """Resolve ``--weights``; without it, the format the checkpoint ships: its config's
     ``quantization_config`` (:func:`checkpoint_weights`) for transformers and vLLM, else the
     config's ``torch_dtype`` (bf16 when absent); see :func:`_resolve_weights`."""
