@@ -95,3 +95,63 @@ def test_hf_points_skip_the_estimate(monkeypatch) -> None:
         raise AssertionError("the full estimate ran")
     monkeypatch.setattr(S, "estimate_inference", boom)
     assert all(p.peak_bytes for p in sweep("llama-3.1-8b", "infer", {"batch": [1, 2]}))
+
+
+# Many batches per (prompt, generate): the closed form over the batch (memfit.sweep_hf) runs.
+DENSE = {"batch": [1, 2, 3, 5, 8, 31, 64, 65, 200, 513], "prompt": [1, 2, 300, 4097, 33_000],
+         "generate": [0, 1, 2, 700]}
+
+
+def _solved(model, **options):
+    """How many of DENSE's points the closed form answered (the rest: one by one)."""
+    import importlib
+
+    S = importlib.import_module("memfit.sweep")
+    spec, config, _ = memfit.catalog.resolve_model_full(model)
+    base = S.make_options(S.InferenceOptions, **options)
+    return len(S._hf_groups(spec, config, base, grid_points(DENSE)))
+
+
+@pytest.mark.parametrize("name", sorted(entry_names()))
+def test_closed_form_equals_single_estimates_every_model(name) -> None:
+    _same(name, "infer", DENSE, gpu="h100")
+
+
+@pytest.mark.parametrize("options", [
+    dict(tp=2, kv_dtype="fp8", gpu="a100-sxm-80gb"),
+    dict(pp=3, attn="eager", logits="all"),
+    dict(tp=2, pp=2, weights="bnb-nf4"),
+    dict(weights="fp8-e4m3", kv_dtype="fp8"),
+    dict(weights="bnb-int8", attn="eager"),
+    dict(ep=2, tp=2),
+])
+def test_closed_form_equals_single_estimates_options(options) -> None:
+    for name in ("llama-3.1-8b", "mixtral-8x7b", "gemma-2-9b", "qwen3-30b-a3b",
+                 "deepseek-v2-lite", "gemma-3-1b", "gpt2", "phi-3.5-mini"):
+        _same(name, "infer", DENSE, **options)
+
+
+def test_closed_form_is_taken() -> None:
+    # dense, MoE, sliding windows with several layer kinds, TP/PP: most points in closed form
+    for name, options in [("llama-3.1-8b", {}), ("mixtral-8x7b", dict(tp=2)),
+                          ("gemma-3-1b", {}), ("gemma-2-9b", dict(pp=2, kv_dtype="fp8")),
+                          ("qwen3-30b-a3b", dict(weights="bnb-nf4"))]:
+        assert _solved(name, **options) >= len(grid_points(DENSE)) // 2, name
+
+
+def test_batch_poly_is_exact_or_refuses() -> None:
+    from memfit.sweep_hf import BatchPoly, _Fail, _Split
+
+    B = BatchPoly((0, 1), 1, 100)
+    p = 3 * B * B - 7 * B + 11
+    assert [p.at(b) for b in (1, 50, 100)] == [3 * b * b - 7 * b + 11 for b in (1, 50, 100)]
+    assert (B + 5 > 4) and not (B < 1) and max(B, 0) is B and (2 * B) // 2 == B
+    with pytest.raises(_Split) as cut:
+        _ = B > 40
+    assert cut.value.at == 41
+    with pytest.raises(_Split):
+        _ = B == 7  # a line crossing a value inside the range
+    for bad in (lambda: B // 3, lambda: B / 2, lambda: B * 0.5, lambda: {B: 1},
+                lambda: int(B), lambda: [0][B], lambda: B % 2, lambda: 1 // B):
+        with pytest.raises((_Fail, TypeError)):
+            bad()

@@ -142,8 +142,8 @@ class BatchPoly:
     # -- comparisons -----------------------------------------------------------------------
     def _sign_everywhere(self, pred: Callable[[int], bool]) -> bool:
         """``pred(value)`` (a threshold: ``> 0``, ``>= 0``, ``< 0`` or ``<= 0``) for every
-        batch of the range, when it is the same for all of them; else :class:`_Split` at the first batch where it changes (the value is monotone
-        in ``B``) or :class:`_Fail`."""
+        batch of the range, when it is the same for all of them; else :class:`_Split` at
+        the first batch where it changes (the value is monotone in ``B``) or midway."""
         c, lo, hi = self.c, self.lo, self.hi
         first = pred(self.at(lo))
         if lo == hi or len(c) == 1:
