@@ -26,6 +26,7 @@ from typing import Any
 from .arch import LayerSpec, ModelSpec, rope_scaling
 from .dtypes import dtype_bytes
 from .errors import MemfitError
+from .memory.activations import softcap_config
 from .memory.breakdown import Estimate, LazyTerms, Phase, Term
 from .memory.inference_activations import (
     Moment,
@@ -248,7 +249,7 @@ def _hf_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt: K
     st = _hf_structure(spec, o, rw, kvdt, start, stop, first, last)
     counts, w = st.counts, st.weights
     W = st.weights_total
-    caps = spec.softcap
+    caps = softcap_config(spec)
     s = _shapes(spec, B, P, b, tp, stop - start, caps)
     kv0 = st.cache.bytes(B, P, 0)
     prefill = _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start, first, last)
@@ -314,7 +315,7 @@ def _hf_stage_total(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, k
     B, P, G = o.batch, o.prompt, o.generate
     st = _hf_structure(spec, o, rw, kvdt, start, stop, first, last)
     W = st.weights_total
-    caps = spec.softcap
+    caps = softcap_config(spec)
     s = _shapes(spec, B, P, b, tp, stop - start, caps)
     kv0 = st.cache.bytes(B, P, 0)
     total = max(W, max(c[2] for c in _hf_prefill(spec, o, st, kvdt, attn, b, s, kv0, start,
@@ -548,7 +549,7 @@ def _hf_best(spec: ModelSpec, o: InferenceOptions,
     b = _act_bytes(rw.compute_dtype)
     prof = profile_for(spec)
     attn = o.attn
-    if attn == "sdpa" and spec.softcap[0]:
+    if attn == "sdpa" and softcap_config(spec)[0]:
         attn = "eager"
         notes.append("soft-capped attention: transformers runs it eagerly (SDPA has no "
                      "softcap), as from_pretrained picks")
