@@ -151,7 +151,48 @@ def test_batch_poly_is_exact_or_refuses() -> None:
     assert cut.value.at == 41
     with pytest.raises(_Split):
         _ = B == 7  # a line crossing a value inside the range
-    for bad in (lambda: B // 3, lambda: B / 2, lambda: B * 0.5, lambda: {B: 1},
+    for bad in (lambda: B // 3, lambda: B / 2, lambda: B * 0.5,
                 lambda: int(B), lambda: [0][B], lambda: B % 2, lambda: 1 // B):
         with pytest.raises((_Fail, TypeError)):
             bad()
+    # a memo keyed on the batch finds only the same polynomial on the same range
+    assert {B: 1}.get(BatchPoly((0, 1), 1, 100)) == 1 and hash(B) != hash(BatchPoly((0, 1), 1, 9))
+
+
+TRAIN_DENSE = {"batch": [1, 2, 3, 4, 7, 16, 33, 64], "seq": [1, 128, 2048, 9000]}
+
+
+@pytest.mark.parametrize("options", [
+    dict(gpu="h100"),
+    dict(lora_rank=16, gpu="a100-sxm-80gb"),
+    dict(qlora=True, checkpointing="full"),
+    dict(zero=3, dp=8, gpu="h100"),
+    dict(fsdp="full", dp=4, checkpointing="selective"),
+    dict(tp=2, pp=2, microbatches=4),
+    dict(precision="bf16-master", states_convention="megatron-18", zero=1, dp=2),
+])
+def test_train_closed_form_equals_single_estimates(options) -> None:
+    for name in ("llama-3.1-8b", "mixtral-8x7b", "gemma-2-2b", "qwen3-30b-a3b", "gpt2"):
+        _same(name, "train", TRAIN_DENSE, **options)
+
+
+def test_train_closed_form_is_taken() -> None:
+    import importlib
+
+    S = importlib.import_module("memfit.sweep")
+    spec = memfit.load_model("llama-3.1-8b")
+    pts = grid_points(TRAIN_DENSE)
+    for options in ({}, dict(lora_rank=16), dict(zero=3, dp=8)):
+        assert len(S._train_groups(spec, pts, options)) == len(pts), options
+
+
+def test_train_defaults_mixed_points_and_refusals() -> None:
+    _same("gpt2", "train", {"batch": [1, 2, 3, 4, 5]})  # the default seq shrunk to 1,024
+    _same("llama-3.1-8b", "train", {"batch": [1, 2, 3, 4, 5, 90]}, seq=1024, gpu="l4")
+    rng = random.Random(7)
+    points = [dict(batch=rng.choice([0, 1, 2, 8, 64, True, 2.0, 2**41]),
+                   seq=rng.choice([1, 512, 4096, 10**7, "8"]),
+                   **({"tp": rng.choice([1, 2, 3])} if rng.random() < 0.3 else {}))
+              for _ in range(60)]
+    out = _same("qwen2.5-7b", "train", points, gpu="h100")
+    assert any(p.error for p in out) and any(p.fits for p in out)

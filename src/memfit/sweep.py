@@ -20,7 +20,6 @@ Other engines, checkpoints read from headers and training run the full estimate 
 
 from __future__ import annotations
 
-import bisect
 import inspect
 import itertools
 import math
@@ -34,8 +33,8 @@ from .errors import MemfitError
 from .inference import _check_layout, _default_prompt, apply_checkpoint, estimate_inference
 from .memory.overhead import overhead_bytes
 from .memory.weights import memo_table
-from .sweep_hf import batch_pieces
-from .workload import InferenceOptions, make_options
+from .sweep_hf import batch_pieces, pieces, value_at
+from .workload import InferenceOptions, default_within, make_options
 
 __all__ = ["SweepPoint", "sweep", "grid_points"]
 
@@ -210,13 +209,11 @@ def _hf_group(spec: Any, config: Any, base: InferenceOptions, prompt: Any, gener
                           max(batches))
     if pieces is None:
         return {}
-    pieces.sort(key=lambda piece: piece[0])
     starts = [piece[0] for piece in pieces]
     world = o.tp * o.pp
     out: dict[int, tuple[int, int, bool | None]] = {}
     for i, b in members:
-        v = pieces[bisect.bisect_right(starts, b) - 1][2]
-        peak = v if type(v) is int else v.at(b)  # type: ignore[union-attr]
+        peak = value_at(pieces, starts, b)
         total = peak + sum(overhead_bytes(peak, world_size=world, engine="hf").values())
         out[i] = (peak, total,
                   None if gpu_bytes is None else (not blocked) and total <= gpu_bytes)
@@ -241,15 +238,97 @@ _POINT_ORDER = tuple(_BOUNDS)  # declaration order: batch, prompt, generate
 
 def _train_points(model: Any, points: list[dict[str, Any]],
                   options: Mapping[str, Any]) -> list[SweepPoint]:
-    """Training points: the full estimate per point (``memfit.train``)."""
-    from .training import train
+    """Training points: what ``memfit.train`` answers, the model resolved once; the points
+    that change only batch and seq grouped by seq, each group's peak a polynomial in the
+    batch (:mod:`memfit.sweep_hf`), the others one by one."""
+    from .training import resolve_model
 
+    spec = resolve_model(model)[0]
+    solved = _train_groups(spec, points, options)
     out = []
-    for point in points:
+    for i, point in enumerate(points):
+        if i in solved:
+            out.append(SweepPoint(point, *solved[i]))
+            continue
         try:
-            est = train(model, **{**options, **point})
+            est = _train_one(spec, {**options, **point})
         except MemfitError as exc:
             out.append(SweepPoint(point, None, None, None, str(exc)))
             continue
         out.append(SweepPoint(point, est.peak_bytes, est.total_bytes, est.fits))
+    return out
+
+
+def _train_one(spec: Any, opts: dict[str, Any]) -> Any:
+    """``memfit.train(spec, **opts)`` on the resolved spec (its own steps after resolving)."""
+    from . import training as T
+
+    opts, extra = T._split_options(dict(opts))
+    return T._estimate(spec, T._options(opts), extra)
+
+
+def _train_groups(spec: Any, points: list[dict[str, Any]], options: Mapping[str, Any]
+                  ) -> dict[int, tuple[int, int, bool | None]]:
+    """The training points answered in closed form over the batch, by seq."""
+    from .workload import MAX_COUNT
+
+    groups: dict[Any, list[tuple[int, int]]] = {}
+    for i, point in enumerate(points):
+        b = point.get("batch", options.get("batch"))
+        if (not {"batch", "seq"}.issuperset(point) or type(b) is not int
+                or not 1 <= b <= MAX_COUNT):
+            continue
+        seq = point.get("seq", options.get("seq", _NO_SEQ))
+        try:
+            groups.setdefault((type(seq), seq), []).append((i, b))
+        except TypeError:  # an unhashable seq: refused one by one
+            continue
+    solved: dict[int, tuple[int, int, bool | None]] = {}
+    for (_, seq), members in groups.items():
+        if len(members) >= 4:
+            solved.update(_train_group(spec, options, seq, members))
+    return solved
+
+
+_NO_SEQ = object()
+
+
+def _train_group(spec: Any, options: Mapping[str, Any], seq: Any,
+                 members: list[tuple[int, int]]) -> dict[int, tuple[int, int, bool | None]]:
+    """One seq of :func:`_train_groups` (empty when left out): ``training._estimate``'s
+    steps up to the stages' peaks on a symbolic batch, then its total and verdict."""
+    from . import training as T
+    from .step import Ctx, stage_run
+
+    batches = [b for _, b in members]
+    opts = {**options, "batch": batches[0]}
+    if seq is not _NO_SEQ:
+        opts["seq"] = seq
+    try:
+        opts, extra = T._split_options(opts)
+        o = T._options(opts)
+        if spec.learned_positions:
+            o = default_within(o, "seq", spec.learned_positions, 0, "")[0]
+        plan = T._plan_of(spec, o, extra)
+    except MemfitError:
+        return {}
+
+    def peak_of(batch: Any) -> Any:
+        ob = object.__new__(type(o))
+        ob.__dict__.update(o.__dict__)
+        ob.__dict__["batch"] = batch
+        c = object.__new__(Ctx)
+        c.__dict__.update(plan.ctx.__dict__)
+        c.o = ob
+        return max([stage_run(base, c)["peak"] for base in plan.bases])
+    parts = pieces(peak_of, min(batches), max(batches))
+    if parts is None:
+        return {}
+    starts = [p[0] for p in parts]
+    world, gpu_bytes = plan.world_size, plan.gpu_bytes
+    out: dict[int, tuple[int, int, bool | None]] = {}
+    for i, b in members:
+        peak = value_at(parts, starts, b)
+        total = peak + sum(overhead_bytes(peak, world_size=world, mode="train").values())
+        out[i] = (peak, total, None if gpu_bytes is None else total <= gpu_bytes)
     return out

@@ -27,13 +27,14 @@ point anyway).
 
 from __future__ import annotations
 
+import bisect
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from . import engines
 
-__all__ = ["BatchPoly", "batch_pieces"]
+__all__ = ["BatchPoly", "batch_pieces", "pieces", "value_at"]
 
 # The most ranges one (prompt, generate) group is cut into before its points are answered
 # one by one.
@@ -62,7 +63,11 @@ class BatchPoly:
     """``sum(c[k] * B**k)`` for every integer batch ``B`` in ``[lo, hi]`` (``lo >= 1``)."""
 
     __slots__ = ("c", "lo", "hi")
-    __hash__ = None  # type: ignore[assignment]  # a memo keyed on the batch must fail
+
+    def __hash__(self) -> int:
+        # a memo keyed on the batch (training's layer activations) keeps the symbolic
+        # entry under its own key: only the same polynomial on the same range finds it
+        return hash(("BatchPoly", self.c, self.lo, self.hi))
 
     def __init__(self, c: tuple[int, ...], lo: int, hi: int) -> None:
         self.c, self.lo, self.hi = c, lo, hi
@@ -220,11 +225,19 @@ def _peak_function() -> Callable[[Any, Any, Any], Any]:
 
 def batch_pieces(spec: Any, make: Callable[[Any], Any], config: Any, lo: int, hi: int
                  ) -> list[tuple[int, int, BatchPoly | int]] | None:
-    """The most loaded stage's peak (what :func:`memfit.engines.hf_verdict` calls ``peak``)
-    for every batch in ``[lo, hi]``, as ``(lo, hi, polynomial)`` pieces; ``make(batch)``
-    builds the options with that batch. None when the engine's arithmetic cannot be followed
-    exactly on a symbolic batch (the caller then answers each point alone)."""
+    """The most loaded stage's peak under hf (what :func:`memfit.engines.hf_verdict` calls
+    ``peak``) for every batch in ``[lo, hi]`` (:func:`pieces`); ``make(batch)`` builds the
+    options with that batch."""
     peak = _peak_function()
+    return pieces(lambda b: peak(spec, make(b), config), lo, hi)
+
+
+def pieces(peak_of: Callable[[BatchPoly], Any], lo: int, hi: int
+           ) -> list[tuple[int, int, BatchPoly | int]] | None:
+    """``peak_of`` for every batch in ``[lo, hi]``, as ``(lo, hi, polynomial)`` pieces
+    sorted by ``lo``, each exact on its range (``peak_of`` run on a symbolic batch, cut where
+    a comparison changes); None when its arithmetic cannot be followed exactly (the caller
+    then answers each point alone)."""
     out: list[tuple[int, int, BatchPoly | int]] = []
     todo = [(lo, hi)]
     while todo:
@@ -232,7 +245,7 @@ def batch_pieces(spec: Any, make: Callable[[Any], Any], config: Any, lo: int, hi
         if len(out) + len(todo) >= MAX_PIECES:
             return None
         try:
-            v = peak(spec, make(BatchPoly((0, 1), a, b)), config)
+            v = peak_of(BatchPoly((0, 1), a, b))
         except _Split as cut:
             todo += [(cut.at, b), (a, cut.at - 1)]
             continue
@@ -241,4 +254,11 @@ def batch_pieces(spec: Any, make: Callable[[Any], Any], config: Any, lo: int, hi
         if type(v) is not BatchPoly and type(v) is not int:
             return None
         out.append((a, b, v))
-    return out
+    return out  # (the lower range is always taken first: sorted)
+
+
+def value_at(parts: list[tuple[int, int, BatchPoly | int]], starts: list[int],
+             batch: int) -> int:
+    """The peak at ``batch`` from :func:`pieces` (``starts``: each piece's ``lo``)."""
+    v = parts[bisect.bisect_right(starts, batch) - 1][2]
+    return v if type(v) is int else v.at(batch)  # type: ignore[union-attr]
