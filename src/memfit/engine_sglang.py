@@ -163,8 +163,9 @@ def sglang_estimate(spec: ModelSpec, o: InferenceOptions) -> Estimate:
     # the largest decode batch captured at start (its logits and sampler rows) beside one
     # forward of a full prefill chunk
     seqs = max(1, min(s["max_bs"], o.max_running_requests or s["max_bs"]))
-    act, act_what = E._vllm_activation_peak(spec, o, b, s["chunk"], seqs,
-                                            -(-spec.vocab_size // o.tp), True, E.VLLM_DEFAULTS)
+    # (logits all-gathered over TP as in vLLM: logits_processor.py _get_logits,
+    # tensor_model_parallel_all_gather)
+    act, act_what = E._vllm_activation_peak(spec, o, b, s["chunk"], seqs, True, E.VLLM_DEFAULTS)
     world = o.tp * o.pp
     r = _pool(o, card, s, w.total, cell, ctx_len, world)
     v = _verdict(spec, o, r, s, derived, ctx_len, cell)

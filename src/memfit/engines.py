@@ -84,7 +84,13 @@ class VLLMDefaults:
     # same table shows 0.55 GiB non-torch at TP=2 vs 0.13 at TP=1 (+0.42 GiB for one peer); a
     # ring has at most two distinct peers (NVLS / tree buffers are not modelled).
     nccl_peer_bytes: int = 432 * 2**20
-    sampler_rows_copies: int = 3  # fp32 [max_num_seqs, V] tensors live in the sampler
+    # fp32 [rows, V] tensors live at once in the sampler (v1/sample/sampler.py: the fp32 copy
+    # of the logits, the softmax probabilities, random_sample's exponential q); one public
+    # A100 measurement (Qwen2.5-0.5B, 256 rows: torch_peak_increase 0.59 GiB) implies ~3.5
+    sampler_rows_copies: int = 3
+    # the gathered logits' width: the vocabulary padded to 64 (vocab_parallel_embedding.py
+    # DEFAULT_VOCAB_PADDING_SIZE)
+    vocab_pad: int = 64
     # vLLM sizes util * cudaMemGetInfo's total, which excludes what the driver reserves:
     # nvidia-smi 81559 MiB vs torch total_memory 81079 MiB on an H100 (validation/gpu).
     driver_reserved_bytes: int = 480 * 2**20
@@ -628,12 +634,18 @@ def _options_dict(o: InferenceOptions) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 
 def _vllm_activation_peak(spec: ModelSpec, o: InferenceOptions, b: int, tokens: int,
-                          seqs: int, V_rank: int, last: bool,
-                          d: VLLMDefaults) -> tuple[int, str]:
+                          seqs: int, last: bool, d: VLLMDefaults) -> tuple[int, str]:
     """Peak torch memory of vLLM's profile run (``gpu_model_runner.py profile_run``): one
     forward of ``max_num_batched_tokens`` tokens (flash attention: no S x S scores; fused
     ``qkv`` and ``gate_up``), then ``_dummy_sampler_run`` over ``min(max_num_seqs, tokens)``
-    rows of fp32 logits."""
+    rows (``_dummy_run``: ``num_reqs = min(num_tokens, max_num_reqs)``, one logits row each).
+
+    The sampler sees the whole vocabulary on every TP rank: ``LogitsProcessor._gather_logits``
+    all-gathers the vocab-parallel shards (``Platform.use_all_gather`` is true under V1), the
+    gathered width padded to 64 (``vocab_parallel_embedding.py pad_vocab_size``,
+    ``DEFAULT_VOCAB_PADDING_SIZE``), sliced to the real vocabulary; the sampler's fp32 copies
+    are ``[rows, V]``. ``profile_run`` frees ``hidden_states`` (``[tokens, h]``) and the
+    sampled rows' hidden states only after the sampler ran, so both count beside it."""
     tp = o.tp
     M = tokens
     h = spec.hidden_size
@@ -650,7 +662,10 @@ def _vllm_activation_peak(spec: ModelSpec, o: InferenceOptions, b: int, tokens: 
     logits = 0
     if last:
         rows = min(seqs, M)
-        logits = rows * V_rank * (b + 4 * d.sampler_rows_copies)
+        V = spec.vocab_size
+        V_pad = -(-V // d.vocab_pad) * d.vocab_pad
+        logits = (rows * (V_pad * b + V * 4 * d.sampler_rows_copies)
+                  + (M + rows) * h * b)
     if body >= logits:
         return body, "forward of max_num_batched_tokens (flash attention, fused gate_up)"
     return logits, "sampler over max_num_seqs rows (fp32 logits and sampling copies)"
@@ -744,8 +759,7 @@ def _vllm_stage(spec: ModelSpec, o: InferenceOptions, rw: ResolvedWeights, kvdt:
     w = model_weights(spec, rw, tp=o.tp, ep=o.ep, start=start, stop=stop, first=first,
                       last=last)
     counts = layer_kind_counts(spec, start, stop)
-    act, act_what = _vllm_activation_peak(spec, o, b, tokens, seqs,
-                                          -(-spec.vocab_size // o.tp), last, VLLM_DEFAULTS)
+    act, act_what = _vllm_activation_peak(spec, o, b, tokens, seqs, last, VLLM_DEFAULTS)
     token_bytes = _kv_token_bytes(spec, counts, kvdt, o.tp, "vllm")
     block_bytes = o.block_size * token_bytes
     r: dict[str, Any] = {"w": w, "act": act, "act_what": act_what, "counts": counts,
