@@ -194,5 +194,5 @@ def test_train_defaults_mixed_points_and_refusals() -> None:
                    seq=rng.choice([1, 512, 4096, 10**7, "8"]),
                    **({"tp": rng.choice([1, 2, 3])} if rng.random() < 0.3 else {}))
               for _ in range(60)]
-    out = _same("qwen2.5-7b", "train", points, gpu="h100")
+    out = _same("qwen2.5-7b", "train", points, gpu="h100", lora_rank=16)
     assert any(p.error for p in out) and any(p.fits for p in out)
