@@ -202,7 +202,10 @@ class BatchPoly:
     def __repr__(self) -> str:
         return f"BatchPoly({self.c}, B in [{self.lo}, {self.hi}])"
 
-    __str__ = __format__ = lambda self, *_: repr(self)  # only ever read in lazy texts
+    def __format__(self, spec: str) -> str:  # only ever read in lazy texts
+        return repr(self)
+
+    __str__ = __repr__
 
 
 def _positive(v: int) -> bool:
@@ -216,7 +219,7 @@ def _negative(v: int) -> bool:
 def _peak_function() -> Callable[[Any, Any, Any], Any]:
     """``(spec, options, config) -> the most loaded stage's total`` through the engine's own
     :func:`memfit.engines._hf_best` (whatever its signature takes: config or not)."""
-    best = engines._hf_best
+    best: Any = engines._hf_best
     params = inspect.signature(best).parameters
     if "config" in params:
         return lambda spec, o, config: best(spec, o, config, engines._hf_stage_total)[0]["total"]
