@@ -8,14 +8,21 @@ answer for every point of a grid, exactly (tests/test_sweep.py compares every po
 * the options shared by every point are built and checked once; a point that changes only
   ``batch``, ``prompt`` or ``generate`` copies them and re-runs the class's own checks
   (``__post_init__``) on the copy;
-* under the hf engine the estimate stops at the most loaded stage's phases
-  (:func:`memfit.engines.hf_verdict`): no :class:`~memfit.memory.breakdown.Estimate`, no
-  assumptions, moments table or terms. What does not depend on batch and context (a stage's
-  weights, cache rows and split points, the valid layout) is memoised per model as in a
-  single estimate.
+* under the hf engine and in training, the points that change only the batch and the
+  context (``prompt``/``generate``; ``seq``) are grouped by their context, and each group's
+  peak is computed once as a polynomial in the batch (:mod:`memfit.sweep_hf`: the engine's
+  own stage totals, :func:`memfit.engines._hf_best` / the training plan and
+  :func:`memfit.step.stage_run`, run on a symbolic batch; a comparison that changes inside
+  the group's batch range cuts the range there). Each point then costs one polynomial
+  evaluation and the overheads; a group whose arithmetic cannot be followed exactly, and
+  every point that fails a check, is answered one by one
+  (:func:`memfit.engines.hf_verdict`, or the full estimate);
+* what does not depend on batch and context (a stage's weights, cache rows and split
+  points, the valid layout, the training plan) is memoised per model as in a single
+  estimate.
 
-Other engines, checkpoints read from headers and training run the full estimate per point
-(with the model resolved once where that cannot change the answer).
+Other engines and checkpoints read from headers run the full estimate per point (with the
+model resolved once).
 """
 
 from __future__ import annotations

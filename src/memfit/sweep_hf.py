@@ -1,13 +1,14 @@
-"""hf sweep points in closed form over the batch: the engine's own code run once per
-(prompt, generate) on a symbolic batch.
+"""Sweep points in closed form over the batch: the estimator's own code run once per context
+(hf: prompt and generate; training: seq) on a symbolic batch.
 
 Every byte count of an hf estimate is integer arithmetic on the batch ``B`` (with the prompt,
 the generated tokens and the model fixed): sums and products, and comparisons that pick the
 largest candidate moment. :class:`BatchPoly` is a polynomial in ``B`` with integer
 coefficients, valid on a range ``[lo, hi]`` of batches; running
 :func:`memfit.engines._hf_best` (the per-stage totals, :func:`memfit.engines._hf_stage_total`)
-on it gives the stage's peak as one polynomial per range, and each point then costs one
-polynomial evaluation. Exactness is by construction, not by fitting:
+on it gives the stage's peak as one polynomial per range (training: :func:`pieces` on the
+plan's :func:`memfit.step.stage_run`), and each point then costs one polynomial
+evaluation. Exactness is by construction, not by fitting:
 
 * arithmetic that stays a polynomial (``+``, ``-``, ``*``, ``//`` by an integer dividing every
   coefficient) is done exactly on the coefficients;
