@@ -161,7 +161,7 @@ def test_vllm_zero_sequences_never_fits() -> None:
     assert e.to_dict()["fits"] is False
     r = fit_infer("llama-3.1-70b", "a100", engine="vllm", tp=2, prompt=32768, gpus=2)
     assert r.fits is False
-    # the pool holds 29,696 tokens: no max_model_len serves 32k; 16k starts, and a batch
+    # the pool holds 28,144 tokens: no max_model_len serves 32k; 16k starts, and a batch
     # beyond the pool is said in the verdict
     assert e.extras["largest_max_model_len"] < 32768 + 128
     ok = infer("llama-3.1-70b", engine="vllm", tp=2, prompt=8192, gpu="a100",
