@@ -632,14 +632,9 @@ def _check_depth(config: Mapping[str, Any]) -> None:
             stack.extend((v, depth + 1, key) for v in value)
 
 
-def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
-    """Build a :class:`ModelSpec` from a Hugging Face ``config.json`` dict.
-
-    A multimodal config whose language model sits under ``text_config`` is read from there.
-    """
-    if not isinstance(config, Mapping):
-        raise MemfitError.bad_value("config", type(config).__name__, "a JSON object")
-    _check_depth(config)
+def _family_config(config: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """(the config the language model is read from, its ``model_type``): a multimodal
+    config's ``text_config`` when the outer type is none memfit reads; "custom" as is."""
     model_type = config.get("model_type")
     if model_type is None and isinstance(config.get("text_config"), Mapping):
         config = config["text_config"]
@@ -648,7 +643,7 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
         raise MemfitError.bad_value("model_type", model_type,
                                     ", ".join(sorted(FAMILIES)) + " (a string)")
     if model_type == "custom":
-        return _custom(config, name)
+        return config, model_type
     if isinstance(config.get("text_config"), Mapping) and model_type not in FAMILIES:
         inner = config["text_config"]
         if inner.get("model_type") in FAMILIES:
@@ -660,8 +655,11 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
             "docs/custom-models.md; any other type transformers knows through "
             "memfit.generic, which `memfit params/infer/train` fall back to: "
             "pip install -e \".[trace]\", see docs/architectures.md)")
-    fam = FAMILIES[model_type]
-    r = _Reader(config)
+    return config, model_type
+
+
+def _dims(r: _Reader, fam: Family, model_type: str) -> tuple[int, int, int, int, int, int, int]:
+    """(L, h, a, V, a_kv, d, I) with the family's defaults."""
     gpt2 = model_type == "gpt2"
     # bounded before any per-layer list is built
     L = r.int("n_layer" if gpt2 else "num_hidden_layers", maximum=MAX_LAYERS)
@@ -694,6 +692,35 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
         I = r.int("intermediate_size", default=0, minimum=0)
     if model_type == "qwen2_moe" or model_type == "qwen3_moe":
         I = r.int("intermediate_size", default=0, minimum=0)
+    return L, h, a, V, a_kv, d, I
+
+
+def _rope_dim(r: _Reader, fam: Family, model_type: str, d: int, mla: MLASpec | None) -> int:
+    """Rotary dims per head: the inv_freq buffers hold rope_dim / 2 fp32 values."""
+    if fam.learned_positions:
+        return 0
+    if mla is not None:
+        return mla.qk_rope_head_dim
+    if model_type == "gpt_neox":
+        return int(d * r.fraction("rotary_pct", 0.25))
+    return int(d * r.fraction("partial_rotary_factor", 1.0))
+
+
+def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
+    """Build a :class:`ModelSpec` from a Hugging Face ``config.json`` dict.
+
+    A multimodal config whose language model sits under ``text_config`` is read from there.
+    """
+    if not isinstance(config, Mapping):
+        raise MemfitError.bad_value("config", type(config).__name__, "a JSON object")
+    _check_depth(config)
+    config, model_type = _family_config(config)
+    if model_type == "custom":
+        return _custom(config, name)
+    fam = FAMILIES[model_type]
+    r = _Reader(config)
+    gpt2 = model_type == "gpt2"
+    L, h, a, V, a_kv, d, I = _dims(r, fam, model_type)
 
     bias_default = fam.bias_default
     qkv_bias = r.bool(fam.qkv_bias, bias_default)
@@ -713,16 +740,7 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
                       qk_nope_head_dim=r.int("qk_nope_head_dim", default=128),
                       v_head_dim=r.int("v_head_dim", default=128))
 
-    # Rotary dims per head: the inv_freq buffers hold rope_dim / 2 fp32 values.
-    if fam.learned_positions:
-        rope_dim = 0
-    elif mla is not None:
-        rope_dim = mla.qk_rope_head_dim
-    elif model_type == "gpt_neox":
-        rope_dim = int(d * r.fraction("rotary_pct", 0.25))
-    else:
-        rope_dim = int(d * r.fraction("partial_rotary_factor", 1.0))
-
+    rope_dim = _rope_dim(r, fam, model_type, d, mla)
     positions = r.int("n_positions", "max_position_embeddings", default=1024) if gpt2 else 0
     activation = r.str(fam.activation_key, fam.activation_default)
     return ModelSpec(
