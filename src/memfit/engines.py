@@ -97,6 +97,10 @@ class VLLMDefaults:
     # CUDA graphs of the decode batch sizes: a measured typical value, not derived from the
     # capture sizes ("Graph capturing finished in N secs, took 0.4-1.0 GiB" in logs; 0.39 GiB
     # gpt-oss-20b and 1.03 GiB gpt-oss-120b in the public H100 table). 0 with enforce_eager.
+    # Not derived: vLLM measures it by capturing (v0.21's estimate, vLLM PR 30515: two
+    # descriptors per mode into a dummy KV cache, extrapolated) and its "CUDA graph pool
+    # memory: A GiB (actual), E GiB (estimated)" lines differ by 0% to +285%; published values
+    # run from 0.04 to 8.57 GiB (docs/inference.md lists them and why no rule fits).
     cuda_graph_bytes: int = 512 * 2**20
 
 
