@@ -7,9 +7,10 @@ MODEL is a catalog name, a ``config.json`` path, a folder holding one, a config 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .arch import ModelSpec
 from .catalog import resolve_model

@@ -13,11 +13,13 @@ Architectures transformers does not know can be described by hand: a config with
 
 from __future__ import annotations
 
+import builtins
 import json
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import MemfitError
 
@@ -402,7 +404,8 @@ def read_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise MemfitError.bad_value("model", str(path), f"a readable UTF-8 JSON file ({exc})")
+        raise MemfitError.bad_value("model", str(path),
+                                    f"a readable UTF-8 JSON file ({exc})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -477,7 +480,7 @@ class _Reader:
             raise MemfitError.bad_value(key, value, "a string")
         return value
 
-    def int_list(self, key: str) -> list[int]:
+    def int_list(self, key: builtins.str) -> builtins.list[builtins.int]:
         value = self.cfg.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
             raise MemfitError.bad_value(key, value, "a list of integers")
@@ -501,14 +504,15 @@ def _layer_types(r: _Reader, fam: Family, n_layers: int) -> list[tuple[str, int 
         if not isinstance(explicit, list) or len(explicit) != n_layers:
             raise MemfitError.bad_value("layer_types", explicit,
                                         f"a list of {n_layers} layer types")
-        out = []
+        out: list[tuple[str, int | None]] = []
         for t in explicit:
             if t == "full_attention":
                 out.append(("full", None))
             elif t == "sliding_attention":
                 if window is None:
-                    raise MemfitError.bad_value("sliding_window", None,
-                                                "a positive integer (layer_types has sliding layers)")
+                    raise MemfitError.bad_value(
+                        "sliding_window", None, "a positive integer (layer_types has sliding "
+                        "layers)")
                 out.append(("sliding", window))
             else:
                 raise MemfitError.bad_value("layer_types", t,
@@ -556,10 +560,11 @@ def _moe(r: _Reader, fam: Family, n_layers: int) -> tuple[MoESpec | None, list[b
         layers = [(i not in only) and n_exp > 0 and (i + 1) % step == 0 for i in range(n_layers)]
         if n_exp == 0:
             return None, [False] * n_layers
+        qwen2_moe = fam.model_type == "qwen2_moe"
         spec = MoESpec(num_experts=n_exp,
-                       top_k=r.int("num_experts_per_tok", default=4 if fam.model_type == "qwen2_moe" else 8),
+                       top_k=r.int("num_experts_per_tok", default=4 if qwen2_moe else 8),
                        expert_intermediate_size=r.int("moe_intermediate_size",
-                                                      default=1408 if fam.model_type == "qwen2_moe" else 768),
+                                                      default=1408 if qwen2_moe else 768),
                        shared_intermediate_size=shared,
                        shared_expert_gate=shared > 0)
         return spec, layers
@@ -729,7 +734,8 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
 
     spans = _layer_types(r, fam, L)
     moe, moe_layers = _moe(r, fam, L)
-    layers = tuple(LayerSpec(attention=s, window=w, moe=m) for (s, w), m in zip(spans, moe_layers))
+    layers = tuple(LayerSpec(attention=s, window=w, moe=m) for (s, w), m in zip(spans, moe_layers,
+                                                                        strict=True))
 
     mla = None
     if fam.mla:
@@ -772,7 +778,8 @@ def from_hf_config(config: Mapping[str, Any], name: str = "model") -> ModelSpec:
         moe=moe,
         layers=layers,
         dtype=_dtype(config),
-        parallel_residual=r.bool("use_parallel_residual", True) if model_type == "gpt_neox" else False,
+        parallel_residual=(r.bool("use_parallel_residual", True) if model_type == "gpt_neox"
+                           else False),
         extra_buffers=fam.extra_buffers,
         quantization=_quantization(config),
         dropout=family_dropout(model_type, config),

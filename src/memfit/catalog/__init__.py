@@ -12,11 +12,12 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..arch import ModelSpec, from_hf_config
 from ..errors import MemfitError
@@ -124,7 +125,10 @@ def all_entries() -> list[CatalogEntry]:
     return [get_entry(n) for n in entry_names()]
 
 
-def resolve_model(model: str | Path | Mapping[str, Any] | ModelSpec) -> tuple[ModelSpec, dict[str, Any] | None]:
+ModelLikeInput = str | Path | Mapping[str, Any] | ModelSpec
+
+
+def resolve_model(model: ModelLikeInput) -> tuple[ModelSpec, dict[str, Any] | None]:
     """Turn what a user gives as MODEL into a :class:`ModelSpec` and its config dict.
 
     Accepts a :class:`ModelSpec`, a config dict, a catalog name, a ``config.json`` path, a
@@ -135,7 +139,8 @@ def resolve_model(model: str | Path | Mapping[str, Any] | ModelSpec) -> tuple[Mo
     return spec, config
 
 
-def resolve_model_full(model: str | Path | Mapping[str, Any] | ModelSpec) -> tuple[ModelSpec, dict[str, Any] | None, Any]:
+def resolve_model_full(model: ModelLikeInput
+                       ) -> tuple[ModelSpec, dict[str, Any] | None, Any]:
     """As :func:`resolve_model`, plus the checkpoint's :class:`memfit.inputs.WeightsInfo`
     (exact dtypes and sizes read from safetensors/GGUF headers), or None without one."""
     if isinstance(model, ModelSpec):
