@@ -98,6 +98,14 @@ def test_hf_points_skip_the_estimate(monkeypatch) -> None:
 
 
 # Many batches per (prompt, generate): the closed form over the batch (memfit.sweep_hf) runs.
+@pytest.fixture(autouse=True)
+def _closed_forms_everywhere(monkeypatch):
+    """Every group of a test's grid through the closed forms, cuts and all (a sweep otherwise
+    leaves a group to the single estimates when it holds fewer than 8 points per symbolic
+    run)."""
+    monkeypatch.setattr("memfit.sweep_hf.POINTS_PER_RUN", 1)
+
+
 DENSE = {"batch": [1, 2, 3, 5, 8, 31, 64, 65, 200, 513], "prompt": [1, 2, 300, 4097, 33_000],
          "generate": [0, 1, 2, 700]}
 
@@ -181,7 +189,7 @@ def test_train_closed_form_is_taken() -> None:
 
     S = importlib.import_module("memfit.sweep")
     spec = memfit.load_model("llama-3.1-8b")
-    pts = grid_points(TRAIN_DENSE)
+    pts = grid_points({"batch": range(1, 65), "seq": TRAIN_DENSE["seq"]})
     for options in ({}, dict(lora_rank=16), dict(zero=3, dp=8)):
         assert len(S._train_groups(spec, pts, options)) == len(pts), options
 
@@ -196,3 +204,19 @@ def test_train_defaults_mixed_points_and_refusals() -> None:
               for _ in range(60)]
     out = _same("qwen2.5-7b", "train", points, gpu="h100", lora_rank=16)
     assert any(p.error for p in out) and any(p.fits for p in out)
+
+
+def test_benchmark_grid_in_closed_form_with_the_default_bound(monkeypatch) -> None:
+    import importlib
+
+    monkeypatch.undo()  # the sweep's own bound: 8 points per symbolic run
+    S = importlib.import_module("memfit.sweep")
+    spec, config, _ = memfit.catalog.resolve_model_full("llama-3.1-8b")
+    pts = [{"batch": b, "prompt": 64 * p} for p in (1, 7, 300) for b in range(1, 301, 3)]
+    base = S.make_options(S.InferenceOptions, generate=128)
+    assert len(S._hf_groups(spec, config, base, pts)) == len(pts)
+    tr = [{"batch": b, "seq": 64 * p} for p in (100, 200, 300) for b in range(1, 301, 10)]
+    assert len(S._train_groups(spec, tr, {})) >= len(tr) // 2
+    # a group too small for its cuts is answered one by one, and the same
+    _same("llama-3.1-8b", "infer", {"batch": list(range(1, 200, 9)), "prompt": [1, 5000]},
+          generate=3)

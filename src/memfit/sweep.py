@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from . import sweep_hf
 from .catalog import resolve_model_full
 from .engines import _context_blockers, _gpu, hf_verdict
 from .errors import MemfitError
@@ -41,7 +42,7 @@ from .inference import _check_layout, _default_prompt, apply_checkpoint, estimat
 from .memory.overhead import overhead_bytes
 from .memory.weights import memo_table
 from .sweep_hf import batch_pieces, pieces, value_at
-from .workload import InferenceOptions, default_within, make_options
+from .workload import InferenceOptions, TrainingOptions, default_within, make_options
 
 __all__ = ["SweepPoint", "sweep", "grid_points"]
 
@@ -177,7 +178,7 @@ def _hf_groups(spec: Any, config: Any, base: InferenceOptions,
     (prompt, generate); each group's peak is a polynomial in the batch on a few ranges, the
     rest as :func:`memfit.engines.hf_verdict` does per point. A group whose arithmetic cannot
     be followed exactly is left out (its points are then answered one by one)."""
-    groups: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+    groups: dict[tuple[bool, Any, Any], list[tuple[int, int]]] = {}
     for i, point in enumerate(points):
         if not _POINT_FIELDS.issuperset(point):
             continue
@@ -187,13 +188,15 @@ def _hf_groups(spec: Any, config: Any, base: InferenceOptions,
                     _check_count(name, point[name])
         except MemfitError:
             continue
-        key = (point.get("prompt", base.prompt), point.get("generate", base.generate))
+        prompt = point.get("prompt", base.prompt)
+        # the default prompt object, not only its value, decides whether it may shrink
+        # (default_within compares by identity): it keys the group too
+        key = (prompt is _PROMPT_DEFAULT, prompt, point.get("generate", base.generate))
         groups.setdefault(key, []).append((i, point.get("batch", base.batch)))
     solved: dict[int, tuple[int, int, bool | None]] = {}
-    for (prompt, generate), members in groups.items():
-        if len(members) < 4:
-            continue  # not worth a symbolic run
-        solved.update(_hf_group(spec, config, base, prompt, generate, members))
+    for (_, prompt, generate), members in groups.items():
+        if len(members) >= sweep_hf.POINTS_PER_RUN:  # else cheaper one by one
+            solved.update(_hf_group(spec, config, base, prompt, generate, members))
     return solved
 
 
@@ -213,7 +216,7 @@ def _hf_group(spec: Any, config: Any, base: InferenceOptions, prompt: Any, gener
     except MemfitError:
         return {}
     pieces = batch_pieces(spec, lambda b: _with(o, batch=b), config, min(batches),
-                          max(batches))
+                          max(batches), len(batches))
     if pieces is None:
         return {}
     starts = [piece[0] for piece in pieces]
@@ -286,18 +289,20 @@ def _train_groups(spec: Any, points: list[dict[str, Any]], options: Mapping[str,
                 or not 1 <= b <= MAX_COUNT):
             continue
         seq = point.get("seq", options.get("seq", _NO_SEQ))
-        try:
-            groups.setdefault((type(seq), seq), []).append((i, b))
+        try:  # (the default object by identity, as default_within compares it)
+            groups.setdefault((seq is _SEQ_DEFAULT, type(seq), seq), []).append((i, b))
         except TypeError:  # an unhashable seq: refused one by one
             continue
     solved: dict[int, tuple[int, int, bool | None]] = {}
-    for (_, seq), members in groups.items():
-        if len(members) >= 4:
+    for (_, _, seq), members in groups.items():
+        if len(members) >= sweep_hf.POINTS_PER_RUN:  # else cheaper one by one
             solved.update(_train_group(spec, options, seq, members))
     return solved
 
 
 _NO_SEQ = object()
+_SEQ_DEFAULT = next(f.default for f in fields(TrainingOptions) if f.name == "seq")
+_PROMPT_DEFAULT = next(f.default for f in fields(InferenceOptions) if f.name == "prompt")
 
 
 def _train_group(spec: Any, options: Mapping[str, Any], seq: Any,
@@ -328,7 +333,7 @@ def _train_group(spec: Any, options: Mapping[str, Any], seq: Any,
         c.__dict__.update(plan.ctx.__dict__)
         c.o = ob
         return max([stage_run(base, c)["peak"] for base in plan.bases])
-    parts = pieces(peak_of, min(batches), max(batches))
+    parts = pieces(peak_of, min(batches), max(batches), len(batches))
     if parts is None:
         return {}
     starts = [p[0] for p in parts]

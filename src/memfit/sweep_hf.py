@@ -37,9 +37,11 @@ from . import engines
 
 __all__ = ["BatchPoly", "batch_pieces", "pieces", "value_at"]
 
-# The most ranges one (prompt, generate) group is cut into before its points are answered
-# one by one.
+# The most symbolic runs one group gets before its points are answered one by one, and the
+# points per run it must hold at least (a symbolic run costs about as much as ten points:
+# a group cut into many small ranges is cheaper one by one).
 MAX_PIECES = 64
+POINTS_PER_RUN = 8
 
 
 class _Fail(Exception):
@@ -227,26 +229,31 @@ def _peak_function() -> Callable[[Any, Any, Any], Any]:
     return lambda spec, o, config: best(spec, o, stage=engines._hf_stage_total)[0]["total"]
 
 
-def batch_pieces(spec: Any, make: Callable[[Any], Any], config: Any, lo: int, hi: int
+def batch_pieces(spec: Any, make: Callable[[Any], Any], config: Any, lo: int, hi: int,
+                 points: int = MAX_PIECES * POINTS_PER_RUN
                  ) -> list[tuple[int, int, BatchPoly | int]] | None:
     """The most loaded stage's peak under hf (what :func:`memfit.engines.hf_verdict` calls
     ``peak``) for every batch in ``[lo, hi]`` (:func:`pieces`); ``make(batch)`` builds the
     options with that batch."""
     peak = _peak_function()
-    return pieces(lambda b: peak(spec, make(b), config), lo, hi)
+    return pieces(lambda b: peak(spec, make(b), config), lo, hi, points)
 
 
-def pieces(peak_of: Callable[[BatchPoly], Any], lo: int, hi: int
+def pieces(peak_of: Callable[[BatchPoly], Any], lo: int, hi: int,
+           points: int = MAX_PIECES * POINTS_PER_RUN
            ) -> list[tuple[int, int, BatchPoly | int]] | None:
     """``peak_of`` for every batch in ``[lo, hi]``, as ``(lo, hi, polynomial)`` pieces
     sorted by ``lo``, each exact on its range (``peak_of`` run on a symbolic batch, cut where
     a comparison changes); None when its arithmetic cannot be followed exactly (the caller
-    then answers each point alone)."""
+    then answers each point alone, as it does when the ``points`` to answer would cost more
+    than :data:`POINTS_PER_RUN` each in symbolic runs)."""
     out: list[tuple[int, int, BatchPoly | int]] = []
     todo = [(lo, hi)]
+    runs, most = 0, min(MAX_PIECES, points // POINTS_PER_RUN)
     while todo:
         a, b = todo.pop()
-        if len(out) + len(todo) >= MAX_PIECES:
+        runs += 1
+        if runs > most:
             return None
         try:
             v = peak_of(BatchPoly((0, 1), a, b))
