@@ -373,8 +373,10 @@ def render_estimate(est: Estimate, unit: str = DEFAULT_UNIT) -> str:
     if est.host_bytes:
         out.append(f"Host (CPU) memory for offloaded tensors: "
                    f"{fmt_bytes(est.host_bytes, unit, suffix=True)}")
+    # blockers and warnings are printed under the verdict; empty lists say nothing
     scalars = {k: v for k, v in est.extras.items()
-               if not isinstance(v, Mapping) and k != "peak_moment"}
+               if not isinstance(v, Mapping) and k not in ("peak_moment", "blockers", "warnings")
+               and v != [] and v != ()}
     if scalars:
         out.append("")
         out.append("Details:")
