@@ -270,11 +270,10 @@ def _train_points(model: Any, points: list[dict[str, Any]],
 
 
 def _train_one(spec: Any, opts: dict[str, Any]) -> Any:
-    """``memfit.train(spec, **opts)`` on the resolved spec (its own steps after resolving)."""
-    from . import training as T
+    """``memfit.train`` on the resolved spec."""
+    from .training import train
 
-    opts, extra = T._split_options(dict(opts))
-    return T._estimate(spec, T._options(opts), extra)
+    return train(spec, **opts)
 
 
 def _train_groups(spec: Any, points: list[dict[str, Any]], options: Mapping[str, Any]
