@@ -411,7 +411,7 @@ def test_peak_is_monotone(model: str) -> None:
     for field, values in (("batch", [1, 2, 3, 5, 8, 13, 64]),
                           ("prompt", [1, 2, 17, 64, 500, 900]),
                           ("generate", [0, 1, 2, 9, 100])):
-        peaks = [estimate_inference(spec, replace(base, **{field: v}), config).total_bytes
+        peaks = [estimate_inference(spec, replace(base, **{field: v})).total_bytes
                  for v in values]
         assert peaks == sorted(peaks), (field, peaks)
 
@@ -419,11 +419,11 @@ def test_peak_is_monotone(model: str) -> None:
 def test_infer_is_fast() -> None:
     spec, config = resolve_model("llama-3.1-8b")
     o = InferenceOptions(batch=4, prompt=2048, generate=128)
-    estimate_inference(spec, o, config)
+    estimate_inference(spec, o)
     n = 200
     t = time.perf_counter()
     for _ in range(n):
-        estimate_inference(spec, o, config)
+        estimate_inference(spec, o)
     assert (time.perf_counter() - t) / n < 2e-3
 
 

@@ -60,11 +60,11 @@ def test_warm_estimates_equal_cold_ones(name: str) -> None:
     warm = []
     for kw in SCENARIOS:  # one spec object: the structure and constants are reused
         opts = make_options(InferenceOptions, **kw)
-        warm.append(_json(estimate_inference(spec, opts, config)) if _valid(spec, opts) else None)
+        warm.append(_json(estimate_inference(spec, opts)) if _valid(spec, opts) else None)
     for kw, got in zip(SCENARIOS, warm, strict=True):
         if got is None:
             continue
-        cold = estimate_inference(_fresh(spec), make_options(InferenceOptions, **kw), config)
+        cold = estimate_inference(_fresh(spec), make_options(InferenceOptions, **kw))
         assert _json(cold) == got, (name, kw)
 
 
@@ -83,10 +83,10 @@ def test_interleaved_models_keep_their_own_answers() -> None:
     answer it gets alone."""
     specs = [resolve_model(m) for m in _models()]
     opts = make_options(InferenceOptions, batch=2, prompt=500, generate=20)
-    alone = [_json(estimate_inference(_fresh(s), opts, c)) for s, c in specs]
+    alone = [_json(estimate_inference(_fresh(s), opts)) for s, _c in specs]
     for _ in range(2):
-        for (s, c), want in zip(specs, alone, strict=True):
-            assert _json(estimate_inference(s, opts, c)) == want
+        for (s, _c), want in zip(specs, alone, strict=True):
+            assert _json(estimate_inference(s, opts)) == want
 
 
 @pytest.mark.parametrize("name", _models())
@@ -182,8 +182,8 @@ def test_memoised_model_weights_equal_cold_ones(engine: str) -> None:
                    if engine == "llamacpp" else dict(batch=4, prompt=64, tp=2)):
             kw = dict(kw, engine=engine, gpu="h100")
             opts = make_options(InferenceOptions, **kw)
-            warm = [_json(estimate_inference(spec, opts, config)) for _ in range(2)]
-            cold = _json(estimate_inference(_fresh(spec), opts, config))
+            warm = [_json(estimate_inference(spec, opts)) for _ in range(2)]
+            cold = _json(estimate_inference(_fresh(spec), opts))
             assert warm == [cold, cold], (name, kw)
 
 

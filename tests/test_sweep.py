@@ -115,9 +115,9 @@ def _solved(model, **options):
     import importlib
 
     S = importlib.import_module("memfit.sweep")
-    spec, config, _ = memfit.catalog.resolve_model_full(model)
+    spec, _, _ = memfit.catalog.resolve_model_full(model)
     base = S.make_options(S.InferenceOptions, **options)
-    return len(S._hf_groups(spec, config, base, grid_points(DENSE)))
+    return len(S._hf_groups(spec, base, grid_points(DENSE)))
 
 
 @pytest.mark.parametrize("name", sorted(entry_names()))
@@ -211,10 +211,10 @@ def test_benchmark_grid_in_closed_form_with_the_default_bound(monkeypatch) -> No
 
     monkeypatch.undo()  # the sweep's own bound: 8 points per symbolic run
     S = importlib.import_module("memfit.sweep")
-    spec, config, _ = memfit.catalog.resolve_model_full("llama-3.1-8b")
+    spec, _, _ = memfit.catalog.resolve_model_full("llama-3.1-8b")
     pts = [{"batch": b, "prompt": 64 * p} for p in (1, 7, 300) for b in range(1, 301, 3)]
     base = S.make_options(S.InferenceOptions, generate=128)
-    assert len(S._hf_groups(spec, config, base, pts)) == len(pts)
+    assert len(S._hf_groups(spec, base, pts)) == len(pts)
     tr = [{"batch": b, "seq": 64 * p} for p in (100, 200, 300) for b in range(1, 301, 10)]
     assert len(S._train_groups(spec, tr, {})) >= len(tr) // 2
     # a group too small for its cuts is answered one by one, and the same

@@ -577,12 +577,9 @@ def _hf_best(spec: ModelSpec, o: InferenceOptions,
     return best, best_stage, rw, kvdt, attn, b, notes
 
 
-def hf_verdict(spec: ModelSpec, o: InferenceOptions,
-               config: Mapping[str, Any] | None = None) -> tuple[int, int, bool | None]:
+def hf_verdict(spec: ModelSpec, o: InferenceOptions) -> tuple[int, int, bool | None]:
     """``(peak_bytes, total_bytes, fits)`` of :func:`hf_estimate`, without building the
-    Estimate (its phases, terms and tables): what a sweep reads. ``config`` is not read (the
-    ModelSpec carries everything); accepted, unused, while :mod:`memfit.sweep` passes it."""
-    del config
+    Estimate (its phases, terms and tables): what a sweep reads."""
     peak = _hf_best(spec, o, _hf_stage_total)[0]["total"]  # the largest phase's sum
     total = peak + sum(overhead_bytes(peak, world_size=o.tp * o.pp, engine="hf").values())
     gpu_bytes = _gpu(o)[1]

@@ -35,12 +35,9 @@ __all__ = ["infer", "estimate_inference", "fit_infer", "FitResult"]
 ModelLike = str | Path | Mapping[str, Any] | ModelSpec
 
 
-def estimate_inference(spec: ModelSpec, options: InferenceOptions,
-                       config: Mapping[str, Any] | None = None) -> Estimate:
-    """The estimate for an already resolved model and validated options. ``config`` is not
-    read (the ModelSpec carries all the estimators need); it stays accepted, unused, while
-    :mod:`memfit.sweep` still passes it."""
-    del config
+def estimate_inference(spec: ModelSpec, options: InferenceOptions) -> Estimate:
+    """The estimate for an already resolved model and validated options (the ModelSpec
+    carries all the estimators need)."""
     table, key = memo_table(spec), ("layout_ok", options.tp, options.pp, options.ep)
     if key not in table:  # a valid layout is remembered per model (bounded table)
         _check_layout(spec, options)

@@ -27,7 +27,6 @@ model resolved once).
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -108,23 +107,23 @@ def sweep(model: Any, mode: str = "infer",
     points = grid_points(grid)
     if mode == "train":
         return tuple(_train_points(model, points, options))
-    spec, config, checkpoint = resolve_model_full(model)
+    spec, _, checkpoint = resolve_model_full(model)
     try:
         base = make_options(InferenceOptions, **options)
     except MemfitError:
         base = None  # every point is checked with its own options (one may fix the base)
     fast = (base is not None and checkpoint is None and base.engine == "hf")
-    solved = _hf_groups(spec, config, base, points) if fast else {}
+    solved = _hf_groups(spec, base, points) if fast else {}
     out = []
     for i, point in enumerate(points):
         try:
             if i in solved:
                 peak, total, fits = solved[i]
             elif fast and _POINT_FIELDS.issuperset(point):
-                peak, total, fits = _hf_point(spec, config, base, point)
+                peak, total, fits = _hf_point(spec, base, point)
             else:
                 o = make_options(InferenceOptions, **{**options, **point})
-                est = estimate_inference(spec, o, config)
+                est = estimate_inference(spec, o)
                 if checkpoint is not None:
                     est = apply_checkpoint(est, spec, o, checkpoint)
                 peak, total, fits = est.peak_bytes, est.total_bytes, est.fits
@@ -135,7 +134,7 @@ def sweep(model: Any, mode: str = "infer",
     return tuple(out)
 
 
-def _hf_point(spec: Any, config: Any, base: InferenceOptions,
+def _hf_point(spec: Any, base: InferenceOptions,
               point: Mapping[str, Any]) -> tuple[int, int, bool | None]:
     """One hf point: the base options with the point's batch/prompt/generate (checked as
     the options class checks them, in its declaration order: the same first error), then
@@ -152,14 +151,7 @@ def _hf_point(spec: Any, config: Any, base: InferenceOptions,
         _check_layout(spec, o)
         table[key] = True
     o = _default_prompt(spec, o)[0]
-    return hf_verdict(spec, o, config) if _takes_config(hf_verdict) else hf_verdict(spec, o)
-
-
-def _takes_config(fn: Any, _seen: dict[Any, bool] = {}) -> bool:  # noqa: B006 - a memo
-    """Whether ``fn`` still takes the ``config`` argument (being refactored out)."""
-    if fn not in _seen:
-        _seen[fn] = "config" in inspect.signature(fn).parameters
-    return _seen[fn]
+    return hf_verdict(spec, o)
 
 
 def _with(base: InferenceOptions, **values: Any) -> InferenceOptions:
@@ -171,7 +163,7 @@ def _with(base: InferenceOptions, **values: Any) -> InferenceOptions:
     return o
 
 
-def _hf_groups(spec: Any, config: Any, base: InferenceOptions,
+def _hf_groups(spec: Any, base: InferenceOptions,
                points: list[dict[str, Any]]) -> dict[int, tuple[int, int, bool | None]]:
     """The hf points answered in closed form over the batch (:mod:`memfit.sweep_hf`): the
     points that change only batch, prompt or generate, with valid values, grouped by their
@@ -196,11 +188,11 @@ def _hf_groups(spec: Any, config: Any, base: InferenceOptions,
     solved: dict[int, tuple[int, int, bool | None]] = {}
     for (_, prompt, generate), members in groups.items():
         if len(members) >= sweep_hf.POINTS_PER_RUN:  # else cheaper one by one
-            solved.update(_hf_group(spec, config, base, prompt, generate, members))
+            solved.update(_hf_group(spec, base, prompt, generate, members))
     return solved
 
 
-def _hf_group(spec: Any, config: Any, base: InferenceOptions, prompt: Any, generate: int,
+def _hf_group(spec: Any, base: InferenceOptions, prompt: Any, generate: int,
               members: list[tuple[int, int]]) -> dict[int, tuple[int, int, bool | None]]:
     """One (prompt, generate) group of :func:`_hf_groups` (empty when left out)."""
     batches = [b for _, b in members]
@@ -215,7 +207,7 @@ def _hf_group(spec: Any, config: Any, base: InferenceOptions, prompt: Any, gener
         blocked = bool(_context_blockers(spec, o))
     except Exception:  # noqa: BLE001 - answered one by one (which raises it there)
         return {}
-    pieces = batch_pieces(spec, lambda b: _with(o, batch=b), config, min(batches),
+    pieces = batch_pieces(spec, lambda b: _with(o, batch=b), min(batches),
                           max(batches), len(batches))
     if pieces is None:
         return {}

@@ -29,7 +29,6 @@ point anyway).
 from __future__ import annotations
 
 import bisect
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -219,24 +218,18 @@ def _negative(v: int) -> bool:
     return v < 0
 
 
-def _peak_function() -> Callable[[Any, Any, Any], Any]:
-    """``(spec, options, config) -> the most loaded stage's total`` through the engine's own
-    :func:`memfit.engines._hf_best` (whatever its signature takes: config or not)."""
-    best: Any = engines._hf_best
-    params = inspect.signature(best).parameters
-    if "config" in params:
-        return lambda spec, o, config: best(spec, o, config, engines._hf_stage_total)[0]["total"]
-    return lambda spec, o, config: best(spec, o, stage=engines._hf_stage_total)[0]["total"]
+def _peak(spec: Any, o: Any) -> Any:
+    """The most loaded stage's total through the engine's own :func:`memfit.engines._hf_best`."""
+    return engines._hf_best(spec, o, stage=engines._hf_stage_total)[0]["total"]
 
 
-def batch_pieces(spec: Any, make: Callable[[Any], Any], config: Any, lo: int, hi: int,
+def batch_pieces(spec: Any, make: Callable[[Any], Any], lo: int, hi: int,
                  points: int = MAX_PIECES * POINTS_PER_RUN
                  ) -> list[tuple[int, int, BatchPoly | int]] | None:
     """The most loaded stage's peak under hf (what :func:`memfit.engines.hf_verdict` calls
     ``peak``) for every batch in ``[lo, hi]`` (:func:`pieces`); ``make(batch)`` builds the
     options with that batch."""
-    peak = _peak_function()
-    return pieces(lambda b: peak(spec, make(b), config), lo, hi, points)
+    return pieces(lambda b: _peak(spec, make(b)), lo, hi, points)
 
 
 def pieces(peak_of: Callable[[BatchPoly], Any], lo: int, hi: int,

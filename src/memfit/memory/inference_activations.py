@@ -50,7 +50,7 @@ utils.py`` (``next_token_logits = outputs.logits[:, -1, :].to(copy=True, dtype=f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -748,13 +748,3 @@ def moment_term(m: Moment, family: str, total: int) -> Term:
     """A :class:`Term` for one moment (its activations + logits)."""
     return Term(m.name.replace("/", "_"), total, m.formula, m.substituted,
                 _SRC.format(t=family))
-
-
-def softcaps(spec: ModelSpec, config: Mapping[str, Any] | None, prof: Profile) -> tuple[bool, bool]:
-    """Gemma 2's attention and final-logit soft-capping (on by default; null disables)."""
-    if not prof.softcap_default:
-        return False, False
-    cfg = config or {}
-    attn = cfg.get("attn_logit_softcapping", 50.0) is not None
-    final = cfg.get("final_logit_softcapping", 30.0) is not None
-    return attn, final
