@@ -15,7 +15,7 @@ cache capacity. Every boundary is exact: the answer fits and one more does not
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,63 @@ def _fewest(layout_of: Any, lo: int, hi: int, notes: list[str]) -> int:
     return found
 
 
+def _check_gpus(gpus: Any) -> None:
+    """``gpus`` must be an integer in ``[1, MAX_GPUS]``."""
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_GPUS:
+        raise MemfitError.bad_value("gpus", gpus, f"an integer in [1, {MAX_GPUS}]")
+
+
+def _fewest_gpus(spec: ModelSpec, opts: InferenceOptions, ok: Callable[[InferenceOptions], bool],
+                 notes: list[str]) -> tuple[int | None, tuple[int, int] | None]:
+    """The fewest GPUs that fit and their first fitting TP x PP layout (``None`` when none).
+
+    1, 2, 4, ... then exact counts between (monotone in practice; each count tries every
+    valid TP x PP split)."""
+    min_gpus = layout = None
+    limit = 4096
+    n = 1
+    tried: dict[int, tuple[int, int] | None] = {}
+
+    def best_layout(count: int) -> tuple[int, int] | None:
+        if count not in tried:
+            tried[count] = next((lay for lay in _layouts(spec, count, opts.engine)
+                                 if ok(replace(opts, tp=lay[0], pp=lay[1]))), None)
+        return tried[count]
+
+    hi = None
+    while n <= limit:
+        if best_layout(n) is not None:
+            hi = n
+            break
+        n *= 2
+    if hi is not None:
+        min_gpus = _fewest(best_layout, hi // 2 + 1 if hi > 1 else 1, hi, notes)
+        layout = best_layout(min_gpus)
+    return min_gpus, layout
+
+
+def _answer_options(spec: ModelSpec, opts: InferenceOptions, gpus: int | None,
+                    layout: tuple[int, int] | None, ok: Callable[[InferenceOptions], bool],
+                    notes: list[str]) -> InferenceOptions:
+    """The options (layout) the batch and prompt questions are answered at."""
+    if gpus is not None:
+        lay = next((x for x in _layouts(spec, gpus, opts.engine)
+                    if ok(replace(opts, tp=x[0], pp=x[1]))), None)
+        if lay is None:
+            lays = _layouts(spec, gpus, opts.engine)
+            if not lays:
+                raise MemfitError.bad_value("gpus", gpus,
+                                            "a GPU count with a valid tp x pp split for "
+                                            f"{spec.name}")
+            lay = lays[0]
+        return replace(opts, tp=lay[0], pp=lay[1])
+    if ok(opts) or layout is None:
+        return opts
+    notes.append(f"the scenario does not fit tp={opts.tp} x pp={opts.pp}: batch and prompt "
+                 f"answers use the fewest GPUs, tp={layout[0]} x pp={layout[1]}")
+    return replace(opts, tp=layout[0], pp=layout[1])
+
+
 def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: Any) -> FitResult:
     """Largest batch, longest prompt, fewest GPUs (and vLLM's KV capacity) on ``gpu``.
 
@@ -261,49 +318,10 @@ def fit_infer(model: ModelLike, gpu: str, gpus: int | None = None, **options: An
         except MemfitError:
             return False
 
-    # fewest GPUs: 1, 2, 4, ... then exact counts between (monotone in practice; each count
-    # tries every valid TP x PP split)
-    min_gpus = layout = None
-    limit = 4096
-    n = 1
-    tried: dict[int, tuple[int, int] | None] = {}
-
-    def best_layout(count: int) -> tuple[int, int] | None:
-        if count not in tried:
-            tried[count] = next((lay for lay in _layouts(spec, count, opts.engine)
-                                 if ok(replace(opts, tp=lay[0], pp=lay[1]))), None)
-        return tried[count]
-
     if gpus is not None:
-        if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_GPUS:
-            raise MemfitError.bad_value("gpus", gpus, f"an integer in [1, {MAX_GPUS}]")
-    hi = None
-    while n <= limit:
-        if best_layout(n) is not None:
-            hi = n
-            break
-        n *= 2
-    if hi is not None:
-        min_gpus = _fewest(best_layout, hi // 2 + 1 if hi > 1 else 1, hi, notes)
-        layout = best_layout(min_gpus)
-    # the layout for the batch / prompt questions
-    if gpus is not None:
-        lay = next((x for x in _layouts(spec, gpus, opts.engine)
-                    if ok(replace(opts, tp=x[0], pp=x[1]))), None)
-        if lay is None:
-            lays = _layouts(spec, gpus, opts.engine)
-            if not lays:
-                raise MemfitError.bad_value("gpus", gpus,
-                                            "a GPU count with a valid tp x pp split for "
-                                            f"{spec.name}")
-            lay = lays[0]
-        base = replace(opts, tp=lay[0], pp=lay[1])
-    elif ok(opts) or layout is None:
-        base = opts
-    else:
-        base = replace(opts, tp=layout[0], pp=layout[1])
-        notes.append(f"the scenario does not fit tp={opts.tp} x pp={opts.pp}: batch and prompt "
-                     f"answers use the fewest GPUs, tp={layout[0]} x pp={layout[1]}")
+        _check_gpus(gpus)
+    min_gpus, layout = _fewest_gpus(spec, opts, ok, notes)
+    base = _answer_options(spec, opts, gpus, layout, ok, notes)
     max_batch = largest_true(lambda x: ok(replace(base, batch=x)), 1, MAX_COUNT)
     cap, bound = _prompt_cap(spec, base)
     max_prompt = largest_true(lambda x: ok(replace(base, prompt=x)), 1, cap)
