@@ -417,61 +417,64 @@ def infer_gpu_counts(min_gpus: int | None) -> list[int]:
     return sorted(counts)
 
 
-def plot_layouts(result: Any, path: str | Path, unit: str = DEFAULT_UNIT,
-                 title: str | None = None, scenario: Scenario | None = None) -> Path:
-    """Horizontal bars of layouts ranked by peak, lowest first: the peak (tensors) solid, the
-    runtime overheads on top of it (the nvidia-smi total), the GPU's capacity as a line.
+def _infer_layouts_head(result: tuple[Any, Any, Any]
+                        ) -> tuple[list[_Layout], str | None, int | None, str]:
+    """Inference ``(scenario, gpus, items)``: the layouts, GPU name, capacity and title head."""
+    s, gpus, items = result
+    if not items:
+        raise MemfitError.bad_value("gpus", gpus, "a GPU count with a valid tp x pp split")
+    if not isinstance(gpus, int):
+        gpus = "1 to " + str(max(gpus))
+    e0 = items[0][1]
+    layouts = [_Layout(lab, e.peak_bytes, e.total_bytes, _fits(e)) for lab, e in items]
+    gpu, cap, model = e0.gpu, e0.gpu_memory_bytes, e0.model
+    common = describe_scenario("infer", e0.options, skip=("gpu", "tp", "pp"))
+    return layouts, gpu, cap, f"{model}, inference on {gpus} x {gpu}: {common}"
 
-    ``result``: a :class:`memfit.training.FitResult` (its ``layouts``, all of which fit), or
-    a tuple ``(scenario, gpus, [(label, estimate), ...])`` from :func:`infer_layouts`.
-    ``scenario`` (training) describes the workload in the title."""
-    unit = check_unit(unit)
-    out = check_output(path)
-    if isinstance(result, tuple):
-        s, gpus, items = result
-        if not items:
-            raise MemfitError.bad_value("gpus", gpus, "a GPU count with a valid tp x pp split")
-        if not isinstance(gpus, int):
-            gpus = "1 to " + str(max(gpus))
-        e0 = items[0][1]
-        layouts = [_Layout(lab, e.peak_bytes, e.total_bytes, _fits(e)) for lab, e in items]
-        gpu, cap, model = e0.gpu, e0.gpu_memory_bytes, e0.model
-        common = describe_scenario("infer", e0.options, skip=("gpu", "tp", "pp"))
-        head = f"{model}, inference on {gpus} x {gpu}: {common}"
-    else:
-        r = result
-        layouts = []
-        for x in r.layouts:
-            parts = [f"dp={x.dp}"] + [f"{k}={getattr(x, k)}" for k in ("tp", "pp", "cp", "ep")
-                                      if getattr(x, k) > 1]
-            shard = f"FSDP {x.fsdp}" if x.fsdp else (f"ZeRO-{x.zero}" if x.zero else "no sharding")
-            extras = []
-            if x.checkpointing != "none":
-                extras.append(f"ckpt {x.checkpointing}")
-            if x.offload != "none":
-                extras.append(f"offload {x.offload}")
-            label = " ".join(parts) + f", {shard}" + (", " + ", ".join(extras) if extras else "")
-            layouts.append(_Layout(label, x.peak_bytes, x.total_bytes, True))
-        gpu, cap, model = r.gpu, r.gpu_memory_bytes, r.model
-        common = ""
-        layout_keys = ("gpu", "dp", "tp", "pp", "cp", "ep", "zero", "fsdp", "checkpointing",
-                       "offload", "sp", "microbatches")
-        if scenario is not None:
-            from dataclasses import asdict
 
-            from .workload import TrainingOptions
+def _train_layout_label(x: Any) -> str:
+    """One training layout's bar label: its degrees, sharding, checkpointing and offload."""
+    parts = [f"dp={x.dp}"] + [f"{k}={getattr(x, k)}" for k in ("tp", "pp", "cp", "ep")
+                              if getattr(x, k) > 1]
+    shard = f"FSDP {x.fsdp}" if x.fsdp else (f"ZeRO-{x.zero}" if x.zero else "no sharding")
+    extras = []
+    if x.checkpointing != "none":
+        extras.append(f"ckpt {x.checkpointing}")
+    if x.offload != "none":
+        extras.append(f"offload {x.offload}")
+    return " ".join(parts) + f", {shard}" + (", " + ", ".join(extras) if extras else "")
 
-            common = describe_scenario("train", {**asdict(TrainingOptions()), **scenario.options},
-                                       skip=layout_keys)
-        elif r.estimate is not None:
-            common = describe_scenario("train", r.estimate.options,
-                                       skip=layout_keys + ("batch",))
-        head = f"{model}, training on {r.gpus} x {gpu}" + (f": {common}" if common else "")
-        if not layouts:
-            raise MemfitError(f"plot: no layout of {r.gpus} GPUs fits {model} on {gpu}; "
-                              "allowed: a scenario with at least one layout that fits",
-                              field="gpus", value=r.gpus, allowed="more GPUs")
-    title = title or f"{head}; layouts ranked by peak"
+
+def _train_layouts_head(r: Any, scenario: Scenario | None
+                        ) -> tuple[list[_Layout], str | None, int | None, str]:
+    """A training fit result: the layouts, GPU name, capacity and title head."""
+    layouts = [_Layout(_train_layout_label(x), x.peak_bytes, x.total_bytes, True)
+               for x in r.layouts]
+    gpu, cap, model = r.gpu, r.gpu_memory_bytes, r.model
+    common = ""
+    layout_keys = ("gpu", "dp", "tp", "pp", "cp", "ep", "zero", "fsdp", "checkpointing",
+                   "offload", "sp", "microbatches")
+    if scenario is not None:
+        from dataclasses import asdict
+
+        from .workload import TrainingOptions
+
+        common = describe_scenario("train", {**asdict(TrainingOptions()), **scenario.options},
+                                   skip=layout_keys)
+    elif r.estimate is not None:
+        common = describe_scenario("train", r.estimate.options,
+                                   skip=layout_keys + ("batch",))
+    head = f"{model}, training on {r.gpus} x {gpu}" + (f": {common}" if common else "")
+    if not layouts:
+        raise MemfitError(f"plot: no layout of {r.gpus} GPUs fits {model} on {gpu}; "
+                          "allowed: a scenario with at least one layout that fits",
+                          field="gpus", value=r.gpus, allowed="more GPUs")
+    return layouts, gpu, cap, head
+
+
+def _draw_layouts(layouts: list[_Layout], unit: str, gpu: str | None, cap: int | None,
+                  title: str) -> Any:
+    """The ranked horizontal bars of ``layouts`` (sorted by peak in place), as a figure."""
     layouts.sort(key=lambda x: x.peak_bytes)
     n = len(layouts)
     fig = _figure(9.5, max(3.0, 0.38 * n + 1.8))
@@ -497,4 +500,23 @@ def plot_layouts(result: Any, path: str | Path, unit: str = DEFAULT_UNIT,
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def plot_layouts(result: Any, path: str | Path, unit: str = DEFAULT_UNIT,
+                 title: str | None = None, scenario: Scenario | None = None) -> Path:
+    """Horizontal bars of layouts ranked by peak, lowest first: the peak (tensors) solid, the
+    runtime overheads on top of it (the nvidia-smi total), the GPU's capacity as a line.
+
+    ``result``: a :class:`memfit.training.FitResult` (its ``layouts``, all of which fit), or
+    a tuple ``(scenario, gpus, [(label, estimate), ...])`` from :func:`infer_layouts`.
+    ``scenario`` (training) describes the workload in the title."""
+    unit = check_unit(unit)
+    out = check_output(path)
+    if isinstance(result, tuple):
+        layouts, gpu, cap, head = _infer_layouts_head(result)
+    else:
+        layouts, gpu, cap, head = _train_layouts_head(result, scenario)
+    title = title or f"{head}; layouts ranked by peak"
+    fig = _draw_layouts(layouts, unit, gpu, cap, title)
     return _save(fig, out, title)
