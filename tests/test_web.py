@@ -497,3 +497,84 @@ def test_workers_are_recycled_so_their_caches_stay_bounded() -> None:
         pool.close()
     assert os.getpid() not in seen
     assert seen[0] == seen[1] != seen[2] == seen[3] != seen[4]
+
+
+# -- POST /api/check: a pasted command line or config file -------------------------------------
+
+CHECK_VLLM = ("vllm serve meta-llama/Llama-3.1-8B-Instruct \\\n  --max-model-len 16384 "
+              "--max-num-seqs 64")
+CHECK_AXOLOTL = """\
+# examples/llama-3/lora-8b.yml (axolotl), shortened
+base_model: NousResearch/Meta-Llama-3-8B
+adapter: lora
+sequence_len: 4096
+lora_r: 32
+lora_alpha: 16
+lora_target_linear: true
+gradient_accumulation_steps: 4
+micro_batch_size: 2
+optimizer: adamw_bnb_8bit
+bf16: auto
+gradient_checkpointing: true
+"""
+CHECK_DEEPSPEED = json.dumps({"train_batch_size": 128, "train_micro_batch_size_per_gpu": 8,
+                              "gradient_accumulation_steps": 2, "bf16": {"enabled": True},
+                              "zero_optimization": {"stage": 1}})
+
+
+@pytest.mark.parametrize("body, beside", [
+    ({"text": CHECK_VLLM, "gpu": "l4"}, {"gpu": "l4"}),
+    ({"text": CHECK_AXOLOTL, "gpu": "rtx-4090"}, {"gpu": "rtx-4090"}),
+    ({"text": CHECK_DEEPSPEED, "model": "llama-3.2-1b", "gpus": 8},
+     {"model": "llama-3.2-1b", "gpus": 8}),
+])
+def test_check_answers_as_check_text(client: TestClient, body: dict, beside: dict) -> None:
+    from memfit.check import check_text
+
+    r = client.post("/api/check", json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got == json.loads(json.dumps(check_text(body["text"], **beside)))
+    assert got["understood"] and {"peak_bytes", "total_bytes", "fits"} <= set(got)
+    assert got["artefact"]["equivalent"].startswith("memfit ")
+
+
+def test_check_vllm_line_understood(client: TestClient) -> None:
+    got = client.post("/api/check", json={"text": CHECK_VLLM, "gpu": "l4"}).json()
+    assert got["artefact"]["kind"] == "vllm"
+    fields_seen = {u["field"] for u in got["understood"]}
+    assert "--max-model-len" in fields_seen
+
+
+@pytest.mark.parametrize("body, loc", [
+    ({"text": "base_model: llama-3.2-1b\nmicro_batch_size: [1, 2\n  : :"}, ["body", "text"]),
+    ({"text": "   "}, ["body", "text"]),
+    ({"text": CHECK_DEEPSPEED}, ["body", "model"]),  # a DeepSpeed JSON names no model
+    ({"text": "vllm serve /etc/passwd"}, ["body", "model"]),  # never the server's files
+    ({"text": CHECK_VLLM, "gpu": "no-such-gpu"}, ["body", "gpu"]),
+])
+def test_check_errors_are_one_line_422(client: TestClient, body: dict, loc: list) -> None:
+    d = only(client.post("/api/check", json=body))
+    assert d["loc"][:2] == loc, d
+    assert "\n" not in d["msg"] and d["allowed"], d
+
+
+def test_check_text_is_bounded() -> None:
+    from memfit.web.check_api import MAX_TEXT_CHARS
+
+    app = TestClient(create_app(WebSettings(max_body_bytes=4 * MAX_TEXT_CHARS,
+                                            max_concurrent=0)))
+    d = only(app.post("/api/check", json={"text": "x" * (MAX_TEXT_CHARS + 1)}))
+    assert d["loc"] == ["body", "text"] and "1,048,576" in d["allowed"]
+
+
+def test_page_has_the_check_section() -> None:
+    static = Path(__file__).parents[1] / "src" / "memfit" / "web" / "static"
+    html = (static / "index.html").read_text()
+    js = (static / "app.js").read_text()
+    assert 'id="check-section"' in html and 'id="check-run"' in html
+    for id_ in ("check-form", "check-text", "check-verdict", "check-numbers",
+                "check-understood", "check-ignored", "check-error"):
+        assert f'id="{id_}"' in html and f'$("#{id_}")' in js, id_
+    assert 'post("api/check"' in js
+    assert "innerHTML" not in js  # user text only ever goes into textContent

@@ -713,6 +713,9 @@ def create_app(settings: WebSettings | None = None, *,
             "model": body.model, "mode": body.mode, "gpus": list(dict.fromkeys(cards)),
             "options": _given(body.options)})
 
+    from .check_api import register as register_check
+
+    register_check(app, settings, pool)  # POST /api/check: a pasted command line or config
     app.add_middleware(SecurityHeaders)
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, hosts=tuple(allowed_hosts))

@@ -718,6 +718,64 @@
     schedule();
   }
 
+  // ---- check a pasted command line or config (POST /api/check) ---------------------------------
+
+  function showCheckError(err) {
+    const box = $("#check-error");
+    const detail = err instanceof ApiError && Array.isArray(err.detail) ? err.detail
+      : [{ loc: [], msg: String(err.message || err) }];
+    const list = el("ul");
+    for (const d of detail) {
+      const where = (d.loc || []).filter((x) => x !== "body").join(".") || "request";
+      const li = el("li", {}, el("strong", { text: where + ": " }), d.msg || "");
+      if (d.allowed) li.append(el("span", { class: "allowed", text: ` — allowed: ${d.allowed}` }));
+      list.append(li);
+    }
+    box.replaceChildren(el("p", { text: "memfit could not check this:" }), list);
+    box.hidden = false;
+  }
+
+  function renderCheck(c) {
+    const verdict = $("#check-verdict");
+    const blockers = (c.extras && c.extras.blockers) || [];
+    if (c.fits === null || c.fits === undefined) verdict.textContent = "no GPU chosen: give one beside";
+    else if (c.fits) verdict.textContent = `fits ${c.gpu} (${gib(c.headroom_bytes)} GiB free)`;
+    else verdict.textContent = blockers.length ? `does not fit ${c.gpu}: ${blockers[0]}`
+      : `does not fit ${c.gpu} (${gib(-c.headroom_bytes)} GiB over)`;
+    verdict.className = c.fits === true ? "ok" : c.fits === false ? "bad" : "";
+    $("#check-numbers").textContent = `${c.artefact.kind}: peak ${gib(c.peak_bytes)} GiB, ` +
+      `total ${gib(c.total_bytes)} GiB per GPU` + (c.fits === null ? "" : `; fits: ${c.fits ? "yes" : "no"}`);
+    $("#check-equivalent").textContent = c.artefact.equivalent;
+    const understood = (c.understood || []).map((u) =>
+      el("li", { text: `${u.field} = ${JSON.stringify(u.value)} → ${u.option}` }));
+    const ignored = (c.ignored || []).map((u) =>
+      el("li", { text: `${u.field} = ${JSON.stringify(u.value)}: ${u.why}` }));
+    $("#check-understood").replaceChildren(...(understood.length ? understood : [el("li", { text: "nothing" })]));
+    $("#check-ignored").replaceChildren(...(ignored.length ? ignored : [el("li", { text: "nothing" })]));
+    $("#check-result").hidden = false;
+  }
+
+  async function runCheck(ev) {
+    ev.preventDefault();
+    $("#check-error").hidden = true;
+    $("#check-result").hidden = true;
+    const body = { text: $("#check-text").value };
+    const model = $("#check-model").value.trim(), gpu = $("#check-gpu").value.trim();
+    const gpus = $("#check-gpus").value.trim();
+    if (model) body.model = model;
+    if (gpu) body.gpu = gpu;
+    if (gpus) body.gpus = Number(gpus);
+    try { renderCheck(await post("api/check", body)); }
+    catch (err) { showCheckError(err); }
+  }
+
+  function startCheck() {
+    const form = $("#check-form");
+    if (form) form.addEventListener("submit", runCheck);
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", startCheck);
+  else startCheck();
+
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();
