@@ -11,6 +11,8 @@ Endpoints (all JSON; OpenAPI at ``/docs`` and ``/openapi.json``):
 * ``POST /api/train``     ``{model, options}`` -> ``Estimate.to_dict()``
 * ``POST /api/fit``       ``{model, mode, gpu, gpus, options}`` -> ``FitResult.to_dict()``
 * ``POST /api/verdicts``  ``{model, mode, gpus: [names], options}`` -> one fit verdict per GPU
+* ``POST /api/check``     ``{text, model?, gpu?, gpus?, dp?}`` -> ``memfit check --json`` on a
+  pasted command line or config (:mod:`memfit.web.check_api`)
 
 Bad input is HTTP 422 with ``{"detail": [{"loc", "msg", "input", "allowed", "type"}]}``,
 whether pydantic or memfit's own checks (:class:`~memfit.errors.MemfitError`) found it.
