@@ -738,11 +738,18 @@
   function renderCheck(c) {
     const verdict = $("#check-verdict");
     const blockers = (c.extras && c.extras.blockers) || [];
+    const warnings = (c.extras && c.extras.warnings) || [];
+    // the engine's own words where it has them (vLLM / SGLang start or refuse), as above
+    const engine = ENGINE_WORDS[c.options && c.options.engine] || "the engine";
+    const starts = c.extras && c.extras.starts === true ? `${engine} starts on ${c.gpu}` : `fits ${c.gpu}`;
+    const refused = c.extras && c.extras.starts === false ? `${engine} does not start on ${c.gpu}`
+      : `does not fit ${c.gpu}`;
     if (c.fits === null || c.fits === undefined) verdict.textContent = "no GPU chosen: give one beside";
-    else if (c.fits) verdict.textContent = `fits ${c.gpu} (${gib(c.headroom_bytes)} GiB free)`;
-    else verdict.textContent = blockers.length ? `does not fit ${c.gpu}: ${blockers[0]}`
+    else if (c.fits) verdict.textContent = `${starts} (${gib(c.headroom_bytes)} GiB free)` +
+      (warnings.length ? `; but ${warnings[0]}` : "");
+    else verdict.textContent = blockers.length ? `${refused}: ${blockers[0]}`
       : `does not fit ${c.gpu} (${gib(-c.headroom_bytes)} GiB over)`;
-    verdict.className = c.fits === true ? "ok" : c.fits === false ? "bad" : "";
+    verdict.className = c.fits === true ? (warnings.length ? "warn" : "ok") : c.fits === false ? "bad" : "";
     $("#check-numbers").textContent = `${c.artefact.kind}: peak ${gib(c.peak_bytes)} GiB, ` +
       `total ${gib(c.total_bytes)} GiB per GPU` + (c.fits === null ? "" : `; fits: ${c.fits ? "yes" : "no"}`);
     $("#check-equivalent").textContent = c.artefact.equivalent;
