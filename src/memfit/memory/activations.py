@@ -339,6 +339,85 @@ def _eager_attention(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, a: i
     return core, s2, probs_cast
 
 
+def _attn_inputs(s: ActivationSetup, h: int, b: int, br: int, fused_qkv: bool,
+                 lora: bool) -> int:
+    """Per token: what the q, k, v projections save of their input (adapters' inputs
+    under LoRA, autocast's 16-bit copies, else the input itself)."""
+    n_in = 1 if fused_qkv else 3
+    if lora:
+        return _adapter_inputs(s, h, _adapted(s, ("q",) if fused_qkv else ("q", "k", "v")),
+                               br)
+    if s.autocast:
+        return 2 * h * n_in
+    return b * h
+
+
+def _qk_norm_bytes(spec: ModelSpec, style: str, q: int, kv: int, a: int, a_kv: int, b: int,
+                   lora: bool) -> int:
+    """Per token: what the q and k norms save (per head or over the full width)."""
+    if spec.qk_norm == "head":
+        nstyle = "gemma" if style == "gemma" else "llama"
+        return ((_norm_saved(nstyle, q, b, lora) - 4 + 4 * a)
+                + (_norm_saved(nstyle, kv, b, lora) - 4 + 4 * a_kv))
+    if spec.qk_norm == "full":
+        return _norm_saved(style, q, b, lora) + _norm_saved(style, kv, b, lora)
+    return 0
+
+
+def _sdpa_qkv(s: ActivationSetup, q: int, kv: int, b: int, fused_qkv: bool,
+              rotary: bool) -> int:
+    """Per token: the q, k, v tensors SDPA saves (and the fused output they keep alive)."""
+    if not fused_qkv:
+        return b * (q + 2 * kv)
+    if s.use_cache:
+        # cache.update returns torch.cat copies of k and v, which SDPA saves: with
+        # rotary nothing keeps the fused output alive any more (q and k are rotated
+        # copies); GPT-2's q is still a view of it, and the two copies come on top.
+        return b * (q + 2 * kv) if rotary else b * (q + 4 * kv)
+    return b * (q + 2 * kv) + (b * (q + kv) if rotary else 0)
+
+
+def _sdpa_extras(spec: ModelSpec, s: ActivationSetup, q: int, kv: int, a_kv: int, d: int,
+                 b: int, n_rep: int, sliding: bool) -> int:
+    """Per token: what a fused SDPA kernel saves beyond q, k, v, its output and lse."""
+    extra = 0
+    if sliding:
+        # SDPA turns the boolean window mask into an additive one in q's dtype
+        # (convert_boolean_attn_mask) and saves it for backward: B x S x S per layer.
+        extra += b * s.kv_seq
+    if n_rep > 1 and a_kv > 1 and (sliding or d > 256):
+        # transformers passes enable_gqa only without a mask and for d <= 256
+        # (use_gqa_in_sdpa); otherwise repeat_kv copies k and v to a heads, and SDPA
+        # saves the copies instead (with one KV head the expand stays a view).
+        extra += 2 * b * (q - kv)
+    if spec.model_type in _ROTARY_CAT:
+        # q comes out of torch.cat (partial rotary): SDPA's output follows q's
+        # (B, a, S, d) layout and ``transpose(1, 2).contiguous()`` copies it for o_proj.
+        extra += b * q
+    return extra
+
+
+def _o_proj_lora(s: ActivationSetup, q: int, b: int, lora: bool, copy_counted: bool) -> int:
+    """Per token: the change LoRA makes to what o_proj saves (its adapter's inputs, or the
+    frozen o_proj's input no longer saved)."""
+    if lora and "o" in s.lora_targets and s.lora_dropout:
+        # o_proj's adapter: dropout's mask and its dropped copy; the eager and math
+        # kernels' transposed copy (counted above, b q) is then saved by no one
+        return _adapter_inputs(s, q, 1, b) - (b * q if copy_counted else 0)
+    if lora and "o" in s.lora_targets:
+        # o_proj's adapter saves its input (and lora_B's): where that is a cast, the
+        # cast; where it is the attention output itself, nothing more. The eager and
+        # math kernels' transposed copy (counted above, b q) is then saved by no one.
+        ad = _adapter_input_bytes(s)
+        # (under autocast 16-bit adapters read the 16-bit output as it is: no cast)
+        cast = ad != b or (s.autocast and s.lora_bytes != ad)
+        return ad * s.lora_rank + (
+            (ad - b) * q if copy_counted else (ad * q if cast else 0))
+    if lora and copy_counted:
+        return -b * q  # a frozen o_proj without an adapter saves no input
+    return 0
+
+
 def _std_attention(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, a: int,
                    a_kv: int, d: int, h: int, br: int, style: str, fused_qkv: bool,
                    sliding: bool, attn_drop: bool, lora: bool) -> tuple[int, int, int]:
@@ -348,31 +427,9 @@ def _std_attention(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, a: int
     # autocast runs the attention in 16 bits even where the rest of the layer is fp32
     # (QLoRA's fp32 MLP: SDPA is an autocast op, bitsandbytes' matmul is not)
     b = 2 if s.autocast else s.compute_bytes
-    n_in = 1 if fused_qkv else 3
-    if lora:
-        inp = _adapter_inputs(s, h, _adapted(s, ("q",) if fused_qkv else ("q", "k", "v")),
-                              br)
-    elif s.autocast:
-        inp = 2 * h * n_in
-    else:
-        inp = b * h
-    qk_norm = 0
-    if spec.qk_norm == "head":
-        nstyle = "gemma" if style == "gemma" else "llama"
-        qk_norm = ((_norm_saved(nstyle, q, b, lora) - 4 + 4 * a)
-                   + (_norm_saved(nstyle, kv, b, lora) - 4 + 4 * a_kv))
-    elif spec.qk_norm == "full":
-        qk_norm = _norm_saved(style, q, b, lora) + _norm_saved(style, kv, b, lora)
+    inp = _attn_inputs(s, h, b, br, fused_qkv, lora)
+    qk_norm = _qk_norm_bytes(spec, style, q, kv, a, a_kv, b, lora)
     rotary = spec.rope_dim > 0
-    if fused_qkv:
-        qkv = b * (q + 2 * kv) + (b * (q + kv) if rotary else 0)
-        if s.use_cache:
-            # cache.update returns torch.cat copies of k and v, which SDPA saves: with
-            # rotary nothing keeps the fused output alive any more (q and k are rotated
-            # copies); GPT-2's q is still a view of it, and the two copies come on top.
-            qkv = b * (q + 2 * kv) if rotary else b * (q + 4 * kv)
-    else:
-        qkv = b * (q + 2 * kv)
     n_rep = a // a_kv
     s2 = 0
     probs_cast = 0  # eager: the probabilities' 16-bit cast, saved by probs @ v
@@ -390,36 +447,10 @@ def _std_attention(spec: ModelSpec, layer: LayerSpec, s: ActivationSetup, a: int
         attn_bytes = inp + qk_norm + core + s2
     else:
         lse = 4 * a
-        attn_bytes = inp + qk_norm + qkv + b * q + lse
-        if sliding:
-            # SDPA turns the boolean window mask into an additive one in q's dtype
-            # (convert_boolean_attn_mask) and saves it for backward: B x S x S per layer.
-            attn_bytes += b * s.kv_seq
-        if n_rep > 1 and a_kv > 1 and (sliding or d > 256):
-            # transformers passes enable_gqa only without a mask and for d <= 256
-            # (use_gqa_in_sdpa); otherwise repeat_kv copies k and v to a heads, and SDPA
-            # saves the copies instead (with one KV head the expand stays a view).
-            attn_bytes += 2 * b * (q - kv)
-        if spec.model_type in _ROTARY_CAT:
-            # q comes out of torch.cat (partial rotary): SDPA's output follows q's
-            # (B, a, S, d) layout and ``transpose(1, 2).contiguous()`` copies it for o_proj.
-            attn_bytes += b * q
+        attn_bytes = (inp + qk_norm + _sdpa_qkv(s, q, kv, b, fused_qkv, rotary) + b * q + lse
+                      + _sdpa_extras(spec, s, q, kv, a_kv, d, b, n_rep, sliding))
     copy_counted = s.attn == "eager" or math_sdpa
-    if lora and "o" in s.lora_targets and s.lora_dropout:
-        # o_proj's adapter: dropout's mask and its dropped copy; the eager and math
-        # kernels' transposed copy (counted above, b q) is then saved by no one
-        attn_bytes += (_adapter_inputs(s, q, 1, b) - (b * q if copy_counted else 0))
-    elif lora and "o" in s.lora_targets:
-        # o_proj's adapter saves its input (and lora_B's): where that is a cast, the
-        # cast; where it is the attention output itself, nothing more. The eager and
-        # math kernels' transposed copy (counted above, b q) is then saved by no one.
-        ad = _adapter_input_bytes(s)
-        # (under autocast 16-bit adapters read the 16-bit output as it is: no cast)
-        cast = ad != b or (s.autocast and s.lora_bytes != ad)
-        attn_bytes += ad * s.lora_rank + (
-            (ad - b) * q if copy_counted else (ad * q if cast else 0))
-    elif lora and copy_counted:
-        attn_bytes -= b * q  # a frozen o_proj without an adapter saves no input
+    attn_bytes += _o_proj_lora(s, q, b, lora, copy_counted)
     return attn_bytes, probs_cast, s2
 
 
