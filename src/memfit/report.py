@@ -529,76 +529,60 @@ def _phase_components(est: Estimate, name: str) -> Mapping[str, int]:
     return est.components
 
 
-def seed_check(est: Estimate, spec: Any) -> list[tuple[str, str]]:
-    """The seed's rules of thumb (``shared/seed/NOTES.md``) applied to this scenario, each
-    beside memfit's number and why they differ: a list of (part, text)."""
-    from .memory.params import count_params
+def _u(n: float) -> str:
+    """A byte count the seed-check renderer formats in the unit."""
+    return "{" + f"{int(n)}" + "}"
 
-    counts = count_params(spec)
-    P, P_act = counts.total, counts.active
-    moe = spec.moe is not None
+
+def _seed_infer(est: Estimate, P: int, P_act: int, moe: bool, L: int, h: int,
+                B: int) -> list[tuple[str, str]]:
+    """The seed's inference rules beside memfit's numbers."""
     o = est.options
-    L, h, a = spec.num_layers, spec.hidden_size, spec.num_heads
-    B = int(o.get("batch", 1))
     comps = est.components
     out: list[tuple[str, str]] = []
-
-    def u(n: float) -> str:
-        return "{" + f"{int(n)}" + "}"  # a byte count the renderer formats in the unit
-
-    if est.mode == "infer":
-        bits = _weight_bits(est)
-        b = bits / 8
-        P_seed = P_act if moe else P
-        w_seed = P_seed * b
-        w_mem = comps.get("weights", 0)
-        if moe:
-            why = (f"the seed's MoE example counts the {P_act:,} active parameters; every expert "
-                   f"must be resident, so memfit counts all {P:,} (active parameters set "
-                   "compute, not memory).")
-        else:
-            why = ("the same rule; memfit counts every tensor in its stored format (quantization "
-                   "scales, layers left unquantized, buffers), per GPU after any split.")
-        out.append(("weights", f"seed P x b = {P_seed:,} x {b:g} = {u(w_seed)}; memfit "
-                               f"{u(w_mem)}: {why}"))
-        T = int(o.get("prompt", 0)) + int(o.get("generate", 0))
-        kv = comps.get("kv_cache", 0)
-        per_tok = est.extras.get("kv_bytes_per_token")
-        tok = (f", {per_tok:,} bytes per token, {u(per_tok * B * T)} for batch {B} x {T:,} "
-               "tokens at the end of decoding" if isinstance(per_tok, int) else "")
-        out.append(("KV cache", f"seed: not counted; memfit {u(kv)} at the peak{tok}: the "
-                                "seed's inference sum has no KV cache, which is what grows with "
-                                "batch and context."))
-        b_act = 2
-        a_seed = B * T * h * L * b_act
-        a_mem = comps.get("activations", 0) + comps.get("logits", 0)
-        out.append(("activations", f"seed B x S x h x L x b = {B} x {T:,} x {h} x {L} x {b_act} "
-                                   f"= {u(a_seed)}; memfit {u(a_mem)} (activations and logits "
-                                   "at the peak): inference keeps nothing for a backward "
-                                   "pass, so only one layer's working set is live at a time, "
-                                   "plus the logits (B x S x V, often upcast to fp32)."))
-        total_seed = w_seed + a_seed
-        out.append(("total", f"seed W + A = {u(total_seed)}; memfit peak {u(est.peak_bytes)}, "
-                             f"total {u(est.total_bytes)}: the seed has no CUDA context, "
-                             "allocator slack or library workspaces, which nvidia-smi shows."))
-        return out
-
-    # training
-    opt = _phase_components(est, "optimizer")
-    w_mem = opt.get("weights", 0)
-    g_mem = opt.get("gradients", 0)
-    s_mem = opt.get("optimizer_states", 0)
-    states_mem = w_mem + g_mem + s_mem
+    bits = _weight_bits(est)
+    b = bits / 8
     P_seed = P_act if moe else P
-    W16 = 2 * P_seed
-    seed_states = 4 * W16  # W + G + 2W (Adam's m and v), all 16-bit
+    w_seed = P_seed * b
+    w_mem = comps.get("weights", 0)
+    if moe:
+        why = (f"the seed's MoE example counts the {P_act:,} active parameters; every expert "
+               f"must be resident, so memfit counts all {P:,} (active parameters set "
+               "compute, not memory).")
+    else:
+        why = ("the same rule; memfit counts every tensor in its stored format (quantization "
+               "scales, layers left unquantized, buffers), per GPU after any split.")
+    out.append(("weights", f"seed P x b = {P_seed:,} x {b:g} = {_u(w_seed)}; memfit "
+                           f"{_u(w_mem)}: {why}"))
+    T = int(o.get("prompt", 0)) + int(o.get("generate", 0))
+    kv = comps.get("kv_cache", 0)
+    per_tok = est.extras.get("kv_bytes_per_token")
+    tok = (f", {per_tok:,} bytes per token, {_u(per_tok * B * T)} for batch {B} x {T:,} "
+           "tokens at the end of decoding" if isinstance(per_tok, int) else "")
+    out.append(("KV cache", f"seed: not counted; memfit {_u(kv)} at the peak{tok}: the "
+                            "seed's inference sum has no KV cache, which is what grows with "
+                            "batch and context."))
+    b_act = 2
+    a_seed = B * T * h * L * b_act
+    a_mem = comps.get("activations", 0) + comps.get("logits", 0)
+    out.append(("activations", f"seed B x S x h x L x b = {B} x {T:,} x {h} x {L} x {b_act} "
+                               f"= {_u(a_seed)}; memfit {_u(a_mem)} (activations and logits "
+                               "at the peak): inference keeps nothing for a backward "
+                               "pass, so only one layer's working set is live at a time, "
+                               "plus the logits (B x S x V, often upcast to fp32)."))
+    total_seed = w_seed + a_seed
+    out.append(("total", f"seed W + A = {_u(total_seed)}; memfit peak {_u(est.peak_bytes)}, "
+                         f"total {_u(est.total_bytes)}: the seed has no CUDA context, "
+                         "allocator slack or library workspaces, which nvidia-smi shows."))
+    return out
+
+
+def _seed_states_why(est: Estimate, P: int, moe: bool, lora: bool, sharded: bool) -> str:
+    """Why memfit's training model states differ from the seed's 4 W."""
+    o = est.options
     precision = str(o.get("precision", ""))
-    lora = o.get("lora_rank") is not None
     trainable = est.assumptions.get("trainable_params_on_rank")
     dp = int(o.get("dp", 1))
-    zero = int(o.get("zero", 0))
-    fsdp = o.get("fsdp")
-    sharded = bool(zero) or bool(fsdp)
     if lora:
         why = (f"LoRA freezes the base: no gradients or optimizer state for it, only for the "
                f"{trainable:,} adapter parameters; the seed has no rule for adapters."
@@ -620,10 +604,13 @@ def seed_check(est: Estimate, spec: Any) -> list[tuple[str, str]]:
                 f"model states scale with all {P:,} parameters.")
     if sharded and not lora:
         why += f" Per GPU, sharded over dp={dp} ranks (see ZeRO below)."
-    out.append(("model states", f"seed W + G + O = 4 W = 4 x 2 x {P_seed:,} = {u(seed_states)} "
-                                f"(weights, gradients, Adam m and v, all 16-bit); memfit "
-                                f"{u(states_mem)} (weights {u(w_mem)} + gradients {u(g_mem)} + "
-                                f"optimizer states {u(s_mem)}, at the optimizer step): {why}"))
+    return why
+
+
+def _seed_train_activations(est: Estimate, L: int, h: int, a: int,
+                            B: int) -> tuple[tuple[str, str], int]:
+    """The seed's training activation rule beside memfit's, and the seed's A (one x)."""
+    o = est.options
     S = int(o.get("seq", 0))
     a_inf = B * S * h * L * 2
     a_mem = max(p.components.get("activations", 0) + p.components.get("logits", 0)
@@ -637,34 +624,85 @@ def seed_check(est: Estimate, spec: Any) -> list[tuple[str, str]]:
                             "recomputes them."}.get(str(ckpt), "")
     s2 = ("eager attention keeps the s^2 term" if eager
           else "the s^2 term vanishes with SDPA/flash attention")
-    out.append(("activations", f"seed (2 to 3) x B x S x h x L x 2 = {u(2 * a_inf)} to "
-                               f"{u(3 * a_inf)}; memfit {u(a_mem)} (largest over the phases, "
-                               f"logits and autocast copies included): training saves every "
-                               f"layer's intermediate tensors for backward, per layer ~ s b h "
-                               f"(34 + 5 a s / h) bytes in 16 bits (Korthikanti et al. 2022; "
-                               f"{s2}): {L} x {u(k_layer)} = {u(L * k_layer)} for a GPT "
-                               f"layer.{ck_text}"))
-    if sharded and not lora:
-        from .memory.model_states import zero_paper_model_states
+    item = ("activations", f"seed (2 to 3) x B x S x h x L x 2 = {_u(2 * a_inf)} to "
+                           f"{_u(3 * a_inf)}; memfit {_u(a_mem)} (largest over the phases, "
+                           f"logits and autocast copies included): training saves every "
+                           f"layer's intermediate tensors for backward, per layer ~ s b h "
+                           f"(34 + 5 a s / h) bytes in 16 bits (Korthikanti et al. 2022; "
+                           f"{s2}): {L} x {_u(k_layer)} = {_u(L * k_layer)} for a GPT "
+                           f"layer.{ck_text}")
+    return item, a_inf
 
-        stage = zero if zero else {"full": 3, "grad-op": 2, "hybrid": 3}.get(str(fsdp), 0)
-        N = dp
-        paper = zero_paper_model_states(P, N, stage)
-        gain = ("; with one GPU sharding gains nothing (N = 1)" if N == 1 else "")
-        out.append(("ZeRO", f"seed: per-GPU 0.3 to 0.6 x dense; the ZeRO paper (K = 12, "
-                            f"N = {N}) gives stage {stage}: {u(paper)} of model states per GPU"
-                            f"; memfit {u(states_mem)} with the recipe's real bytes per "
-                            f"parameter{gain}."))
+
+def _seed_zero(est: Estimate, P: int, states_mem: int) -> tuple[str, str]:
+    """The ZeRO paper's per-GPU model states beside memfit's (sharded training)."""
+    from .memory.model_states import zero_paper_model_states
+
+    o = est.options
+    dp = int(o.get("dp", 1))
+    zero = int(o.get("zero", 0))
+    fsdp = o.get("fsdp")
+    stage = zero if zero else {"full": 3, "grad-op": 2, "hybrid": 3}.get(str(fsdp), 0)
+    N = dp
+    paper = zero_paper_model_states(P, N, stage)
+    gain = ("; with one GPU sharding gains nothing (N = 1)" if N == 1 else "")
+    return ("ZeRO", f"seed: per-GPU 0.3 to 0.6 x dense; the ZeRO paper (K = 12, "
+                    f"N = {N}) gives stage {stage}: {_u(paper)} of model states per GPU"
+                    f"; memfit {_u(states_mem)} with the recipe's real bytes per "
+                    f"parameter{gain}.")
+
+
+def _seed_train(est: Estimate, P: int, P_act: int, moe: bool, L: int, h: int, a: int,
+                B: int) -> list[tuple[str, str]]:
+    """The seed's training rules beside memfit's numbers."""
+    o = est.options
+    out: list[tuple[str, str]] = []
+    opt = _phase_components(est, "optimizer")
+    w_mem = opt.get("weights", 0)
+    g_mem = opt.get("gradients", 0)
+    s_mem = opt.get("optimizer_states", 0)
+    states_mem = w_mem + g_mem + s_mem
+    P_seed = P_act if moe else P
+    W16 = 2 * P_seed
+    seed_states = 4 * W16  # W + G + 2W (Adam's m and v), all 16-bit
+    lora = o.get("lora_rank") is not None
+    sharded = bool(int(o.get("zero", 0))) or bool(o.get("fsdp"))
+    why = _seed_states_why(est, P, moe, lora, sharded)
+    out.append(("model states", f"seed W + G + O = 4 W = 4 x 2 x {P_seed:,} = "
+                                f"{_u(seed_states)} (weights, gradients, Adam m and v, all "
+                                f"16-bit); memfit {_u(states_mem)} (weights {_u(w_mem)} + "
+                                f"gradients {_u(g_mem)} + optimizer states {_u(s_mem)}, at "
+                                f"the optimizer step): {why}"))
+    act, a_inf = _seed_train_activations(est, L, h, a, B)
+    out.append(act)
+    if sharded and not lora:
+        out.append(_seed_zero(est, P, states_mem))
     buffers = sum(v for k, v in est.components.items() if k not in ORDER)
-    out.append(("buffers", f"seed 0.1 to 0.2 W = {u(0.1 * W16)} to {u(0.2 * W16)}; memfit "
-                           f"{u(buffers)} of temporaries, logits and buckets at the peak plus "
-                           f"{u(sum(est.overheads.values()))} of runtime overheads (CUDA "
+    out.append(("buffers", f"seed 0.1 to 0.2 W = {_u(0.1 * W16)} to {_u(0.2 * W16)}; memfit "
+                           f"{_u(buffers)} of temporaries, logits and buckets at the peak "
+                           f"plus {_u(sum(est.overheads.values()))} of runtime overheads (CUDA "
                            f"context, allocator slack, NCCL)."))
     lo = 4.1 * W16 + 2 * a_inf
     hi = 4.1 * W16 + 3 * a_inf
-    out.append(("total", f"seed 4.1 W + (2 to 3) A = {u(lo)} to {u(hi)}; memfit peak "
-                         f"{u(est.peak_bytes)}, total {u(est.total_bytes)}."))
+    out.append(("total", f"seed 4.1 W + (2 to 3) A = {_u(lo)} to {_u(hi)}; memfit peak "
+                         f"{_u(est.peak_bytes)}, total {_u(est.total_bytes)}."))
     return out
+
+
+def seed_check(est: Estimate, spec: Any) -> list[tuple[str, str]]:
+    """The seed's rules of thumb (``shared/seed/NOTES.md``) applied to this scenario, each
+    beside memfit's number and why they differ: a list of (part, text)."""
+    from .memory.params import count_params
+
+    counts = count_params(spec)
+    P, P_act = counts.total, counts.active
+    moe = spec.moe is not None
+    o = est.options
+    L, h, a = spec.num_layers, spec.hidden_size, spec.num_heads
+    B = int(o.get("batch", 1))
+    if est.mode == "infer":
+        return _seed_infer(est, P, P_act, moe, L, h, B)
+    return _seed_train(est, P, P_act, moe, L, h, a, B)
 
 
 def render_seed_check(est: Estimate, spec: Any, unit: str = DEFAULT_UNIT) -> str:
