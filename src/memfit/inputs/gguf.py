@@ -488,22 +488,35 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
-                   ) -> tuple[dict[str, Any], list[str]]:
-    """A Hugging Face style ``config.json`` dict from GGUF metadata and tensor shapes.
+@dataclass(frozen=True)
+class _Dims:
+    """The sizes a GGUF file's ``{arch}.*`` keys give (validated, in reading order)."""
 
-    Returns ``(config, notes)``. Raises :class:`MemfitError` listing the supported
-    architectures for any other ``general.architecture``.
-    """
+    n_layers: int
+    h: int
+    a: int
+    a_kv: int | None
+    ff: int | None
+    key_len: int | None
+    ctx: int | None
+    n_expert: int
+    n_used: int
+    window: int | None
+
+
+def _gguf_arch(meta: Mapping[str, Any]) -> str:
+    """``general.architecture``, one memfit maps to a transformers ``model_type``."""
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or arch not in GGUF_ARCHITECTURES:
         raise MemfitError.bad_value("general.architecture", _short(arch),
                                     ", ".join(sorted(GGUF_ARCHITECTURES)) + " (GGUF "
                                     "architectures memfit maps to a transformers model_type)")
-    m = _Meta(meta, arch)
-    model_type = GGUF_ARCHITECTURES[arch]
-    notes: list[str] = []
-    n_layers = m.int("block_count", maximum=MAX_LAYERS)  # bounds every per-layer loop below
+    return arch
+
+
+def _gguf_dims(m: _Meta, arch: str) -> _Dims:
+    """The layer count, widths, heads, experts and window from the metadata."""
+    n_layers = m.int("block_count", maximum=MAX_LAYERS)  # bounds every per-layer loop
     h = m.int("embedding_length")
     a = m.int("attention.head_count", per_layer=True)
     if not n_layers or not h or not a:
@@ -516,8 +529,12 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
     n_expert = m.int("expert_count", 0) or 0
     n_used = m.int("expert_used_count", 0) or 0
     window = m.int("attention.sliding_window")
+    return _Dims(n_layers, h, a, a_kv, ff, key_len, ctx, n_expert, n_used, window)
 
-    # Vocabulary: the embedding table's rows (what the model holds), else the token list.
+
+def _gguf_vocab(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], m: _Meta,
+                notes: list[str]) -> int:
+    """Vocabulary: the embedding table's rows (what the model holds), else the token list."""
     tokens = meta.get("tokenizer.ggml.tokens")
     if tokens is not None and not isinstance(tokens, (list, GGUFArray)):
         raise MemfitError.bad_value("tokenizer.ggml.tokens", _short(tokens), "an array of "
@@ -536,7 +553,116 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
     if not vocab:
         raise MemfitError.bad_value("tokenizer.ggml.tokens", None,
                                     "a token list or a token_embd.weight tensor")
+    return vocab
 
+
+def _has(shapes: Mapping[str, tuple[int, ...]], suffix: str, layer: int = 0) -> bool:
+    """Whether block ``layer`` holds the tensor ``suffix``."""
+    return f"blk.{layer}.{suffix}" in shapes
+
+
+def _llama_config(cfg: dict[str, Any], m: _Meta, shapes: Mapping[str, tuple[int, ...]],
+                  d: _Dims, head_dim: int) -> None:
+    """llama (and Mixtral, llama with experts): biases, partial rotary, experts."""
+    cfg["attention_bias"] = _has(shapes, "attn_q.bias") or _has(shapes, "attn_qkv.bias")
+    cfg["mlp_bias"] = _has(shapes, "ffn_up.bias")
+    rope = m.int("rope.dimension_count")
+    if rope and rope != head_dim:
+        cfg["partial_rotary_factor"] = rope / head_dim
+    if d.n_expert:
+        cfg.update(model_type="mixtral", num_local_experts=d.n_expert,
+                   num_experts_per_tok=d.n_used or 2)
+        if d.window:
+            cfg["sliding_window"] = d.window
+
+
+def _qwen_moe_config(cfg: dict[str, Any], model_type: str, m: _Meta,
+                     shapes: Mapping[str, tuple[int, ...]], d: _Dims) -> None:
+    """Qwen2-MoE / Qwen3-MoE: experts, dense layers, Qwen2-MoE's shared expert."""
+    n_layers = d.n_layers
+    cfg["num_experts"] = d.n_expert
+    cfg["num_experts_per_tok"] = d.n_used
+    cfg["moe_intermediate_size"] = m.int("expert_feed_forward_length",
+                                         _experts_width(shapes, n_layers))
+    cfg["decoder_sparse_step"] = 1
+    cfg["mlp_only_layers"] = [i for i in range(n_layers)
+                              if not _has(shapes, "ffn_gate_inp.weight", i)]
+    if model_type == "qwen2_moe":
+        shared = m.int("expert_shared_feed_forward_length")
+        if shared is None:
+            shexp = next((shapes[k] for k in shapes if k.endswith("ffn_up_shexp.weight")),
+                         None)
+            shared = shexp[0] if shexp else 0
+        cfg["shared_expert_intermediate_size"] = shared
+        cfg["qkv_bias"] = _has(shapes, "attn_q.bias")
+
+
+def _gemma_config(cfg: dict[str, Any], m: _Meta, d: _Dims) -> None:
+    """Gemma 2 / 3: the sliding window and which layers use it."""
+    if d.window:
+        cfg["sliding_window"] = d.window
+    pattern = m.raw("attention.sliding_window_pattern")
+    if isinstance(pattern, list) and len(pattern) == d.n_layers:
+        cfg["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+    elif isinstance(pattern, int) and pattern > 0:
+        cfg["sliding_window_pattern"] = pattern
+
+
+def _arch_config(cfg: dict[str, Any], model_type: str, meta: Mapping[str, Any], m: _Meta,
+                 shapes: Mapping[str, tuple[int, ...]], d: _Dims, head_dim: int,
+                 notes: list[str]) -> dict[str, Any]:
+    """``cfg`` completed with the keys of its architecture (GPT-2's is rebuilt whole)."""
+    if model_type == "llama":
+        _llama_config(cfg, m, shapes, d, head_dim)
+    elif model_type in ("qwen2", "qwen3", "olmo2"):
+        pass
+    elif model_type in ("qwen2_moe", "qwen3_moe"):
+        _qwen_moe_config(cfg, model_type, m, shapes, d)
+    elif model_type in ("gemma2", "gemma3_text"):
+        _gemma_config(cfg, m, d)
+    elif model_type == "phi3":
+        if d.window:
+            cfg["sliding_window"] = d.window
+    elif model_type == "gpt2":
+        dtype = cfg.get("torch_dtype")
+        cfg = {"model_type": "gpt2", "_name_or_path": cfg["_name_or_path"],
+               "n_layer": d.n_layers, "n_embd": d.h, "n_head": d.a,
+               "vocab_size": cfg["vocab_size"],
+               "n_positions": d.ctx or shapes.get("position_embd.weight", (1024,))[0],
+               "n_inner": d.ff or None, "tie_word_embeddings": cfg["tie_word_embeddings"],
+               **({"torch_dtype": dtype} if dtype else {})}
+    elif model_type == "gpt_neox":
+        rope = m.int("rope.dimension_count") or head_dim
+        cfg["rotary_pct"] = rope / head_dim
+        parallel = meta.get(f"{m.arch}.use_parallel_residual")
+        cfg["use_parallel_residual"] = bool(parallel) if parallel is not None else True
+        cfg["attention_bias"] = _has(shapes, "attn_qkv.bias")
+        cfg["num_key_value_heads"] = d.a
+    elif model_type == "deepseek_v2":
+        _deepseek(cfg, m, shapes, d.a, d.n_layers, notes)
+    elif model_type == "gpt_oss":
+        cfg.update(num_local_experts=d.n_expert, experts_per_token=d.n_used,
+                   num_experts_per_tok=d.n_used,
+                   intermediate_size=m.int("expert_feed_forward_length",
+                                           _experts_width(shapes, d.n_layers)))
+        if d.window:
+            cfg["sliding_window"] = d.window
+    return cfg
+
+
+def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """A Hugging Face style ``config.json`` dict from GGUF metadata and tensor shapes.
+
+    Returns ``(config, notes)``. Raises :class:`MemfitError` listing the supported
+    architectures for any other ``general.architecture``.
+    """
+    arch = _gguf_arch(meta)
+    m = _Meta(meta, arch)
+    model_type = GGUF_ARCHITECTURES[arch]
+    notes: list[str] = []
+    d = _gguf_dims(m, arch)
+    vocab = _gguf_vocab(meta, shapes, m, notes)
     tied = "output.weight" not in shapes
     if tied:
         notes.append("tied weights stored once: output.weight absent, token_embd serves as "
@@ -545,16 +671,16 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
     cfg: dict[str, Any] = {
         "model_type": model_type,
         "_name_or_path": name if isinstance(name, str) and name else None,
-        "num_hidden_layers": n_layers,
-        "hidden_size": h,
-        "num_attention_heads": a,
-        "num_key_value_heads": a_kv,
-        "intermediate_size": ff,
+        "num_hidden_layers": d.n_layers,
+        "hidden_size": d.h,
+        "num_attention_heads": d.a,
+        "num_key_value_heads": d.a_kv,
+        "intermediate_size": d.ff,
         "vocab_size": vocab,
         "tie_word_embeddings": tied,
     }
-    if ctx:
-        cfg["max_position_embeddings"] = ctx
+    if d.ctx:
+        cfg["max_position_embeddings"] = d.ctx
     theta = meta.get(f"{arch}.rope.freq_base")
     if isinstance(theta, (int, float)):
         cfg["rope_theta"] = theta
@@ -562,78 +688,14 @@ def gguf_to_config(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]
     dtype = _FLOAT_FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
     if dtype:
         cfg["torch_dtype"] = dtype
-    head_dim = key_len or h // a
+    head_dim = d.key_len or d.h // d.a
     if not head_dim:
-        raise MemfitError.bad_value(f"{arch}.embedding_length", h, f"at least "
-                                    f"attention.head_count={a} (a head of at least one "
+        raise MemfitError.bad_value(f"{arch}.embedding_length", d.h, f"at least "
+                                    f"attention.head_count={d.a} (a head of at least one "
                                     "dimension), or an attention.key_length")
     if model_type not in ("gpt2", "gpt_neox", "deepseek_v2"):
         cfg["head_dim"] = head_dim
-
-    def has(suffix: str, layer: int = 0) -> bool:
-        return f"blk.{layer}.{suffix}" in shapes
-
-    if model_type == "llama":
-        cfg["attention_bias"] = has("attn_q.bias") or has("attn_qkv.bias")
-        cfg["mlp_bias"] = has("ffn_up.bias")
-        rope = m.int("rope.dimension_count")
-        if rope and rope != head_dim:
-            cfg["partial_rotary_factor"] = rope / head_dim
-        if n_expert:
-            cfg.update(model_type="mixtral", num_local_experts=n_expert,
-                       num_experts_per_tok=n_used or 2)
-            if window:
-                cfg["sliding_window"] = window
-    elif model_type in ("qwen2", "qwen3", "olmo2"):
-        pass
-    elif model_type in ("qwen2_moe", "qwen3_moe"):
-        cfg["num_experts"] = n_expert
-        cfg["num_experts_per_tok"] = n_used
-        cfg["moe_intermediate_size"] = m.int("expert_feed_forward_length",
-                                             _experts_width(shapes, n_layers))
-        cfg["decoder_sparse_step"] = 1
-        cfg["mlp_only_layers"] = [i for i in range(n_layers) if not has("ffn_gate_inp.weight", i)]
-        if model_type == "qwen2_moe":
-            shared = m.int("expert_shared_feed_forward_length")
-            if shared is None:
-                shexp = next((shapes[k] for k in shapes if k.endswith("ffn_up_shexp.weight")),
-                             None)
-                shared = shexp[0] if shexp else 0
-            cfg["shared_expert_intermediate_size"] = shared
-            cfg["qkv_bias"] = has("attn_q.bias")
-    elif model_type in ("gemma2", "gemma3_text"):
-        if window:
-            cfg["sliding_window"] = window
-        pattern = m.raw("attention.sliding_window_pattern")
-        if isinstance(pattern, list) and len(pattern) == n_layers:
-            cfg["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
-        elif isinstance(pattern, int) and pattern > 0:
-            cfg["sliding_window_pattern"] = pattern
-    elif model_type == "phi3":
-        if window:
-            cfg["sliding_window"] = window
-    elif model_type == "gpt2":
-        cfg = {"model_type": "gpt2", "_name_or_path": cfg["_name_or_path"], "n_layer": n_layers,
-               "n_embd": h, "n_head": a, "vocab_size": vocab,
-               "n_positions": ctx or shapes.get("position_embd.weight", (1024,))[0],
-               "n_inner": ff or None, "tie_word_embeddings": tied,
-               **({"torch_dtype": dtype} if dtype else {})}
-    elif model_type == "gpt_neox":
-        rope = m.int("rope.dimension_count") or head_dim
-        cfg["rotary_pct"] = rope / head_dim
-        parallel = meta.get(f"{arch}.use_parallel_residual")
-        cfg["use_parallel_residual"] = bool(parallel) if parallel is not None else True
-        cfg["attention_bias"] = has("attn_qkv.bias")
-        cfg["num_key_value_heads"] = a
-    elif model_type == "deepseek_v2":
-        _deepseek(cfg, m, shapes, a, n_layers, notes)
-    elif model_type == "gpt_oss":
-        cfg.update(num_local_experts=n_expert, experts_per_token=n_used,
-                   num_experts_per_tok=n_used,
-                   intermediate_size=m.int("expert_feed_forward_length",
-                                           _experts_width(shapes, n_layers)))
-        if window:
-            cfg["sliding_window"] = window
+    cfg = _arch_config(cfg, model_type, meta, m, shapes, d, head_dim, notes)
     cfg = {k: v for k, v in cfg.items() if v is not None}
     return cfg, notes
 
