@@ -35,7 +35,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -550,30 +550,11 @@ def _fit(args: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
     return fit_train(model, gpu=args["gpu"], gpus=n, **opts).to_dict()
 
 
-def create_app(settings: WebSettings | None = None, *,
-               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
-    """The FastAPI app. ``allowed_hosts``: answer only these Host names (``serve`` sets the
-    loopback names when bound to a loopback address)."""
-    settings = settings or WebSettings()
-    pool = WorkerPool(settings.max_concurrent, max_bytes=settings.worker_memory_bytes)
+_Compute = Callable[[Request, _Where, str, dict[str, Any]], Awaitable[Any]]
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import anyio
 
-        await anyio.to_thread.run_sync(pool.warm)  # the workers start with the server
-        yield
-        pool.close()
-
-    app = FastAPI(
-        lifespan=lifespan,
-        title="memfit",
-        version=__version__,
-        summary="How much GPU memory a transformer needs, for inference and training, exactly.",
-        description="The same options as the `memfit` command line (generated from one "
-                    "definition). Errors are 422 with the field (`loc`), the value (`input`) "
-                    "and what is `allowed`.",
-    )
+def _make_compute(pool: WorkerPool, settings: WebSettings) -> _Compute:
+    """The coroutine that runs one job in a worker of ``pool``."""
 
     async def compute(request: Request, where: _Where, kind: str, args: dict[str, Any]) -> Any:
         """Run one job in a worker under the deadline, placing a MemfitError in the request."""
@@ -591,6 +572,13 @@ def create_app(settings: WebSettings | None = None, *,
                        "layers, GPUs or sweep points)")
             raise _Unprocessable([{"type": exc.kind, "loc": ["body"], "msg": str(exc),
                                    "input": None, "allowed": allowed}]) from None
+
+    return compute
+
+
+def _register_error_handlers(app: FastAPI, settings: WebSettings) -> None:
+    """Every error answered as 422 with field, value and what is allowed (503/500 for a
+    busy, late or crashed worker)."""
 
     @app.exception_handler(_Unprocessable)
     async def _unprocessable(request: Request, exc: _Unprocessable) -> JSONResponse:
@@ -619,7 +607,9 @@ def create_app(settings: WebSettings | None = None, *,
         detail = _clean_validation_errors(list(exc.errors()), request.url.path, settings)
         return JSONResponse({"detail": detail}, status_code=422)
 
-    # -- page ----------------------------------------------------------------------------
+
+def _register_page(app: FastAPI) -> None:
+    """The page and its static files."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -629,7 +619,9 @@ def create_app(settings: WebSettings | None = None, *,
 
     app.mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static")
 
-    # -- catalog and options -------------------------------------------------------------
+
+def _register_catalog(app: FastAPI, settings: WebSettings) -> None:
+    """GET /api/models, /api/models/{name}, /api/gpus and /api/options."""
 
     @app.get("/api/models", tags=["catalog"], summary="The catalog of models")
     def models() -> list[dict[str, Any]]:
@@ -669,7 +661,9 @@ def create_app(settings: WebSettings | None = None, *,
         default, help, choices, bounds, what is allowed; plus hints and the server's limits."""
         return _options_description(settings)
 
-    # -- estimates -------------------------------------------------------------------------
+
+def _register_estimates(app: FastAPI, compute: _Compute) -> None:
+    """POST /api/params, /api/infer and /api/train."""
 
     @app.post("/api/params", tags=["estimate"], summary="Exact parameter counts")
     async def params_endpoint(body: ParamsRequest, request: Request) -> dict[str, Any]:
@@ -687,6 +681,10 @@ def create_app(settings: WebSettings | None = None, *,
         """``memfit train MODEL [options] --json``: the contract's JSON."""
         return await compute(request, _Where("train", ("model",)), "train",
                              {"model": body.model, "options": _given(body.options)})
+
+
+def _register_fit(app: FastAPI, compute: _Compute) -> None:
+    """POST /api/fit and /api/verdicts."""
 
     @app.post("/api/fit", tags=["fit"], summary="Largest batch, longest context, fewest GPUs, "
               "layouts")
@@ -715,6 +713,38 @@ def create_app(settings: WebSettings | None = None, *,
             "model": body.model, "mode": body.mode, "gpus": list(dict.fromkeys(cards)),
             "options": _given(body.options)})
 
+
+def create_app(settings: WebSettings | None = None, *,
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The FastAPI app. ``allowed_hosts``: answer only these Host names (``serve`` sets the
+    loopback names when bound to a loopback address)."""
+    settings = settings or WebSettings()
+    pool = WorkerPool(settings.max_concurrent, max_bytes=settings.worker_memory_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio
+
+        await anyio.to_thread.run_sync(pool.warm)  # the workers start with the server
+        yield
+        pool.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="memfit",
+        version=__version__,
+        summary="How much GPU memory a transformer needs, for inference and training, exactly.",
+        description="The same options as the `memfit` command line (generated from one "
+                    "definition). Errors are 422 with the field (`loc`), the value (`input`) "
+                    "and what is `allowed`.",
+    )
+
+    compute = _make_compute(pool, settings)
+    _register_error_handlers(app, settings)
+    _register_page(app)
+    _register_catalog(app, settings)
+    _register_estimates(app, compute)
+    _register_fit(app, compute)
     from .check_api import register as register_check
 
     register_check(app, settings, pool)  # POST /api/check: a pasted command line or config
