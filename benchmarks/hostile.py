@@ -494,8 +494,14 @@ class DoorStats:
 
 
 def rss_bytes() -> int:
-    """The peak RSS of this process and of its live descendants (the web workers), bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The peak RSS of this process and of its live descendants (the web workers), bytes.
+
+    From /proc's VmHWM (this memory image's own high-water mark): ``ru_maxrss`` survives
+    exec on Linux, so a process started by a large parent (pytest holding torch) would report
+    the parent's peak."""
+    peak = _hwm(os.getpid())
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for pid in _descendants(os.getpid()):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -504,6 +510,16 @@ def rss_bytes() -> int:
         except OSError:
             continue
     return peak
+
+
+def _hwm(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _descendants(root: int) -> list[int]:
